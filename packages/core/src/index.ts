@@ -1,1 +1,48 @@
+/**
+ * `@tessera/core`: the public interfaces of Tessera (architecture and trainer plugins, registry, engines,
+ * model folders), its data pipeline, trainer and in-memory prediction. Importing it has no side effects:
+ * engines are loaded by {@link setupEngine}.
+ */
+export * as tf from '@tensorflow/tfjs-core';
+export * as layers from '@tensorflow/tfjs-layers';
 export * from './errors.js';
+export { CORE_VERSION } from './version.js';
+export {
+  ARCHITECTURE_API_VERSION,
+  defineArchitecture,
+  resolveArchitectureOptions,
+  validatePlugin,
+  type ArchitecturePlugin,
+  type BuildSpec,
+  type OptionSpec,
+} from './arch/architecture.js';
+export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
+export {
+  ENGINE_NAMES,
+  activeEngine,
+  probeEngines,
+  setupEngine,
+  type EngineInfo,
+  type EngineName,
+  type EngineProbe,
+} from './engine/engine.js';
+export { registerWasmGradientKernels } from './engine/wasm-gradients.js';
+export * from './data/index.js';
+export * from './train/index.js';
+export {
+  defaultTrainer,
+  evaluateSamples,
+  resolveTrainOptions,
+  TRAIN_DEFAULTS,
+  TRAINER_API_VERSION,
+  type EpochRecord,
+  type ResolvedTrainOptions,
+  type TrainEvent,
+  type TrainOptions,
+  type TrainRequest,
+  type TrainResult,
+  type TrainerPlugin,
+} from './train/trainer.js';
+export { MODEL_FORMAT_VERSION, validateManifest, type ModelManifest, type TrainingProvenance } from './model/manifest.js';
+export { countParameters, loadModel, readManifest, saveModel, MODEL_FILES, type ManifestDraft } from './model/model-io.js';
+export { blendWeights, padReflect, predictProbabilities, type FloatImage, type PredictOptions } from './predict/predict.js';

@@ -1,0 +1,123 @@
+import { mkdir, readdir, stat } from 'node:fs/promises';
+import { extname, join } from 'node:path';
+import {
+  argmaxLabels,
+  IMAGE_EXTENSIONS,
+  imageStem,
+  InputNotFoundError,
+  loadModel,
+  normalizeImage,
+  OutputError,
+  parseColor,
+  predictProbabilities,
+  readImage,
+  writeFileAtomic,
+  writePng,
+} from '@tessera/core';
+import { info, ProgressBar } from '../progress.js';
+import { startEngine } from './shared.js';
+
+/** Options of `tessera predict`. */
+export interface PredictCliOptions {
+  model: string;
+  out: string;
+  probabilities?: boolean;
+  overlay?: boolean;
+  tile?: number;
+  overlap?: number;
+  backend?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+async function expandInputs(inputs: string[]): Promise<string[]> {
+  const files: string[] = [];
+  for (const input of inputs) {
+    let info;
+    try {
+      info = await stat(input);
+    } catch (error) {
+      throw new InputNotFoundError(`Input ${input} does not exist.`, 'Give image files or folders of images.', error);
+    }
+    if (info.isDirectory()) {
+      const names = (await readdir(input)).filter((n) => !n.startsWith('.') && IMAGE_EXTENSIONS.includes(extname(n).toLowerCase()));
+      if (names.length === 0) {
+        throw new InputNotFoundError(`Folder ${input} holds no images (${IMAGE_EXTENSIONS.join(', ')}).`, 'Point at a folder of images.');
+      }
+      files.push(...names.sort().map((n) => join(input, n)));
+    } else files.push(input);
+  }
+  return files;
+}
+
+/** `tessera predict` on ordinary images. */
+export async function predictCommand(inputs: string[], opts: PredictCliOptions): Promise<void> {
+  const out = { quiet: opts.quiet, json: opts.json };
+  await startEngine(opts.backend, out);
+  const { model, manifest } = await loadModel(opts.model);
+  const files = await expandInputs(inputs);
+  try {
+    await mkdir(opts.out, { recursive: true });
+  } catch (error) {
+    throw new OutputError(`Cannot create the output folder ${opts.out}: ${(error as Error).message}`, 'Choose a writable --out.', error);
+  }
+  const k = manifest.classes.length;
+  const colours = manifest.classes.map((c) => parseColor(c.color));
+  const bar = new ProgressBar('predict', files.length, out, 'image');
+  const written: { input: string; labels: string; overlay?: string; probabilities?: string[]; classPixels: Record<string, number> }[] = [];
+  for (const [index, file] of files.entries()) {
+    const image = await readImage(file, { channels: manifest.inputChannels as 1 | 3 });
+    const normalized = normalizeImage(image, manifest.normalization);
+    const probs = predictProbabilities(
+      model,
+      { data: normalized, width: image.width, height: image.height, channels: image.channels },
+      { multiple: manifest.architecture.inputMultiple, tile: opts.tile, overlap: opts.overlap },
+    );
+    const labels = argmaxLabels(probs, k);
+    const values = new Uint8Array(labels.length);
+    const counts = new Array<number>(k).fill(0);
+    for (let i = 0; i < labels.length; i++) {
+      values[i] = manifest.classes[labels[i]].value;
+      counts[labels[i]]++;
+    }
+    const stem = imageStem(file);
+    const record: (typeof written)[number] = {
+      input: file,
+      labels: join(opts.out, `${stem}_labels.png`),
+      classPixels: Object.fromEntries(manifest.classes.map((c, i) => [c.name, counts[i]])),
+    };
+    await writePng(record.labels, { data: values, width: image.width, height: image.height, channels: 1 });
+    if (opts.probabilities) {
+      record.probabilities = [];
+      for (let c = 0; c < k; c++) {
+        const map = new Uint8Array(labels.length);
+        for (let i = 0; i < labels.length; i++) map[i] = Math.round(probs[i * k + c] * 255);
+        const path = join(opts.out, `${stem}_prob_${manifest.classes[c].name}.png`);
+        await writePng(path, { data: map, width: image.width, height: image.height, channels: 1 });
+        record.probabilities.push(path);
+      }
+    }
+    if (opts.overlay) {
+      const rgb = new Uint8Array(labels.length * 3);
+      const alpha = 0.4;
+      for (let i = 0; i < labels.length; i++) {
+        const [r, g, b] = colours[labels[i]];
+        for (let ch = 0; ch < 3; ch++) {
+          const base = image.data[i * image.channels + (image.channels === 1 ? 0 : ch)];
+          rgb[i * 3 + ch] = Math.round((1 - alpha) * base + alpha * [r, g, b][ch]);
+        }
+      }
+      record.overlay = join(opts.out, `${stem}_overlay.png`);
+      await writePng(record.overlay, { data: rgb, width: image.width, height: image.height, channels: 3 });
+    }
+    written.push(record);
+    bar.update(index + 1);
+  }
+  bar.clear();
+  await writeFileAtomic(
+    join(opts.out, 'predict.resolved.json'),
+    JSON.stringify({ command: 'predict', model: opts.model, inputs: files, out: opts.out, tile: opts.tile ?? null, overlap: opts.overlap ?? null, probabilities: !!opts.probabilities, overlay: !!opts.overlay }, null, 2) + '\n',
+  );
+  info(out, `predicted ${files.length} image(s) into ${opts.out}`);
+  if (opts.json) process.stdout.write(JSON.stringify({ outputs: written }) + '\n');
+}

@@ -1,0 +1,163 @@
+import { join, resolve } from 'node:path';
+import type { Command } from 'commander';
+import { defaultTrainer, writeFileAtomic, type TrainOptions } from '@tessera/core';
+import { mergeConfig, readConfig } from '../config.js';
+import { loadRegistry } from '../plugins.js';
+import { colour, formatDuration, info, ProgressBar } from '../progress.js';
+import { parseKeyValues, requireOption, startEngine } from './shared.js';
+
+/** Options of `tessera train` after parsing. */
+export interface TrainCliOptions {
+  arch: string;
+  archOption: string[] | Record<string, unknown>;
+  images?: string;
+  masks?: string;
+  out: string;
+  classes?: string;
+  epochs?: number;
+  timeBudget?: number;
+  tile?: number;
+  batch?: number;
+  stepsPerEpoch?: number;
+  optimizer?: string;
+  lr?: number;
+  schedule?: 'constant' | 'step' | 'cosine';
+  warmupSteps?: number;
+  loss?: string;
+  classWeights?: number[];
+  valSplit?: number;
+  valImages?: string;
+  valMasks?: string;
+  patience?: number;
+  augment?: boolean | Record<string, unknown>;
+  mpp?: number;
+  seed?: number;
+  backend?: string;
+  config?: string;
+  resume?: boolean;
+  quiet?: boolean;
+  json?: boolean;
+}
+
+/** `tessera train`. */
+export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): Promise<void> {
+  let opts = cliOptions;
+  if (cliOptions.config) {
+    const fromFile = await readConfig(cliOptions.config);
+    opts = mergeConfig(cliOptions as unknown as Record<string, unknown>, fromFile, (key) => cmd.getOptionValueSource(key) === 'cli') as unknown as TrainCliOptions;
+  }
+  requireOption(opts.images, '--images', 'Give the folder of training images, e.g. --images data/train/images.');
+  requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
+  const out = { quiet: opts.quiet, json: opts.json };
+  const engine = await startEngine(opts.backend, out);
+  const { registry, extraName } = await loadRegistry(opts.arch);
+  const architecture = registry.get(extraName ?? opts.arch);
+  const architectureOptions = Array.isArray(opts.archOption) ? parseKeyValues(opts.archOption, '--arch-option') : opts.archOption;
+  const options: TrainOptions = {
+    tileSize: opts.tile,
+    batchSize: opts.batch,
+    epochs: opts.epochs,
+    stepsPerEpoch: opts.stepsPerEpoch,
+    optimizer: opts.optimizer,
+    lr: opts.lr,
+    schedule: opts.schedule,
+    warmupSteps: opts.warmupSteps,
+    loss: opts.loss,
+    classWeights: opts.classWeights,
+    valSplit: opts.valSplit,
+    seed: opts.seed,
+    timeBudgetMinutes: opts.timeBudget,
+    patience: opts.patience,
+    augment: opts.augment === false ? false : typeof opts.augment === 'object' ? opts.augment : undefined,
+  };
+
+  const controller = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(130);
+    info(out, `\n${signal} received: stopping after the current step (send again to quit at once)`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let bar: ProgressBar | undefined;
+  let currentEpoch = 0;
+  const started = performance.now();
+  try {
+    const result = await defaultTrainer().train({
+      architecture,
+      architectureOptions,
+      images: opts.images!,
+      masks: opts.masks!,
+      valImages: opts.valImages,
+      valMasks: opts.valMasks,
+      classes: opts.classes,
+      out: opts.out,
+      options,
+      resume: opts.resume,
+      mpp: opts.mpp,
+      signal: controller.signal,
+      onEvent: (event) => {
+        switch (event.type) {
+          case 'data':
+            info(out, `data: ${event.trainSamples} training and ${event.validationSamples} validation images, ${event.channels} channel(s), classes ${event.classes.join(', ')}`);
+            break;
+          case 'start':
+            info(out, `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`);
+            break;
+          case 'step':
+            if (event.epoch !== currentEpoch) {
+              currentEpoch = event.epoch;
+              bar = new ProgressBar(`epoch ${event.epoch}`, event.stepsPerEpoch, out, 'step');
+            }
+            bar?.update(event.step, `loss ${event.loss.toFixed(4)} lr ${event.lr.toExponential(2)}`);
+            break;
+          case 'epoch': {
+            bar?.clear();
+            const r = event.record;
+            info(
+              out,
+              `epoch ${r.epoch}: train loss ${r.trainLoss.toFixed(4)}, val loss ${r.valLoss.toFixed(4)}, ` +
+                `pixel acc ${r.valPixelAccuracy.toFixed(4)}, mean Dice ${r.valMeanDice.toFixed(4)}, ${formatDuration(r.seconds)}` +
+                (event.best ? colour(' (best, saved)', 'green') : ''),
+            );
+            break;
+          }
+          case 'stop':
+            bar?.clear();
+            info(out, `stopped: ${event.reason}`);
+            break;
+        }
+      },
+    });
+    const resolved = {
+      command: 'train',
+      arch: architecture.name,
+      archOptions: result.manifest.architecture.options,
+      images: resolve(opts.images!),
+      masks: resolve(opts.masks!),
+      valImages: opts.valImages ? resolve(opts.valImages) : null,
+      valMasks: opts.valMasks ? resolve(opts.valMasks) : null,
+      classes: result.manifest.classes,
+      ignore: result.manifest.ignore ?? null,
+      backend: engine.name,
+      ...(result.manifest.training?.options ?? {}),
+    };
+    await writeFileAtomic(join(result.out, 'config.resolved.json'), JSON.stringify(resolved, null, 2) + '\n');
+    const seconds = (performance.now() - started) / 1000;
+    const v = result.validation;
+    info(out, `model: ${result.out} (best epoch ${result.bestEpoch}, ${formatDuration(seconds)}, engine ${engine.name})`);
+    info(out, `validation: pixel accuracy ${v.pixelAccuracy.toFixed(4)}, mean IoU ${v.meanIoU.toFixed(4)}, mean Dice ${v.meanDice.toFixed(4)}`);
+    for (const c of v.classes) info(out, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
+    info(out, `loss curve: ${join(result.out, 'loss-curve.png')}, history: ${join(result.out, 'history.csv')}`);
+    if (opts.json) {
+      process.stdout.write(
+        JSON.stringify({ model: result.out, engine: engine.name, seconds, bestEpoch: result.bestEpoch, stopReason: result.stopReason, validation: v }) + '\n',
+      );
+    }
+    if (result.stopReason === 'interrupted') process.exitCode = 130;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

@@ -1,0 +1,3 @@
+/** `@tessera/cli`: the `tessera` command. Programmatic entry points for scripts and tests. */
+export { buildProgram, main, CLI_VERSION } from './main.js';
+export { findPluginPackages, loadRegistry, PLUGIN_PATTERNS } from './plugins.js';

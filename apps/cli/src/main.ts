@@ -1,0 +1,143 @@
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { TesseraError } from '@tessera/core';
+import { archsCommand } from './commands/archs.js';
+import { demoCommand } from './commands/demo.js';
+import { doctorCommand } from './commands/doctor.js';
+import { evaluateCommand } from './commands/evaluate.js';
+import { predictCommand } from './commands/predict.js';
+import { trainCommand } from './commands/train.js';
+import { colour } from './progress.js';
+
+/** Version of the CLI. */
+export const CLI_VERSION = '0.1.0';
+
+/** Builds the `tessera` program. */
+export function buildProgram(): Command {
+  const program = new Command('tessera')
+    .description('Semantic segmentation of microscopy and whole-slide images')
+    .version(CLI_VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ outputError: (text, write) => write(colour(text, 'red')) })
+    .exitOverride();
+  const backend = () =>
+    new Option('--backend <engine>', 'compute engine: auto, tfjs-node-gpu, tfjs-node, wasm, cpu (env TESSERA_BACKEND)');
+  const output = (cmd: Command) =>
+    cmd.option('-q, --quiet', 'print nothing but errors (and --json output)').option('--json', 'print a JSON result on stdout');
+
+  output(
+    program
+      .command('train')
+      .description('train a segmentation network on images and per-pixel label masks')
+      .option('--arch <name>', 'architecture name, plugin package or plugin file (.js)', 'unet')
+      .option('--arch-option <key=value>', 'architecture option, repeatable (see "tessera archs")', collect, [])
+      .option('--images <dir>', 'folder of training images (PNG, JPEG, TIFF)')
+      .option('--masks <dir>', 'folder of label masks matched to images by file name')
+      .requiredOption('--out <dir>', 'output model folder')
+      .option('--classes <file>', 'class map JSON: {"classes":[{"name","value","color"}],"ignore":N}')
+      .option('--epochs <n>', 'maximum epochs', int)
+      .option('--time-budget <minutes>', 'stop after this many minutes and keep the best weights', float)
+      .option('--tile <px>', 'training crop size', int)
+      .option('--batch <n>', 'batch size', int)
+      .option('--steps-per-epoch <n>', 'optimisation steps per epoch', int)
+      .option('--optimizer <name>', 'adam, sgd or rmsprop')
+      .option('--lr <rate>', 'learning rate', float)
+      .option('--schedule <name>', 'learning-rate schedule: constant, step or cosine')
+      .option('--warmup-steps <n>', 'linear learning-rate warm-up steps', int)
+      .option('--loss <name>', 'cross-entropy, dice, ce-dice or focal')
+      .option('--class-weights <list>', 'comma-separated loss weight per class', floatList)
+      .option('--val-split <f>', 'share of images held out for validation', float)
+      .option('--val-images <dir>', 'validation images folder')
+      .option('--val-masks <dir>', 'validation masks folder')
+      .option('--patience <epochs>', 'early stopping patience (0 = off)', int)
+      .option('--no-augment', 'turn data augmentation off')
+      .option('--mpp <um>', 'µm per pixel of the training images (recorded in the model)', float)
+      .option('--seed <n>', 'random seed', int)
+      .addOption(backend())
+      .option('--config <file>', 'JSON or YAML file of options (flags override it)')
+      .option('--resume', 'continue from the newest checkpoint in --out'),
+  ).action(async (opts, cmd: Command) => trainCommand(opts, cmd));
+
+  output(
+    program
+      .command('evaluate')
+      .description('score a model on images with masks: pixel accuracy, IoU and Dice per class')
+      .requiredOption('--model <dir>', 'model folder written by "tessera train"')
+      .requiredOption('--images <dir>', 'folder of images')
+      .requiredOption('--masks <dir>', 'folder of label masks')
+      .addOption(backend()),
+  ).action(async (opts) => evaluateCommand(opts));
+
+  output(
+    program
+      .command('predict')
+      .description('predict label maps (and optionally probabilities and overlays) for images')
+      .argument('<input...>', 'image files or folders of images')
+      .requiredOption('--model <dir>', 'model folder written by "tessera train"')
+      .requiredOption('--out <dir>', 'output folder')
+      .option('--probabilities', 'also write one 8-bit probability map per class')
+      .option('--overlay', 'also write a colour overlay of the label map on the image')
+      .option('--tile <px>', 'predict in overlapping windows of this size', int)
+      .option('--overlap <px>', 'overlap of the windows', int)
+      .addOption(backend()),
+  ).action(async (inputs: string[], opts) => predictCommand(inputs, opts));
+
+  program
+    .command('archs')
+    .description('list installed architectures with their options and defaults')
+    .option('--json', 'print JSON')
+    .option('--arch <file-or-package>', 'also load this plugin')
+    .action(async (opts) => archsCommand(opts));
+
+  program
+    .command('doctor')
+    .description('list compute engines, whether each is present, and how to install the faster ones')
+    .option('--json', 'print JSON')
+    .action(async (opts) => doctorCommand(opts));
+
+  output(
+    program
+      .command('demo')
+      .description('make a small synthetic labelled data set, train a U-Net on it for about a minute, and predict')
+      .option('--out <dir>', 'output folder', 'tessera-demo')
+      .option('--time-budget <minutes>', 'training time', float, 1)
+      .option('--seed <n>', 'random seed', int, 7)
+      .addOption(backend()),
+  ).action(async (opts) => demoCommand(opts));
+  return program;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+function int(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer but received "${value}"`);
+  return n;
+}
+function float(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`expected a number but received "${value}"`);
+  return n;
+}
+function floatList(value: string): number[] {
+  return value.split(',').map((v) => float(v.trim()));
+}
+
+/** Runs the CLI with `argv` (as `process.argv`) and returns the exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      return error.exitCode === 0 ? 0 : 2;
+    }
+    if (error instanceof TesseraError) {
+      process.stderr.write(colour(`error: ${error.message}\n`, 'red'));
+      if (error.hint) process.stderr.write(`hint: ${error.hint}\n`);
+      return error.exitCode;
+    }
+    throw error;
+  }
+}

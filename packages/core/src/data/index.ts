@@ -1,0 +1,63 @@
+/**
+ * Data: seeded random numbers, image and mask files, class maps, data sets on disk and augmentation.
+ */
+
+export { type Random, createRandom, restoreRandom, shuffle } from './random.js';
+export {
+  type MaskImage,
+  type RasterImage,
+  type ReadImageOptions,
+  IMAGE_EXTENSIONS,
+  imageStem,
+  readImage,
+  readMask,
+  writeFileAtomic,
+  writePng,
+} from './image-io.js';
+export {
+  type ClassDef,
+  type ClassMap,
+  type LabelLookup,
+  CLASS_PALETTE,
+  IGNORE_INDEX,
+  UNKNOWN_INDEX,
+  encodeMask,
+  inferClassMap,
+  loadClassMap,
+  makeLabelLookup,
+  parseClassMap,
+  parseColor,
+} from './class-map.js';
+export {
+  type LoadSamplesOptions,
+  type LoadedSample,
+  type Normalization,
+  type SamplePair,
+  collectMaskValues,
+  computeNormalization,
+  loadSamples,
+  naturalCompare,
+  normalizeImage,
+  pairImagesAndMasks,
+  validateNormalization,
+} from './dataset.js';
+export {
+  type AugmentOptions,
+  type CropResult,
+  type CropTransform,
+  type ResolvedAugmentOptions,
+  DEFAULT_AUGMENT,
+  HED_FROM_RGB,
+  NO_AUGMENT,
+  RGB_FROM_HED,
+  applyCropTransform,
+  hedToRgb,
+  randBrightnessContrast,
+  randCropAugment,
+  randCropTransform,
+  randHedJitter,
+  randHueSaturation,
+  resolveAugmentOptions,
+  rgbToHed,
+} from './augment.js';
+export { type SyntheticTissueOptions, randSyntheticTissue } from './synthetic.js';

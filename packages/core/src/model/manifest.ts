@@ -1,0 +1,85 @@
+import type { ClassDef } from '../data/class-map.js';
+import type { Normalization } from '../data/dataset.js';
+import { ModelFormatError, describeValue } from '../errors.js';
+
+/** The model-folder format version written by this release; folders with a larger one are refused. */
+export const MODEL_FORMAT_VERSION = 1;
+
+/** Provenance of a trained model: what it was trained on, how, and how well. */
+export interface TrainingProvenance {
+  /** Training data folders and sample stems. */
+  data: { images: string; masks: string; trainStems: string[]; validationStems: string[]; validation: string };
+  /** The fully resolved training options. */
+  options: Record<string, unknown>;
+  seed: number;
+  engine: { name: string; backend: string; threads: number };
+  startedAt: string;
+  finishedAt: string;
+  durationSeconds: number;
+  epochs: number;
+  steps: number;
+  /** Epoch whose weights were kept (best validation loss). */
+  bestEpoch: number;
+  stopReason: string;
+  /** Final validation metrics of the kept weights. */
+  metrics: Record<string, unknown>;
+}
+
+/** `manifest.json` of a model folder. Everything needed to apply the model besides its weights. */
+export interface ModelManifest {
+  format: 'tessera-model';
+  formatVersion: number;
+  architecture: {
+    name: string;
+    version: string;
+    apiVersion: number;
+    options: Record<string, unknown>;
+    inputMultiple: number;
+    receptiveField: number;
+    parameters: number;
+  };
+  classes: ClassDef[];
+  ignore?: number;
+  inputChannels: number;
+  /** Applied as `(pixel / 255 - mean[c]) / std[c]`. */
+  normalization: Normalization;
+  tileSize: number;
+  /** µm per pixel of the training data, when known. */
+  mpp: number | null;
+  training?: TrainingProvenance;
+  files: { topology: FileDigest; weights: FileDigest };
+  createdAt: string;
+  createdBy: string;
+}
+
+/** A file of the model folder with its SHA-256 and size. */
+export interface FileDigest {
+  path: string;
+  sha256: string;
+  bytes: number;
+}
+
+/**
+ * Checks a parsed manifest.json.
+ * @throws ModelFormatError naming the folder and the bad field.
+ */
+export function validateManifest(value: unknown, dir: string): ModelManifest {
+  const m = value as Partial<ModelManifest> | null;
+  const fail = (what: string) =>
+    new ModelFormatError(`Model folder ${dir} has an invalid manifest.json: ${what}.`, 'Re-export or retrain the model.');
+  if (!m || typeof m !== 'object') throw fail(`expected an object, received ${describeValue(value)}`);
+  if (m.format !== 'tessera-model') throw fail(`"format" is ${describeValue(m.format)}, expected "tessera-model"`);
+  if (typeof m.formatVersion !== 'number') throw fail('"formatVersion" is missing');
+  if (m.formatVersion > MODEL_FORMAT_VERSION) {
+    throw new ModelFormatError(
+      `Model folder ${dir} has format version ${m.formatVersion}, but this Tessera reads versions up to ${MODEL_FORMAT_VERSION}.`,
+      'Upgrade Tessera (npm install @tessera/cli@latest) to use this model.',
+    );
+  }
+  if (!m.architecture || typeof m.architecture.name !== 'string') throw fail('"architecture.name" is missing');
+  if (!Array.isArray(m.classes) || m.classes.length < 2) throw fail('"classes" must list at least two classes');
+  if (!Number.isInteger(m.inputChannels) || (m.inputChannels as number) < 1) throw fail('"inputChannels" is missing');
+  if (!m.normalization || !Array.isArray(m.normalization.mean)) throw fail('"normalization" is missing');
+  if (!m.files?.weights?.sha256 || !m.files?.topology?.sha256) throw fail('"files" with checksums is missing');
+  return m as ModelManifest;
+}

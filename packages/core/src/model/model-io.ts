@@ -1,0 +1,152 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { writeFileAtomic } from '../data/image-io.js';
+import { InputNotFoundError, ModelFormatError, OutputError } from '../errors.js';
+import { validateManifest, type FileDigest, type ModelManifest } from './manifest.js';
+
+/** File names inside a model folder. */
+export const MODEL_FILES = { topology: 'model.json', weights: 'weights.bin', manifest: 'manifest.json' } as const;
+
+/** A manifest before its file digests are known. */
+export type ManifestDraft = Omit<ModelManifest, 'files' | 'createdAt'>;
+
+/** SHA-256 of bytes, hex. */
+export function sha256(data: Uint8Array | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** Serialises a model to its tfjs `model.json` text and weight bytes. */
+export async function serializeModel(model: tfl.LayersModel): Promise<{ topology: string; weights: Uint8Array }> {
+  let artifacts: tf.io.ModelArtifacts | undefined;
+  await model.save(
+    tf.io.withSaveHandler(async (a) => {
+      artifacts = a;
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }),
+  );
+  const a = artifacts!;
+  const weights = new Uint8Array(tf.io.CompositeArrayBuffer.join(a.weightData!));
+  const topology = JSON.stringify({
+    format: 'layers-model',
+    generatedBy: a.generatedBy,
+    convertedBy: null,
+    modelTopology: a.modelTopology,
+    weightsManifest: [{ paths: [MODEL_FILES.weights], weights: a.weightSpecs }],
+  });
+  return { topology, weights };
+}
+
+/** Rebuilds a model from `model.json` text and weight bytes. */
+export async function deserializeModel(topology: string, weights: Uint8Array, source: string): Promise<tfl.LayersModel> {
+  try {
+    const json = JSON.parse(topology) as tf.io.ModelJSON;
+    const weightSpecs = json.weightsManifest.flatMap((group) => group.weights);
+    const buffer = weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) as ArrayBuffer;
+    return await tfl.loadLayersModel(
+      tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs, weightData: buffer }),
+    );
+  } catch (error) {
+    throw new ModelFormatError(
+      `Could not rebuild the network of ${source}: ${(error as Error).message}`,
+      'If it uses a third-party architecture, install that plugin; otherwise retrain the model.',
+      error,
+    );
+  }
+}
+
+/**
+ * Writes a model folder: `model.json` (tfjs topology), `weights.bin` and `manifest.json` (with the
+ * SHA-256 of both). Each file is written atomically and the manifest last, so a folder whose
+ * manifest matches its files is always complete.
+ *
+ * @throws OutputError when the folder cannot be written.
+ * @example
+ * ```ts
+ * await saveModel('runs/isbi', model, draft);
+ * ```
+ */
+export async function saveModel(dir: string, model: tfl.LayersModel, draft: ManifestDraft): Promise<ModelManifest> {
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (error) {
+    throw new OutputError(`Cannot create the model folder ${dir}: ${(error as Error).message}`, 'Choose a writable --out folder.', error);
+  }
+  const { topology, weights } = await serializeModel(model);
+  const digest = (path: string, data: Uint8Array | string): FileDigest => ({
+    path,
+    sha256: sha256(data),
+    bytes: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength,
+  });
+  const manifest: ModelManifest = {
+    ...draft,
+    files: { topology: digest(MODEL_FILES.topology, topology), weights: digest(MODEL_FILES.weights, weights) },
+    createdAt: new Date().toISOString(),
+  };
+  await writeFileAtomic(join(dir, MODEL_FILES.weights), weights);
+  await writeFileAtomic(join(dir, MODEL_FILES.topology), topology);
+  await writeFileAtomic(join(dir, MODEL_FILES.manifest), JSON.stringify(manifest, null, 2) + '\n');
+  return manifest;
+}
+
+/** Reads and checks `manifest.json` of a model folder without loading the network. */
+export async function readManifest(dir: string): Promise<ModelManifest> {
+  const path = join(dir, MODEL_FILES.manifest);
+  let text: string;
+  try {
+    const info = await stat(dir);
+    if (!info.isDirectory()) throw new Error('not a folder');
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    throw new InputNotFoundError(
+      `Model folder ${dir} not found or has no ${MODEL_FILES.manifest}.`,
+      'Pass the --out folder of a "tessera train" run as --model.',
+      error,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ModelFormatError(`${path} is not valid JSON: ${(error as Error).message}`, 'Retrain or re-copy the model folder.');
+  }
+  return validateManifest(json, dir);
+}
+
+/**
+ * Loads a model folder written by {@link saveModel}, verifying the checksums of its files.
+ *
+ * @throws InputNotFoundError for a missing folder; ModelFormatError for a tampered, truncated or incompatible one.
+ */
+export async function loadModel(dir: string): Promise<{ model: tfl.LayersModel; manifest: ModelManifest }> {
+  const manifest = await readManifest(dir);
+  const read = async (digest: FileDigest): Promise<Buffer> => {
+    let data: Buffer;
+    try {
+      data = await readFile(join(dir, digest.path));
+    } catch (error) {
+      throw new ModelFormatError(`Model folder ${dir} is missing ${digest.path}.`, 'Re-copy the whole model folder.', error);
+    }
+    const actual = sha256(data);
+    if (data.byteLength !== digest.bytes || actual !== digest.sha256) {
+      throw new ModelFormatError(
+        `${join(dir, digest.path)} does not match its checksum in manifest.json ` +
+          `(expected ${digest.bytes} bytes, sha256 ${digest.sha256.slice(0, 12)}…; found ${data.byteLength} bytes, ${actual.slice(0, 12)}…): ` +
+          'the file is truncated or was modified.',
+        'Re-copy the model folder from its source, or retrain.',
+      );
+    }
+    return data;
+  };
+  const topology = (await read(manifest.files.topology)).toString('utf8');
+  const weights = await read(manifest.files.weights);
+  const model = await deserializeModel(topology, weights, dir);
+  return { model, manifest };
+}
+
+/** Number of trainable and non-trainable parameters of a model. */
+export function countParameters(model: tfl.LayersModel): number {
+  return model.weights.reduce((sum, w) => sum + w.shape.reduce<number>((a, b) => a * (b ?? 1), 1), 0);
+}

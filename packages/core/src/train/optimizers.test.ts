@@ -1,0 +1,127 @@
+import '@tensorflow/tfjs-backend-cpu';
+// tfjs-core 4 registers no gradients by itself; tfjs-layers registers all of them on import.
+import '@tensorflow/tfjs-layers';
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+
+import { UnknownNameError } from '../errors.js';
+import { OPTIMIZER_NAMES, createOptimizer, getLearningRate, setLearningRate } from './optimizers.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+/** One step on `loss = sum(g * w)` (gradient exactly `g`) from `w0`; returns the new values of `w`. */
+function step(optimizer: tf.Optimizer, w: tf.Variable, g: number[]): number[] {
+  const gradient = tf.tensor1d(g);
+  optimizer.minimize(() => tf.sum(tf.mul(gradient, w)) as tf.Scalar);
+  gradient.dispose();
+  return Array.from(w.dataSync());
+}
+
+describe('createOptimizer', () => {
+  it('creates each optimizer with its learning rate', () => {
+    expect(OPTIMIZER_NAMES).toEqual(['adam', 'sgd', 'rmsprop']);
+    expect(createOptimizer('adam', 0.01).getClassName()).toBe('Adam');
+    expect(createOptimizer('sgd', 0.01).getClassName()).toBe('Momentum');
+    expect(createOptimizer('sgd', 0.01, { momentum: 0 }).getClassName()).toBe('SGD');
+    expect(createOptimizer('rmsprop', 0.01).getClassName()).toBe('RMSProp');
+    expect(createOptimizer('sgd', 0.01, { momentum: 0.5 }).getConfig()).toEqual({
+      learningRate: 0.01,
+      momentum: 0.5,
+      useNesterov: false,
+    });
+    expect(getLearningRate(createOptimizer('adam', 0.25))).toBe(0.25);
+  });
+
+  it('fails for an unknown name, listing the valid names', () => {
+    expect(() => createOptimizer('adamw', 0.1)).toThrow(UnknownNameError);
+    expect(() => createOptimizer('adamw', 0.1)).toThrow(
+      'Unknown optimizer "adamw". Did you mean "adam"? Valid choices: adam, sgd, rmsprop.',
+    );
+  });
+
+  it('rejects bad values, quoting them', () => {
+    expect(() => createOptimizer('sgd', 0)).toThrow(
+      'Expected a finite number > 0 for the learning rate in createOptimizer but received 0 of type number.',
+    );
+    expect(() => createOptimizer('sgd', 0.1, { momentum: 1 })).toThrow(
+      'Expected a number in [0, 1) for optimizer option momentum but received 1 of type number.',
+    );
+    expect(() => createOptimizer('adam', 0.1, { weightDecay: -1 })).toThrow(
+      'Expected a number >= 0 for optimizer option weightDecay but received -1 of type number.',
+    );
+  });
+});
+
+describe('setLearningRate', () => {
+  it('SGD without momentum moves a variable by exactly lr * grad, with the new rate', () => {
+    const optimizer = createOptimizer('sgd', 0.1, { momentum: 0 });
+    const w = tf.variable(tf.tensor1d([1, 2]));
+    // lr 0.1, g = [1, -2] -> w = [1 - 0.1, 2 + 0.2]
+    expect(step(optimizer, w, [1, -2])).toEqual([Math.fround(0.9), Math.fround(2.2)]);
+    setLearningRate(optimizer, 0.5);
+    expect(getLearningRate(optimizer)).toBe(0.5);
+    // lr 0.5, g = [1, -2] -> w = [0.9 - 0.5, 2.2 + 1.0]
+    const after = step(optimizer, w, [1, -2]);
+    expect(after[0]).toBeCloseTo(0.4, 6);
+    expect(after[1]).toBeCloseTo(3.2, 6);
+  });
+
+  it('Momentum uses the new rate (its cached scalar is replaced)', () => {
+    const optimizer = createOptimizer('sgd', 0.1, { momentum: 0.9 });
+    setLearningRate(optimizer, 0.5);
+    const w = tf.variable(tf.tensor1d([0]));
+    // first step: accumulation = g = 2 -> w = 0 - 0.5 * 2 = -1
+    expect(step(optimizer, w, [2])).toEqual([-1]);
+    // second step: accumulation = 0.9 * 2 + 2 = 3.8; lr 0.25 -> w = -1 - 0.25 * 3.8 = -1.95
+    setLearningRate(optimizer, 0.25);
+    expect(step(optimizer, w, [2])[0]).toBeCloseTo(-1.95, 6);
+  });
+
+  it('RMSProp uses the new rate', () => {
+    const optimizer = createOptimizer('rmsprop', 0.1, { epsilon: 1e-7 });
+    setLearningRate(optimizer, 0.5);
+    const w = tf.variable(tf.tensor1d([0]));
+    // mean square = (1 - 0.9) * 2^2 = 0.4; w = 0 - 0.5 * 2 / sqrt(0.4 + 1e-7) = -1.58113...
+    expect(step(optimizer, w, [2])[0]).toBeCloseTo((-0.5 * 2) / Math.sqrt(0.4 + 1e-7), 5);
+  });
+
+  it('Adam uses the new rate', () => {
+    const optimizer = createOptimizer('adam', 0.1, { epsilon: 1e-7 });
+    setLearningRate(optimizer, 0.5);
+    const w = tf.variable(tf.tensor1d([0]));
+    // first step: m_hat = g, v_hat = g^2 -> w = 0 - 0.5 * 2 / (2 + 1e-7) = -0.5; with lr 0.1 it would be -0.1
+    expect(step(optimizer, w, [2])[0]).toBeCloseTo(-0.5, 5); // float32 bias correction: error ~3e-6
+  });
+
+  it('does not leak tensors when the rate changes at every step', () => {
+    const optimizer = createOptimizer('sgd', 0.1);
+    const w = tf.variable(tf.tensor1d([0]));
+    step(optimizer, w, [1]);
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 5; i++) {
+      setLearningRate(optimizer, 0.1 / (i + 1));
+      step(optimizer, w, [1]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('rejects a negative rate', () => {
+    expect(() => setLearningRate(createOptimizer('adam', 0.1), -0.1)).toThrow(
+      'Expected a finite number >= 0 for the learning rate in setLearningRate but received -0.1 of type number.',
+    );
+  });
+});
+
+describe('weightDecay', () => {
+  it('scales variables by 1 - lr * weightDecay before the update', () => {
+    const optimizer = createOptimizer('sgd', 0.1, { momentum: 0, weightDecay: 0.5 });
+    const w = tf.variable(tf.tensor1d([2]));
+    // w = 2 * (1 - 0.1 * 0.5) - 0.1 * 3 = 1.9 - 0.3 = 1.6
+    expect(step(optimizer, w, [3])[0]).toBeCloseTo(1.6, 6);
+    // follows the learning rate: lr 0.2 -> w = 1.6 * (1 - 0.2 * 0.5) - 0.2 * 3 = 1.44 - 0.6 = 0.84
+    setLearningRate(optimizer, 0.2);
+    expect(step(optimizer, w, [3])[0]).toBeCloseTo(0.84, 6);
+  });
+});

@@ -1,0 +1,160 @@
+/**
+ * Optimizers by name, with a learning rate that can be changed at every step (for the schedules of
+ * `schedules.ts`) and optional decoupled weight decay.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+import { InvalidOptionError, describeValue, unknownName } from '../errors.js';
+
+/** Names of the optimizers. */
+export type OptimizerName = 'adam' | 'sgd' | 'rmsprop';
+
+/** The optimizer names {@link createOptimizer} accepts. */
+export const OPTIMIZER_NAMES: readonly OptimizerName[] = Object.freeze(['adam', 'sgd', 'rmsprop'] as const);
+
+/** Options of {@link createOptimizer}; each optimizer reads the fields it uses. */
+export interface OptimizerOptions {
+  /**
+   * Momentum, in `[0, 1)`. `sgd`: default `0.9` (`0` gives plain gradient descent); `rmsprop`: default `0`.
+   */
+  momentum?: number;
+  /** `adam`: decay of the first-moment estimate, in `[0, 1)`. Default `0.9`. */
+  beta1?: number;
+  /** `adam`: decay of the second-moment estimate, in `[0, 1)`. Default `0.999`. */
+  beta2?: number;
+  /** `adam`, `rmsprop`: term added to the denominator, `> 0`. Default: the backend's epsilon (`1e-7` in float32). */
+  epsilon?: number;
+  /**
+   * Decoupled weight decay (as in AdamW), `>= 0`: before each update every updated variable is multiplied by
+   * `1 - learningRate * weightDecay`. Default `0` (off).
+   */
+  weightDecay?: number;
+}
+
+/** The defaults of {@link OptimizerOptions}. */
+export const OPTIMIZER_DEFAULTS = Object.freeze({
+  sgdMomentum: 0.9,
+  rmspropMomentum: 0,
+  beta1: 0.9,
+  beta2: 0.999,
+  weightDecay: 0,
+});
+
+/** The field in which every tfjs optimizer keeps its learning rate (declared `protected` in the typings). */
+interface WithLearningRate {
+  learningRate: number;
+  /** Present on SGD and Momentum, which also cache the scalar `-learningRate` in a field `c`. */
+  setLearningRate?: (learningRate: number) => void;
+}
+
+function checkLearningRate(context: string, lr: number, allowZero: boolean): void {
+  if (!(typeof lr === 'number' && Number.isFinite(lr) && (allowZero ? lr >= 0 : lr > 0))) {
+    throw new InvalidOptionError(
+      `Expected a finite number ${allowZero ? '>= 0' : '> 0'} for the learning rate in ${context} ` +
+        `but received ${describeValue(lr)}.`,
+    );
+  }
+}
+
+function checkRange(name: string, value: number | undefined, expected: string, ok: (v: number) => boolean): void {
+  if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && ok(value))) {
+    throw new InvalidOptionError(
+      `Expected ${expected} for optimizer option ${name} but received ${describeValue(value)}.`,
+    );
+  }
+}
+
+/**
+ * Creates a tfjs optimizer by name: `'adam'` (`tf.train.adam`), `'sgd'` (`tf.train.momentum`, or `tf.train.sgd` when
+ * `momentum` is 0) or `'rmsprop'` (`tf.train.rmsprop`, decay 0.9, not centered).
+ *
+ * @param name one of {@link OPTIMIZER_NAMES}.
+ * @param lr the initial learning rate, `> 0`; change it later with {@link setLearningRate}.
+ * @param options see {@link OptimizerOptions}.
+ * @returns the optimizer; call `dispose()` on it when training ends.
+ * @throws UnknownNameError for an unknown name (the message lists the valid names).
+ * @throws InvalidOptionError for a learning rate or option out of range.
+ * @example
+ * const optimizer = createOptimizer('adam', 1e-3, { weightDecay: 1e-4 });
+ * optimizer.minimize(() => loss(model.apply(x) as tf.Tensor4D, y));
+ */
+export function createOptimizer(name: string, lr: number, options: OptimizerOptions = {}): tf.Optimizer {
+  if (!(OPTIMIZER_NAMES as readonly string[]).includes(name)) throw unknownName('optimizer', name, OPTIMIZER_NAMES);
+  checkLearningRate('createOptimizer', lr, false);
+  const unit = (v: number): boolean => v >= 0 && v < 1;
+  checkRange('momentum', options.momentum, 'a number in [0, 1)', unit);
+  checkRange('beta1', options.beta1, 'a number in [0, 1)', unit);
+  checkRange('beta2', options.beta2, 'a number in [0, 1)', unit);
+  checkRange('epsilon', options.epsilon, 'a number > 0', (v) => v > 0);
+  checkRange('weightDecay', options.weightDecay, 'a number >= 0', (v) => v >= 0);
+
+  let optimizer: tf.Optimizer;
+  if (name === 'adam') {
+    optimizer = tf.train.adam(
+      lr,
+      options.beta1 ?? OPTIMIZER_DEFAULTS.beta1,
+      options.beta2 ?? OPTIMIZER_DEFAULTS.beta2,
+      options.epsilon,
+    );
+  } else if (name === 'sgd') {
+    const momentum = options.momentum ?? OPTIMIZER_DEFAULTS.sgdMomentum;
+    optimizer = momentum === 0 ? tf.train.sgd(lr) : tf.train.momentum(lr, momentum);
+  } else {
+    optimizer = tf.train.rmsprop(lr, 0.9, options.momentum ?? OPTIMIZER_DEFAULTS.rmspropMomentum, options.epsilon);
+  }
+
+  const weightDecay = options.weightDecay ?? OPTIMIZER_DEFAULTS.weightDecay;
+  if (weightDecay > 0) addDecoupledWeightDecay(optimizer, weightDecay);
+  return optimizer;
+}
+
+/** Wraps `applyGradients` so that each updated variable is first scaled by `1 - lr * weightDecay`. */
+function addDecoupledWeightDecay(optimizer: tf.Optimizer, weightDecay: number): void {
+  const apply = optimizer.applyGradients.bind(optimizer);
+  optimizer.applyGradients = (variableGradients: Parameters<tf.Optimizer['applyGradients']>[0]): void => {
+    const names = Array.isArray(variableGradients)
+      ? variableGradients.filter((g) => g.tensor != null).map((g) => g.name)
+      : Object.keys(variableGradients).filter((n) => variableGradients[n] != null);
+    const factor = 1 - getLearningRate(optimizer) * weightDecay;
+    const variables = tf.engine().registeredVariables;
+    tf.tidy(() => {
+      for (const n of names) {
+        const variable = variables[n];
+        if (variable !== undefined) variable.assign(tf.mul(variable, factor));
+      }
+    });
+    apply(variableGradients);
+  };
+}
+
+/**
+ * The learning rate the optimizer uses for its next step.
+ *
+ * @example
+ * getLearningRate(createOptimizer('sgd', 0.1)); // 0.1
+ */
+export function getLearningRate(optimizer: tf.Optimizer): number {
+  return (optimizer as unknown as WithLearningRate).learningRate;
+}
+
+/**
+ * Sets the learning rate used by the optimizer's next steps. tfjs optimizers keep it in a `learningRate` field that
+ * Adam and RMSProp read at every step, while SGD and Momentum also cache `-learningRate` as a scalar tensor `c`: for
+ * those, their own `setLearningRate` is called, which replaces `c` (and disposes the old one).
+ *
+ * @param optimizer an optimizer from {@link createOptimizer} (or any `tf.train.*` optimizer).
+ * @param lr the new learning rate, `>= 0`.
+ * @throws InvalidOptionError for a negative or non-finite learning rate.
+ * @example
+ * const schedule = makeSchedule({ name: 'cosine', baseLr: 1e-3, totalSteps });
+ * for (let step = 0; step < totalSteps; step++) {
+ *   setLearningRate(optimizer, schedule(step));
+ *   optimizer.minimize(lossFn);
+ * }
+ */
+export function setLearningRate(optimizer: tf.Optimizer, lr: number): void {
+  checkLearningRate('setLearningRate', lr, true);
+  const target = optimizer as unknown as WithLearningRate;
+  if (typeof target.setLearningRate === 'function') target.setLearningRate(lr);
+  else target.learningRate = lr;
+}

@@ -1,0 +1,615 @@
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { resolveArchitectureOptions, type ArchitecturePlugin } from '../arch/architecture.js';
+import { DEFAULT_AUGMENT, randCropAugment, type AugmentOptions } from '../data/augment.js';
+import { inferClassMap, loadClassMap, type ClassMap } from '../data/class-map.js';
+import {
+  collectMaskValues,
+  computeNormalization,
+  loadSamples,
+  pairImagesAndMasks,
+  type LoadedSample,
+  type Normalization,
+  type SamplePair,
+} from '../data/dataset.js';
+import { readImage, writeFileAtomic } from '../data/image-io.js';
+import { createRandom, shuffle } from '../data/random.js';
+import { activeEngine } from '../engine/engine.js';
+import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
+import type { ModelManifest } from '../model/manifest.js';
+import { countParameters, deserializeModel, MODEL_FILES, saveModel, serializeModel, type ManifestDraft } from '../model/model-io.js';
+import { predictProbabilities } from '../predict/predict.js';
+import { CORE_VERSION } from '../version.js';
+import { getLoss, LOSS_NAMES } from './losses.js';
+import { argmaxLabels, ConfusionMatrix, makeEvaluationReport, type EvaluationReport } from './metrics.js';
+import { createOptimizer, setLearningRate } from './optimizers.js';
+import { renderLineChartPng } from './plot.js';
+import { makeSchedule, type ScheduleName } from './schedules.js';
+
+/** The version of the trainer plugin interface. */
+export const TRAINER_API_VERSION = 1;
+
+/** User-facing training options; every field is optional (see {@link TRAIN_DEFAULTS}). */
+export interface TrainOptions {
+  /** Side of the square random crops trained on (pixels). Rounded to the architecture's input multiple. */
+  tileSize?: number;
+  batchSize?: number;
+  /** Maximum number of epochs. */
+  epochs?: number;
+  /** Optimisation steps per epoch. Default: enough crops to cover the training pixels once, at least 8. */
+  stepsPerEpoch?: number;
+  optimizer?: string;
+  /** Base learning rate. */
+  lr?: number;
+  schedule?: ScheduleName;
+  /** Linear learning-rate warm-up, in steps. */
+  warmupSteps?: number;
+  loss?: string;
+  /** Per-class loss weights, in class order. */
+  classWeights?: number[];
+  /** Share of the samples held out for validation when no validation folders are given. */
+  valSplit?: number;
+  seed?: number;
+  /** Stop after this many minutes, keeping the best weights by validation loss. */
+  timeBudgetMinutes?: number;
+  /** Stop when the validation loss has not improved for this many epochs (0 = never). */
+  patience?: number;
+  /** Data augmentation; `false` turns it off. */
+  augment?: Partial<AugmentOptions> | false;
+  /** Epoch checkpoints to keep besides the best one. */
+  keepCheckpoints?: number;
+}
+
+/** {@link TrainOptions} with every default filled. */
+export interface ResolvedTrainOptions {
+  tileSize: number;
+  batchSize: number;
+  epochs: number;
+  stepsPerEpoch: number | null;
+  optimizer: string;
+  lr: number;
+  schedule: ScheduleName;
+  warmupSteps: number;
+  loss: string;
+  classWeights: number[] | null;
+  valSplit: number;
+  seed: number;
+  timeBudgetMinutes: number | null;
+  patience: number;
+  augment: AugmentOptions | false;
+  keepCheckpoints: number;
+}
+
+/** Defaults of {@link TrainOptions}. */
+export const TRAIN_DEFAULTS: ResolvedTrainOptions = {
+  tileSize: 256,
+  batchSize: 4,
+  epochs: 50,
+  stepsPerEpoch: null,
+  optimizer: 'adam',
+  lr: 1e-3,
+  schedule: 'cosine',
+  warmupSteps: 0,
+  loss: 'ce-dice',
+  classWeights: null,
+  valSplit: 0.2,
+  seed: 42,
+  timeBudgetMinutes: null,
+  patience: 0,
+  augment: DEFAULT_AUGMENT,
+  keepCheckpoints: 2,
+};
+
+/** What to train on and where to write. */
+export interface TrainRequest {
+  architecture: ArchitecturePlugin<any>;
+  /** User options of the architecture (validated against its schema). */
+  architectureOptions?: Record<string, unknown>;
+  images: string;
+  masks: string;
+  /** Validation folders; otherwise `valSplit` of the training pairs is held out. */
+  valImages?: string;
+  valMasks?: string;
+  /** Path of a class-map JSON file, or a class map; default: inferred from the masks. */
+  classes?: string | ClassMap;
+  /** Output model folder. */
+  out: string;
+  options?: TrainOptions;
+  /** Continue from the newest checkpoint in `out`. */
+  resume?: boolean;
+  /** µm per pixel of the training images, recorded in the manifest. */
+  mpp?: number;
+  /** Aborting stops training after the current step; the last epoch checkpoint stays usable for `resume`. */
+  signal?: AbortSignal;
+  onEvent?: (event: TrainEvent) => void;
+}
+
+/** Progress events emitted while training. */
+export type TrainEvent =
+  | { type: 'data'; trainSamples: number; validationSamples: number; classes: string[]; channels: number }
+  | { type: 'start'; epochs: number; stepsPerEpoch: number; startEpoch: number; parameters: number }
+  | { type: 'step'; epoch: number; step: number; stepsPerEpoch: number; loss: number; lr: number; seconds: number }
+  | { type: 'epoch'; record: EpochRecord; best: boolean }
+  | { type: 'stop'; reason: string };
+
+/** One row of the training history (`history.csv`). */
+export interface EpochRecord {
+  epoch: number;
+  step: number;
+  lr: number;
+  trainLoss: number;
+  valLoss: number;
+  valPixelAccuracy: number;
+  valMeanIoU: number;
+  valMeanDice: number;
+  seconds: number;
+}
+
+/** Result of a training run. */
+export interface TrainResult {
+  out: string;
+  manifest: ModelManifest;
+  history: EpochRecord[];
+  bestEpoch: number;
+  stopReason: string;
+  validation: EvaluationReport;
+}
+
+/** A trainer plugin: turns a {@link TrainRequest} into a trained model folder. */
+export interface TrainerPlugin {
+  readonly name: string;
+  readonly apiVersion: number;
+  train(request: TrainRequest): Promise<TrainResult>;
+}
+
+/**
+ * Validates training options and fills defaults.
+ * @throws InvalidOptionError quoting the bad value and the allowed range.
+ */
+export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOptions {
+  const r = { ...TRAIN_DEFAULTS } as ResolvedTrainOptions;
+  for (const [key, value] of Object.entries(options)) if (value !== undefined) (r as any)[key] = value;
+  if (options.augment !== undefined && options.augment !== false) r.augment = { ...DEFAULT_AUGMENT, ...options.augment };
+  const int = (name: keyof ResolvedTrainOptions, min: number, max = Number.MAX_SAFE_INTEGER) => {
+    const v = r[name];
+    if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
+      throw new InvalidOptionError(`Expected an integer between ${min} and ${max} for ${name} but received ${describeValue(v)}.`);
+    }
+  };
+  int('tileSize', 8, 4096);
+  int('batchSize', 1, 1024);
+  int('epochs', 1, 100000);
+  if (r.stepsPerEpoch !== null) int('stepsPerEpoch', 1);
+  int('warmupSteps', 0);
+  int('seed', 0, 2 ** 32 - 1);
+  int('patience', 0);
+  int('keepCheckpoints', 0, 1000);
+  if (!(typeof r.lr === 'number' && r.lr > 0 && r.lr < 10)) {
+    throw new InvalidOptionError(`Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`);
+  }
+  if (!(typeof r.valSplit === 'number' && r.valSplit >= 0 && r.valSplit < 1)) {
+    throw new InvalidOptionError(`Expected a number in [0, 1) for valSplit but received ${describeValue(r.valSplit)}.`);
+  }
+  if (r.timeBudgetMinutes !== null && !(typeof r.timeBudgetMinutes === 'number' && r.timeBudgetMinutes > 0)) {
+    throw new InvalidOptionError(`Expected a positive number of minutes for timeBudgetMinutes but received ${describeValue(r.timeBudgetMinutes)}.`);
+  }
+  if (!LOSS_NAMES.includes(r.loss as (typeof LOSS_NAMES)[number])) getLoss(r.loss);
+  return r;
+}
+
+interface CheckpointState {
+  epoch: number;
+  step: number;
+  history: EpochRecord[];
+  bestEpoch: number;
+  bestValLoss: number;
+  epochsWithoutImprovement: number;
+  elapsedSeconds: number;
+  startedAt: string;
+}
+
+const CHECKPOINTS = 'checkpoints';
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function saveCheckpoint(
+  dir: string,
+  model: tfl.LayersModel,
+  optimizer: tf.Optimizer,
+  state: CheckpointState,
+): Promise<void> {
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  const { topology, weights } = await serializeModel(model);
+  const optimizerWeights = await optimizer.getWeights();
+  const encoded = await tf.io.encodeWeights(optimizerWeights);
+  await writeFileAtomic(join(tmp, MODEL_FILES.topology), topology);
+  await writeFileAtomic(join(tmp, MODEL_FILES.weights), weights);
+  await writeFileAtomic(join(tmp, 'optimizer.bin'), new Uint8Array(tf.io.CompositeArrayBuffer.join(encoded.data)));
+  await writeFileAtomic(join(tmp, 'optimizer.json'), JSON.stringify(encoded.specs));
+  await writeFileAtomic(join(tmp, 'state.json'), JSON.stringify(state, null, 2));
+  await rm(dir, { recursive: true, force: true });
+  const { rename } = await import('node:fs/promises');
+  await rename(tmp, dir);
+}
+
+async function latestCheckpoint(out: string): Promise<string | undefined> {
+  const dir = join(out, CHECKPOINTS);
+  if (!(await exists(dir))) return undefined;
+  const names = (await readdir(dir)).filter((n) => /^epoch-\d+$/.test(n)).sort();
+  for (let i = names.length - 1; i >= 0; i--) {
+    if (await exists(join(dir, names[i], 'state.json'))) return join(dir, names[i]);
+  }
+  return undefined;
+}
+
+function toCsv(history: EpochRecord[]): string {
+  const keys: (keyof EpochRecord)[] = [
+    'epoch', 'step', 'lr', 'trainLoss', 'valLoss', 'valPixelAccuracy', 'valMeanIoU', 'valMeanDice', 'seconds',
+  ];
+  return [keys.join(','), ...history.map((h) => keys.map((k) => String(h[k])).join(','))].join('\n') + '\n';
+}
+
+/** Evaluates a model on whole samples: mean loss and the confusion matrix. */
+export function evaluateSamples(
+  model: tfl.LayersModel,
+  samples: LoadedSample[],
+  numClasses: number,
+  multiple: number,
+  lossName: string,
+  lossOptions: { classWeights?: number[] } = {},
+): { loss: number; confusion: ConfusionMatrix } {
+  const lossFn = getLoss(lossName, lossOptions);
+  const confusion = new ConfusionMatrix(numClasses);
+  let lossSum = 0;
+  for (const s of samples) {
+    const probs = predictProbabilities(model, { data: s.image, width: s.width, height: s.height, channels: s.channels }, { multiple });
+    lossSum += tf.tidy(() => {
+      const p = tf.tensor4d(probs, [1, s.height, s.width, numClasses]);
+      const y = tf.tensor3d(Int32Array.from(s.labels), [1, s.height, s.width], 'int32');
+      return lossFn(p, y).dataSync()[0];
+    });
+    const predicted = argmaxLabels(probs, numClasses);
+    confusion.add(predicted, s.labels);
+  }
+  return { loss: lossSum / Math.max(1, samples.length), confusion };
+}
+
+/**
+ * The default trainer: random augmented crops, a chosen loss, optimizer and schedule, validation every
+ * epoch, a checkpoint every epoch, the best weights (by validation loss) kept as the model, early stopping,
+ * a time budget, and resume.
+ *
+ * @example
+ * ```ts
+ * const result = await defaultTrainer().train({ architecture: unet(), images, masks, out: 'runs/em' });
+ * ```
+ */
+export function defaultTrainer(): TrainerPlugin {
+  return { name: 'default', apiVersion: TRAINER_API_VERSION, train: trainModel };
+}
+
+async function readClassMap(classes: TrainRequest['classes'], pairs: SamplePair[]): Promise<ClassMap> {
+  if (classes === undefined) {
+    const values = await collectMaskValues(pairs);
+    const map = inferClassMap(values);
+    if (map.classes.length < 2) {
+      throw new DatasetError(
+        `The masks hold a single value (${[...values].join(', ')}); at least two classes are needed to train.`,
+        'Check that the masks folder holds label masks, or pass --classes with the class map.',
+      );
+    }
+    return map;
+  }
+  return typeof classes === 'string' ? loadClassMap(classes) : classes;
+}
+
+async function trainModel(request: TrainRequest): Promise<TrainResult> {
+  const o = resolveTrainOptions(request.options);
+  const plugin = request.architecture;
+  const archOptions = resolveArchitectureOptions(plugin, request.architectureOptions);
+  const multiple = plugin.inputMultiple(archOptions);
+  if (o.tileSize % multiple !== 0) {
+    throw new InvalidOptionError(
+      `Expected a tile size that is a multiple of ${multiple} for architecture "${plugin.name}" but received ${o.tileSize}.`,
+      `Use --tile ${Math.max(multiple, Math.round(o.tileSize / multiple) * multiple)}.`,
+    );
+  }
+  const out = resolve(request.out);
+  const emit = request.onEvent ?? (() => undefined);
+
+  // Data
+  const pairs = await pairImagesAndMasks(request.images, request.masks);
+  const classMap = await readClassMap(request.classes, pairs);
+  const numClasses = classMap.classes.length;
+  const rootRng = createRandom(o.seed);
+  let trainPairs = pairs;
+  let valPairs: SamplePair[] = [];
+  let validation = 'none';
+  if (request.valImages || request.valMasks) {
+    if (!request.valImages || !request.valMasks) {
+      throw new InvalidOptionError('Validation folders must be given together: --val-images and --val-masks.');
+    }
+    valPairs = await pairImagesAndMasks(request.valImages, request.valMasks);
+    validation = `folders ${request.valImages} and ${request.valMasks}`;
+  } else if (o.valSplit > 0) {
+    if (pairs.length < 2) {
+      throw new DatasetError(
+        `Only ${pairs.length} image in ${request.images}: cannot hold out a validation split.`,
+        'Add images, pass --val-images/--val-masks, or use --val-split 0.',
+      );
+    }
+    const order = shuffle([...pairs], rootRng.fork('split'));
+    const nVal = Math.min(pairs.length - 1, Math.max(1, Math.round(pairs.length * o.valSplit)));
+    const valStems = new Set(order.slice(0, nVal).map((p) => p.stem));
+    valPairs = pairs.filter((p) => valStems.has(p.stem));
+    trainPairs = pairs.filter((p) => !valStems.has(p.stem));
+    validation = `${nVal} of ${pairs.length} images held out (valSplit ${o.valSplit}, seed ${o.seed})`;
+  }
+  // One channel count for the whole data set: grey when every training image is stored grey.
+  let rawImages = await Promise.all(trainPairs.map((p) => readImage(p.imagePath)));
+  const channels: 1 | 3 = rawImages.every((image) => image.channels === 1) ? 1 : 3;
+  if (channels === 3 && rawImages.some((image) => image.channels === 1)) {
+    rawImages = await Promise.all(trainPairs.map((p) => readImage(p.imagePath, { channels: 3 })));
+  }
+  const normalization: Normalization = computeNormalization(rawImages);
+  rawImages = [];
+  const trainSamples = await loadSamples(trainPairs, { classMap, channels, normalization });
+  const valSamples = await loadSamples(valPairs, { classMap, channels, normalization });
+  emit({
+    type: 'data',
+    trainSamples: trainSamples.length,
+    validationSamples: valSamples.length,
+    classes: classMap.classes.map((c) => c.name),
+    channels,
+  });
+  if (o.classWeights && o.classWeights.length !== numClasses) {
+    throw new InvalidOptionError(
+      `Expected ${numClasses} class weights (one per class: ${classMap.classes.map((c) => c.name).join(', ')}) but received ${o.classWeights.length}.`,
+    );
+  }
+  const lossOptions = o.classWeights ? { classWeights: o.classWeights } : {};
+  const lossFn = getLoss(o.loss, lossOptions);
+
+  const trainPixels = trainSamples.reduce((s, x) => s + x.width * x.height, 0);
+  const stepsPerEpoch = o.stepsPerEpoch ?? Math.max(8, Math.ceil(trainPixels / (o.tileSize * o.tileSize * o.batchSize)));
+  const totalSteps = stepsPerEpoch * o.epochs;
+  const schedule = makeSchedule({ name: o.schedule, baseLr: o.lr, totalSteps, warmupSteps: o.warmupSteps });
+
+  // Model and optimizer, fresh or from a checkpoint
+  let model: tfl.LayersModel;
+  const optimizer = createOptimizer(o.optimizer, o.lr);
+  let state: CheckpointState = {
+    epoch: 0,
+    step: 0,
+    history: [],
+    bestEpoch: 0,
+    bestValLoss: Infinity,
+    epochsWithoutImprovement: 0,
+    elapsedSeconds: 0,
+    startedAt: new Date().toISOString(),
+  };
+  const checkpoint = request.resume ? await latestCheckpoint(out) : undefined;
+  if (request.resume && !checkpoint) {
+    throw new InputNotFoundError(
+      `--resume was given but ${join(out, CHECKPOINTS)} holds no checkpoint.`,
+      'Run without --resume to start training, or point --out at the folder of an earlier run.',
+    );
+  }
+  if (checkpoint) {
+    model = await deserializeModel(
+      await readFile(join(checkpoint, MODEL_FILES.topology), 'utf8'),
+      await readFile(join(checkpoint, MODEL_FILES.weights)),
+      checkpoint,
+    );
+    const specs = JSON.parse(await readFile(join(checkpoint, 'optimizer.json'), 'utf8')) as tf.io.WeightsManifestEntry[];
+    const bytes = await readFile(join(checkpoint, 'optimizer.bin'));
+    const named = tf.io.decodeWeights(
+      bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
+      specs,
+    );
+    await optimizer.setWeights(Object.entries(named).map(([name, tensor]) => ({ name, tensor })));
+    state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
+  } else {
+    model = plugin.build({ inputChannels: channels, numClasses, tileSize: o.tileSize, options: archOptions, seed: o.seed });
+    await mkdir(out, { recursive: true });
+  }
+  const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+  const parameters = countParameters(model);
+  emit({ type: 'start', epochs: o.epochs, stepsPerEpoch, startEpoch: state.epoch + 1, parameters });
+
+  const engine = activeEngine();
+  const draft = (metrics: EvaluationReport | null, stopReason: string): ManifestDraft => ({
+    format: 'tessera-model',
+    formatVersion: 1,
+    architecture: {
+      name: plugin.name,
+      version: plugin.version,
+      apiVersion: plugin.apiVersion,
+      options: archOptions as Record<string, unknown>,
+      inputMultiple: multiple,
+      receptiveField: plugin.receptiveField(archOptions),
+      parameters,
+    },
+    classes: classMap.classes,
+    ...(classMap.ignore !== undefined ? { ignore: classMap.ignore } : {}),
+    inputChannels: channels,
+    normalization,
+    tileSize: o.tileSize,
+    mpp: request.mpp ?? null,
+    training: {
+      data: {
+        images: resolve(request.images),
+        masks: resolve(request.masks),
+        trainStems: trainPairs.map((p) => p.stem),
+        validationStems: valPairs.map((p) => p.stem),
+        validation,
+      },
+      options: o as unknown as Record<string, unknown>,
+      seed: o.seed,
+      engine: engine ? { name: engine.name, backend: engine.backend, threads: engine.threads } : { name: tf.getBackend(), backend: tf.getBackend(), threads: 1 },
+      startedAt: state.startedAt,
+      finishedAt: new Date().toISOString(),
+      durationSeconds: Math.round(state.elapsedSeconds * 10) / 10,
+      epochs: state.epoch,
+      steps: state.step,
+      bestEpoch: state.bestEpoch,
+      stopReason,
+      metrics: metrics ? { ...metrics } : {},
+    },
+    createdBy: `@tessera/core ${CORE_VERSION}`,
+  });
+
+  const budgetSeconds = o.timeBudgetMinutes === null ? Infinity : o.timeBudgetMinutes * 60;
+  let stopReason = `reached ${o.epochs} epochs`;
+  let bestReport: EvaluationReport | null = null;
+  const tile = o.tileSize;
+  const batchImage = new Float32Array(o.batchSize * tile * tile * channels);
+  const batchLabels = new Int32Array(o.batchSize * tile * tile);
+  let lastEpochSeconds = 0;
+
+  for (let epoch = state.epoch + 1; epoch <= o.epochs; epoch++) {
+    if (request.signal?.aborted) {
+      stopReason = 'interrupted';
+      break;
+    }
+    if (state.elapsedSeconds + lastEpochSeconds > budgetSeconds) {
+      stopReason = `time budget of ${o.timeBudgetMinutes} minutes`;
+      break;
+    }
+    const epochStart = performance.now();
+    const rng = rootRng.fork(`epoch-${epoch}`);
+    let lossSum = 0;
+    let interrupted = false;
+    for (let step = 0; step < stepsPerEpoch; step++) {
+      if (request.signal?.aborted) {
+        interrupted = true;
+        break;
+      }
+      for (let b = 0; b < o.batchSize; b++) {
+        const sample = trainSamples[rng.int(trainSamples.length)];
+        const crop = randCropAugment(sample, tile, o.augment === false ? {} : o.augment, rng, normalization);
+        batchImage.set(crop.image, b * tile * tile * channels);
+        batchLabels.set(crop.labels, b * tile * tile);
+      }
+      const lr = schedule(state.step);
+      setLearningRate(optimizer, lr);
+      const loss = tf.tidy(() => {
+        const x = tf.tensor4d(batchImage, [o.batchSize, tile, tile, channels]);
+        const y = tf.tensor3d(batchLabels, [o.batchSize, tile, tile], 'int32');
+        const { value, grads } = tf.variableGrads(
+          () => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y),
+          variables,
+        );
+        optimizer.applyGradients(grads);
+        return value.dataSync()[0];
+      });
+      if (!Number.isFinite(loss)) {
+        throw new InvalidOptionError(
+          `Training diverged at epoch ${epoch}, step ${step + 1}: the loss is ${loss}.`,
+          `Lower the learning rate (--lr ${o.lr / 10}).`,
+        );
+      }
+      lossSum += loss;
+      state.step++;
+      emit({ type: 'step', epoch, step: step + 1, stepsPerEpoch, loss, lr, seconds: (performance.now() - epochStart) / 1000 });
+    }
+    if (interrupted) {
+      stopReason = 'interrupted';
+      break;
+    }
+    const evaluation = valSamples.length
+      ? evaluateSamples(model, valSamples, numClasses, multiple, o.loss, lossOptions)
+      : { loss: lossSum / stepsPerEpoch, confusion: null };
+    lastEpochSeconds = (performance.now() - epochStart) / 1000;
+    state.elapsedSeconds += lastEpochSeconds;
+    const report = evaluation.confusion ? makeEvaluationReport(evaluation.confusion, classMap.classes) : null;
+    const record: EpochRecord = {
+      epoch,
+      step: state.step,
+      lr: schedule(Math.max(0, state.step - 1)),
+      trainLoss: lossSum / stepsPerEpoch,
+      valLoss: evaluation.loss,
+      valPixelAccuracy: report?.pixelAccuracy ?? NaN,
+      valMeanIoU: report?.meanIoU ?? NaN,
+      valMeanDice: report?.meanDice ?? NaN,
+      seconds: Math.round(lastEpochSeconds * 100) / 100,
+    };
+    state.history.push(record);
+    state.epoch = epoch;
+    const best = evaluation.loss < state.bestValLoss;
+    if (best) {
+      state.bestValLoss = evaluation.loss;
+      state.bestEpoch = epoch;
+      state.epochsWithoutImprovement = 0;
+      bestReport = report;
+      await saveModel(out, model, draft(report, 'in progress'));
+    } else {
+      state.epochsWithoutImprovement++;
+    }
+    await writeHistory(out, state.history);
+    const ckptDir = join(out, CHECKPOINTS, `epoch-${String(epoch).padStart(4, '0')}`);
+    await saveCheckpoint(ckptDir, model, optimizer, state);
+    await pruneCheckpoints(join(out, CHECKPOINTS), o.keepCheckpoints);
+    emit({ type: 'epoch', record, best });
+    if (o.patience > 0 && state.epochsWithoutImprovement >= o.patience) {
+      stopReason = `early stopping: validation loss did not improve for ${o.patience} epochs`;
+      break;
+    }
+  }
+  emit({ type: 'stop', reason: stopReason });
+
+  // The kept model is the best epoch's; re-evaluate it for the final report and manifest.
+  const { loadModel } = await import('../model/model-io.js');
+  if (state.bestEpoch === 0) {
+    throw new InvalidOptionError(
+      `Training stopped (${stopReason}) before finishing its first epoch, so no model was written to ${out}.`,
+      'Give a larger --time-budget or fewer --steps-per-epoch.',
+    );
+  }
+  const best = await loadModel(out);
+  const finalEval = valSamples.length
+    ? makeEvaluationReport(evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions).confusion, classMap.classes)
+    : bestReport!;
+  const manifest = await saveModel(out, best.model, draft(finalEval, stopReason));
+  best.model.dispose();
+  model.dispose();
+  optimizer.dispose();
+  return { out, manifest, history: state.history, bestEpoch: state.bestEpoch, stopReason, validation: finalEval };
+}
+
+async function pruneCheckpoints(dir: string, keep: number): Promise<void> {
+  const names = (await readdir(dir)).filter((n) => /^epoch-\d+$/.test(n)).sort();
+  for (const name of names.slice(0, Math.max(0, names.length - Math.max(1, keep)))) {
+    await rm(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+async function writeHistory(out: string, history: EpochRecord[]): Promise<void> {
+  await writeFileAtomic(join(out, 'history.csv'), toCsv(history));
+  await writeFileAtomic(join(out, 'history.json'), JSON.stringify(history, null, 2) + '\n');
+  const points = (key: keyof EpochRecord) =>
+    history.map((h) => ({ x: h.epoch, y: h[key] as number })).filter((p) => Number.isFinite(p.y));
+  await renderLineChartPng(
+    {
+      title: 'Loss curve',
+      xLabel: 'epoch',
+      yLabel: 'loss',
+      series: [
+        { name: 'training loss', color: '#1f77b4', points: points('trainLoss') },
+        { name: 'validation loss', color: '#d62728', points: points('valLoss') },
+      ],
+    },
+    join(out, 'loss-curve.png'),
+  );
+}
