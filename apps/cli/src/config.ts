@@ -11,11 +11,15 @@ export async function readConfig(path: string): Promise<Record<string, unknown>>
   try {
     text = await readFile(path, 'utf8');
   } catch (error) {
-    throw new InputNotFoundError(`Configuration file ${path} cannot be read: ${(error as Error).message}`, 'Check the --config path.');
+    throw new InputNotFoundError(
+      `Configuration file ${path} cannot be read: ${(error as Error).message}`,
+      'Check the --config path.',
+    );
   }
   try {
     const value = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
-    if (!value || typeof value !== 'object' || Array.isArray(value)) throw new Error('expected an object of option names');
+    if (!value || typeof value !== 'object' || Array.isArray(value))
+      throw new Error('expected an object of option names');
     return value as Record<string, unknown>;
   } catch (error) {
     throw new InvalidInputError(

@@ -22,7 +22,9 @@ export function buildProgram(): Command {
   const backend = () =>
     new Option('--backend <engine>', 'compute engine: auto, tfjs-node-gpu, tfjs-node, wasm, cpu (env TESSERA_BACKEND)');
   const output = (cmd: Command) =>
-    cmd.option('-q, --quiet', 'print nothing but errors (and --json output)').option('--json', 'print a JSON result on stdout');
+    cmd
+      .option('-q, --quiet', 'print nothing but errors (and --json output)')
+      .option('--json', 'print a JSON result on stdout');
 
   output(
     program
@@ -116,7 +118,8 @@ function int(value: string): number {
 }
 function float(value: string): number {
   const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`expected a number but received "${value}"`);
+  if (value.trim() === '' || !Number.isFinite(n))
+    throw new InvalidArgumentError(`expected a number but received "${value}"`);
   return n;
 }
 function floatList(value: string): number[] {

@@ -75,7 +75,13 @@ async function importPlugin(specifier: string, fromDir: string, source: string):
 
 /** True when `--arch` names a file or package to load rather than a registered name. */
 export function isPluginReference(arch: string): boolean {
-  return arch.startsWith('.') || isAbsolute(arch) || arch.endsWith('.js') || arch.endsWith('.mjs') || PLUGIN_PATTERNS.some((re) => re.test(arch));
+  return (
+    arch.startsWith('.') ||
+    isAbsolute(arch) ||
+    arch.endsWith('.js') ||
+    arch.endsWith('.mjs') ||
+    PLUGIN_PATTERNS.some((re) => re.test(arch))
+  );
 }
 
 /**
@@ -86,7 +92,9 @@ export async function loadRegistry(extra?: string): Promise<{ registry: Architec
   const registry = new ArchitectureRegistry();
   const packages = findPluginPackages();
   // The default architecture first.
-  const ordered = [...packages.keys()].sort((a, b) => (a === '@tessera/arch-unet' ? -1 : b === '@tessera/arch-unet' ? 1 : a.localeCompare(b)));
+  const ordered = [...packages.keys()].sort((a, b) =>
+    a === '@tessera/arch-unet' ? -1 : b === '@tessera/arch-unet' ? 1 : a.localeCompare(b),
+  );
   for (const name of ordered) {
     if (extra === name) continue;
     const plugin = await importPlugin(name, dirname(packages.get(name)!), `package ${name}`);

@@ -17,7 +17,8 @@ export function colour(text: string, code: 'red' | 'green' | 'yellow' | 'cyan' |
 /** Formats seconds as `1h02m`, `3m05s` or `12.3s`. */
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds)) return '?';
-  if (seconds >= 3600) return `${Math.floor(seconds / 3600)}h${String(Math.floor((seconds % 3600) / 60)).padStart(2, '0')}m`;
+  if (seconds >= 3600)
+    return `${Math.floor(seconds / 3600)}h${String(Math.floor((seconds % 3600) / 60)).padStart(2, '0')}m`;
   if (seconds >= 60) return `${Math.floor(seconds / 60)}m${String(Math.round(seconds % 60)).padStart(2, '0')}s`;
   return `${seconds.toFixed(1)}s`;
 }
@@ -47,7 +48,8 @@ export class ProgressBar {
     const width = 24;
     const filled = Math.round((done / Math.max(this.total, 1)) * width);
     const bar = '#'.repeat(filled) + '.'.repeat(width - filled);
-    const rateText = rate >= 1 ? `${rate.toFixed(1)} ${this.unit}/s` : `${(1 / Math.max(rate, 1e-9)).toFixed(1)} s/${this.unit}`;
+    const rateText =
+      rate >= 1 ? `${rate.toFixed(1)} ${this.unit}/s` : `${(1 / Math.max(rate, 1e-9)).toFixed(1)} s/${this.unit}`;
     const line = `${this.label} [${bar}] ${done}/${this.total} ${rateText} ETA ${formatDuration(eta)} ${extra}`;
     process.stderr.write(`\r\u001b[2K${line.slice(0, (process.stderr.columns ?? 120) - 1)}`);
     this.active = true;

@@ -75,16 +75,28 @@ export default function unet(options: Partial<UnetOptions> = {}): ArchitecturePl
       for (let level = 0; level < o.depth; level++) {
         x = convBlock(x, o.baseFilters * 2 ** level, `enc${level}`);
         skips.push(x);
-        x = layers.layers.maxPooling2d({ poolSize: 2, strides: 2, name: `pool${level}` }).apply(x) as layers.SymbolicTensor;
+        x = layers.layers
+          .maxPooling2d({ poolSize: 2, strides: 2, name: `pool${level}` })
+          .apply(x) as layers.SymbolicTensor;
       }
       x = convBlock(x, o.baseFilters * 2 ** o.depth, 'bottleneck');
-      if (o.dropout > 0) x = layers.layers.dropout({ rate: o.dropout, name: 'bottleneck_dropout' }).apply(x) as layers.SymbolicTensor;
+      if (o.dropout > 0)
+        x = layers.layers.dropout({ rate: o.dropout, name: 'bottleneck_dropout' }).apply(x) as layers.SymbolicTensor;
       for (let level = o.depth - 1; level >= 0; level--) {
         const filters = o.baseFilters * 2 ** level;
         x = layers.layers
-          .conv2dTranspose({ filters, kernelSize: 2, strides: 2, padding: 'same', kernelInitializer: init(), name: `up${level}` })
+          .conv2dTranspose({
+            filters,
+            kernelSize: 2,
+            strides: 2,
+            padding: 'same',
+            kernelInitializer: init(),
+            name: `up${level}`,
+          })
           .apply(x) as layers.SymbolicTensor;
-        x = layers.layers.concatenate({ axis: -1, name: `skip${level}` }).apply([skips[level], x]) as layers.SymbolicTensor;
+        x = layers.layers
+          .concatenate({ axis: -1, name: `skip${level}` })
+          .apply([skips[level], x]) as layers.SymbolicTensor;
         x = convBlock(x, filters, `dec${level}`);
       }
       const output = layers.layers

@@ -26,7 +26,6 @@ export {
   type EngineName,
   type EngineProbe,
 } from './engine/engine.js';
-export { registerWasmGradientKernels } from './engine/wasm-gradients.js';
 export * from './data/index.js';
 export * from './train/index.js';
 export {
@@ -43,6 +42,24 @@ export {
   type TrainResult,
   type TrainerPlugin,
 } from './train/trainer.js';
-export { MODEL_FORMAT_VERSION, validateManifest, type ModelManifest, type TrainingProvenance } from './model/manifest.js';
-export { countParameters, loadModel, readManifest, saveModel, MODEL_FILES, type ManifestDraft } from './model/model-io.js';
-export { blendWeights, padReflect, predictProbabilities, type FloatImage, type PredictOptions } from './predict/predict.js';
+export {
+  MODEL_FORMAT_VERSION,
+  validateManifest,
+  type ModelManifest,
+  type TrainingProvenance,
+} from './model/manifest.js';
+export {
+  countParameters,
+  loadModel,
+  readManifest,
+  saveModel,
+  MODEL_FILES,
+  type ManifestDraft,
+} from './model/model-io.js';
+export {
+  blendWeights,
+  padReflect,
+  predictProbabilities,
+  type FloatImage,
+  type PredictOptions,
+} from './predict/predict.js';

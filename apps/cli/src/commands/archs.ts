@@ -18,7 +18,10 @@ export async function archsCommand(opts: { json?: boolean; arch?: string }): Pro
       receptiveField: plugin.receptiveField(plugin.defaults),
       parameters,
       options: Object.fromEntries(
-        Object.entries(plugin.optionsSchema).map(([key, spec]) => [key, { ...spec, default: (plugin.defaults as Record<string, unknown>)[key] }]),
+        Object.entries(plugin.optionsSchema).map(([key, spec]) => [
+          key,
+          { ...spec, default: (plugin.defaults as Record<string, unknown>)[key] },
+        ]),
       ),
     };
   });
@@ -28,10 +31,18 @@ export async function archsCommand(opts: { json?: boolean; arch?: string }): Pro
   }
   for (const r of rows) {
     process.stdout.write(`${r.name} ${r.version}  ${r.description}\n`);
-    process.stdout.write(`  from ${r.source}; ${r.parameters.toLocaleString('en-US')} parameters (3 channels in, 2 classes); input multiple ${r.inputMultiple}; receptive field ${r.receptiveField} px\n`);
+    process.stdout.write(
+      `  from ${r.source}; ${r.parameters.toLocaleString('en-US')} parameters (3 channels in, 2 classes); input multiple ${r.inputMultiple}; receptive field ${r.receptiveField} px\n`,
+    );
     for (const [key, spec] of Object.entries(r.options)) {
-      const range = spec.choices ? ` one of ${spec.choices.join('|')}` : spec.min !== undefined || spec.max !== undefined ? ` [${spec.min ?? ''}..${spec.max ?? ''}]` : '';
-      process.stdout.write(`    --arch-option ${key}=${String(spec.default)}  (${spec.type}${range}) ${spec.description}\n`);
+      const range = spec.choices
+        ? ` one of ${spec.choices.join('|')}`
+        : spec.min !== undefined || spec.max !== undefined
+          ? ` [${spec.min ?? ''}..${spec.max ?? ''}]`
+          : '';
+      process.stdout.write(
+        `    --arch-option ${key}=${String(spec.default)}  (${spec.type}${range}) ${spec.description}\n`,
+      );
     }
   }
 }

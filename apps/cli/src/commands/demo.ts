@@ -37,12 +37,22 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     await writePng(join(imagesDir, `${name}.png`), image);
     await writePng(join(masksDir, `${name}.png`), { data: mask.data, width: size, height: size, channels: 1 });
   };
-  for (let i = 0; i < 12; i++) await write(dirs.trainImages, dirs.trainMasks, `tile-${String(i).padStart(2, '0')}`, 192);
+  for (let i = 0; i < 12; i++)
+    await write(dirs.trainImages, dirs.trainMasks, `tile-${String(i).padStart(2, '0')}`, 192);
   for (let i = 0; i < 2; i++) await write(dirs.testImages, dirs.testMasks, `test-${i}`, 384);
   const classes = join(out, 'data', 'classes.json');
   await writeFileAtomic(
     classes,
-    JSON.stringify({ classes: [{ name: 'background', value: 0, color: '#f0e0f0' }, { name: 'nucleus', value: 1, color: '#2060ff' }] }, null, 2),
+    JSON.stringify(
+      {
+        classes: [
+          { name: 'background', value: 0, color: '#f0e0f0' },
+          { name: 'nucleus', value: 1, color: '#2060ff' },
+        ],
+      },
+      null,
+      2,
+    ),
   );
   info(opts, `demo data: 12 training tiles (192 px) and 2 test tiles (384 px) in ${join(out, 'data')}`);
   const model = join(out, 'model');
@@ -70,9 +80,22 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     fakeCommand,
   );
   info(opts, 'evaluating on the 2 held-out test tiles:');
-  await evaluateCommand({ model, images: dirs.testImages, masks: dirs.testMasks, backend: opts.backend, quiet: opts.quiet });
+  await evaluateCommand({
+    model,
+    images: dirs.testImages,
+    masks: dirs.testMasks,
+    backend: opts.backend,
+    quiet: opts.quiet,
+  });
   const predictions = join(out, 'predictions');
-  await predictCommand([dirs.testImages], { model, out: predictions, overlay: true, probabilities: true, backend: opts.backend, quiet: opts.quiet });
+  await predictCommand([dirs.testImages], {
+    model,
+    out: predictions,
+    overlay: true,
+    probabilities: true,
+    backend: opts.backend,
+    quiet: opts.quiet,
+  });
   const seconds = (performance.now() - started) / 1000;
   info(opts, `\ndemo finished in ${seconds.toFixed(0)} s`);
   info(opts, `  model:        ${model} (manifest.json, loss-curve.png, history.csv)`);

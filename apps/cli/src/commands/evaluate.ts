@@ -3,7 +3,14 @@ import { info, ProgressBar } from '../progress.js';
 import { startEngine } from './shared.js';
 
 /** `tessera evaluate`. */
-export async function evaluateCommand(opts: { model: string; images: string; masks: string; backend?: string; json?: boolean; quiet?: boolean }): Promise<void> {
+export async function evaluateCommand(opts: {
+  model: string;
+  images: string;
+  masks: string;
+  backend?: string;
+  json?: boolean;
+  quiet?: boolean;
+}): Promise<void> {
   const out = { quiet: opts.quiet || opts.json, json: opts.json };
   await startEngine(opts.backend, out);
   const { model, manifest } = await loadModel(opts.model);
@@ -18,7 +25,13 @@ export async function evaluateCommand(opts: { model: string; images: string; mas
   let confusion: ReturnType<typeof evaluateSamples>['confusion'] | undefined;
   let lossSum = 0;
   samples.forEach((sample, i) => {
-    const result = evaluateSamples(model, [sample], manifest.classes.length, manifest.architecture.inputMultiple, 'cross-entropy');
+    const result = evaluateSamples(
+      model,
+      [sample],
+      manifest.classes.length,
+      manifest.architecture.inputMultiple,
+      'cross-entropy',
+    );
     lossSum += result.loss;
     if (confusion) confusion.merge(result.confusion);
     else confusion = result.confusion;
@@ -27,10 +40,16 @@ export async function evaluateCommand(opts: { model: string; images: string; mas
   bar.clear();
   const report = makeEvaluationReport(confusion!, manifest.classes);
   if (opts.json) {
-    process.stdout.write(JSON.stringify({ images: samples.length, crossEntropy: lossSum / samples.length, ...report }) + '\n');
+    process.stdout.write(
+      JSON.stringify({ images: samples.length, crossEntropy: lossSum / samples.length, ...report }) + '\n',
+    );
     return;
   }
   info({}, `images: ${samples.length}`);
-  info({}, `pixel accuracy ${report.pixelAccuracy.toFixed(4)}, mean IoU ${report.meanIoU.toFixed(4)}, mean Dice ${report.meanDice.toFixed(4)}`);
-  for (const c of report.classes) info({}, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
+  info(
+    {},
+    `pixel accuracy ${report.pixelAccuracy.toFixed(4)}, mean IoU ${report.meanIoU.toFixed(4)}, mean Dice ${report.meanDice.toFixed(4)}`,
+  );
+  for (const c of report.classes)
+    info({}, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
 }

@@ -40,9 +40,14 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
       throw new InputNotFoundError(`Input ${input} does not exist.`, 'Give image files or folders of images.', error);
     }
     if (info.isDirectory()) {
-      const names = (await readdir(input)).filter((n) => !n.startsWith('.') && IMAGE_EXTENSIONS.includes(extname(n).toLowerCase()));
+      const names = (await readdir(input)).filter(
+        (n) => !n.startsWith('.') && IMAGE_EXTENSIONS.includes(extname(n).toLowerCase()),
+      );
       if (names.length === 0) {
-        throw new InputNotFoundError(`Folder ${input} holds no images (${IMAGE_EXTENSIONS.join(', ')}).`, 'Point at a folder of images.');
+        throw new InputNotFoundError(
+          `Folder ${input} holds no images (${IMAGE_EXTENSIONS.join(', ')}).`,
+          'Point at a folder of images.',
+        );
       }
       files.push(...names.sort().map((n) => join(input, n)));
     } else files.push(input);
@@ -59,12 +64,22 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
   try {
     await mkdir(opts.out, { recursive: true });
   } catch (error) {
-    throw new OutputError(`Cannot create the output folder ${opts.out}: ${(error as Error).message}`, 'Choose a writable --out.', error);
+    throw new OutputError(
+      `Cannot create the output folder ${opts.out}: ${(error as Error).message}`,
+      'Choose a writable --out.',
+      error,
+    );
   }
   const k = manifest.classes.length;
   const colours = manifest.classes.map((c) => parseColor(c.color));
   const bar = new ProgressBar('predict', files.length, out, 'image');
-  const written: { input: string; labels: string; overlay?: string; probabilities?: string[]; classPixels: Record<string, number> }[] = [];
+  const written: {
+    input: string;
+    labels: string;
+    overlay?: string;
+    probabilities?: string[];
+    classPixels: Record<string, number>;
+  }[] = [];
   for (const [index, file] of files.entries()) {
     const image = await readImage(file, { channels: manifest.inputChannels as 1 | 3 });
     const normalized = normalizeImage(image, manifest.normalization);
@@ -116,7 +131,20 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
   bar.clear();
   await writeFileAtomic(
     join(opts.out, 'predict.resolved.json'),
-    JSON.stringify({ command: 'predict', model: opts.model, inputs: files, out: opts.out, tile: opts.tile ?? null, overlap: opts.overlap ?? null, probabilities: !!opts.probabilities, overlay: !!opts.overlay }, null, 2) + '\n',
+    JSON.stringify(
+      {
+        command: 'predict',
+        model: opts.model,
+        inputs: files,
+        out: opts.out,
+        tile: opts.tile ?? null,
+        overlap: opts.overlap ?? null,
+        probabilities: !!opts.probabilities,
+        overlay: !!opts.overlay,
+      },
+      null,
+      2,
+    ) + '\n',
   );
   info(out, `predicted ${files.length} image(s) into ${opts.out}`);
   if (opts.json) process.stdout.write(JSON.stringify({ outputs: written }) + '\n');

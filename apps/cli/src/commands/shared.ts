@@ -15,7 +15,10 @@ export function parseKeyValues(pairs: string[], flag: string): Record<string, st
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
     if (eq <= 0) {
-      throw new InvalidOptionError(`Expected key=value for ${flag} but received "${pair}".`, `Example: ${flag} baseFilters=16`);
+      throw new InvalidOptionError(
+        `Expected key=value for ${flag} but received "${pair}".`,
+        `Example: ${flag} baseFilters=16`,
+      );
     }
     result[pair.slice(0, eq).trim()] = pair.slice(eq + 1).trim();
   }

@@ -44,7 +44,11 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   let opts = cliOptions;
   if (cliOptions.config) {
     const fromFile = await readConfig(cliOptions.config);
-    opts = mergeConfig(cliOptions as unknown as Record<string, unknown>, fromFile, (key) => cmd.getOptionValueSource(key) === 'cli') as unknown as TrainCliOptions;
+    opts = mergeConfig(
+      cliOptions as unknown as Record<string, unknown>,
+      fromFile,
+      (key) => cmd.getOptionValueSource(key) === 'cli',
+    ) as unknown as TrainCliOptions;
   }
   requireOption(opts.images, '--images', 'Give the folder of training images, e.g. --images data/train/images.');
   requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
@@ -52,7 +56,9 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   const engine = await startEngine(opts.backend, out);
   const { registry, extraName } = await loadRegistry(opts.arch);
   const architecture = registry.get(extraName ?? opts.arch);
-  const architectureOptions = Array.isArray(opts.archOption) ? parseKeyValues(opts.archOption, '--arch-option') : opts.archOption;
+  const architectureOptions = Array.isArray(opts.archOption)
+    ? parseKeyValues(opts.archOption, '--arch-option')
+    : opts.archOption;
   const options: TrainOptions = {
     tileSize: opts.tile,
     batchSize: opts.batch,
@@ -100,10 +106,16 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       onEvent: (event) => {
         switch (event.type) {
           case 'data':
-            info(out, `data: ${event.trainSamples} training and ${event.validationSamples} validation images, ${event.channels} channel(s), classes ${event.classes.join(', ')}`);
+            info(
+              out,
+              `data: ${event.trainSamples} training and ${event.validationSamples} validation images, ${event.channels} channel(s), classes ${event.classes.join(', ')}`,
+            );
             break;
           case 'start':
-            info(out, `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`);
+            info(
+              out,
+              `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`,
+            );
             break;
           case 'step':
             if (event.epoch !== currentEpoch) {
@@ -146,13 +158,27 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     await writeFileAtomic(join(result.out, 'config.resolved.json'), JSON.stringify(resolved, null, 2) + '\n');
     const seconds = (performance.now() - started) / 1000;
     const v = result.validation;
-    info(out, `model: ${result.out} (best epoch ${result.bestEpoch}, ${formatDuration(seconds)}, engine ${engine.name})`);
-    info(out, `validation: pixel accuracy ${v.pixelAccuracy.toFixed(4)}, mean IoU ${v.meanIoU.toFixed(4)}, mean Dice ${v.meanDice.toFixed(4)}`);
-    for (const c of v.classes) info(out, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
+    info(
+      out,
+      `model: ${result.out} (best epoch ${result.bestEpoch}, ${formatDuration(seconds)}, engine ${engine.name})`,
+    );
+    info(
+      out,
+      `validation: pixel accuracy ${v.pixelAccuracy.toFixed(4)}, mean IoU ${v.meanIoU.toFixed(4)}, mean Dice ${v.meanDice.toFixed(4)}`,
+    );
+    for (const c of v.classes)
+      info(out, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
     info(out, `loss curve: ${join(result.out, 'loss-curve.png')}, history: ${join(result.out, 'history.csv')}`);
     if (opts.json) {
       process.stdout.write(
-        JSON.stringify({ model: result.out, engine: engine.name, seconds, bestEpoch: result.bestEpoch, stopReason: result.stopReason, validation: v }) + '\n',
+        JSON.stringify({
+          model: result.out,
+          engine: engine.name,
+          seconds,
+          bestEpoch: result.bestEpoch,
+          stopReason: result.stopReason,
+          validation: v,
+        }) + '\n',
       );
     }
     if (result.stopReason === 'interrupted') process.exitCode = 130;

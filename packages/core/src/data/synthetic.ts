@@ -21,7 +21,10 @@ export interface SyntheticTissueOptions {
  * const { image, mask } = randSyntheticTissue({ width: 256, height: 256 }, createRandom(1));
  * ```
  */
-export function randSyntheticTissue(options: SyntheticTissueOptions, rng: Random): { image: RasterImage; mask: MaskImage } {
+export function randSyntheticTissue(
+  options: SyntheticTissueOptions,
+  rng: Random,
+): { image: RasterImage; mask: MaskImage } {
   const { width, height } = options;
   const density = options.density ?? 6;
   const [rMin, rMax] = options.radius ?? [5, 11];

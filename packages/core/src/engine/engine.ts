@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { EngineError, unknownName } from '../errors.js';
+import { registerFastGradients } from './gradients.js';
 
 /** Engines Tessera can run on, fastest first. */
 export const ENGINE_NAMES = ['tfjs-node-gpu', 'tfjs-node', 'wasm', 'cpu'] as const;
@@ -29,8 +30,10 @@ export interface EngineProbe {
 }
 
 const INSTALL: Record<EngineName, string> = {
-  'tfjs-node-gpu': 'npm install @tensorflow/tfjs-node-gpu@4.22.0 (needs CUDA 11.8/cuDNN 8 and internet access to download libtensorflow)',
-  'tfjs-node': 'npm install @tensorflow/tfjs-node@4.22.0 (downloads libtensorflow from storage.googleapis.com at install)',
+  'tfjs-node-gpu':
+    'npm install @tensorflow/tfjs-node-gpu@4.22.0 (needs CUDA 11.8/cuDNN 8 and internet access to download libtensorflow)',
+  'tfjs-node':
+    'npm install @tensorflow/tfjs-node@4.22.0 (downloads libtensorflow from storage.googleapis.com at install)',
   wasm: 'bundled with @tessera/core (@tensorflow/tfjs-backend-wasm)',
   cpu: 'bundled with @tessera/core (@tensorflow/tfjs-backend-cpu)',
 };
@@ -58,10 +61,12 @@ async function tryLoad(name: EngineName): Promise<{ ok: true; backend: string } 
     }
   } catch (error) {
     const code = (error as { code?: string }).code;
-    const detail =
-      code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND'
-        ? 'not installed'
-        : `failed to load: ${(error as Error).message.split('\n')[0]}`;
+    const message = (error as Error).message ?? '';
+    const missing =
+      code === 'ERR_MODULE_NOT_FOUND' ||
+      code === 'MODULE_NOT_FOUND' ||
+      /Cannot find (module|package)|Could not resolve|Failed to load url/.test(message);
+    const detail = missing ? 'not installed' : `failed to load: ${(error as Error).message.split('\n')[0]}`;
     return { ok: false, detail };
   }
 }
@@ -100,19 +105,28 @@ export async function setupEngine(requested?: string): Promise<EngineInfo> {
   const wanted = (requested ?? fromEnv ?? 'auto').trim();
   const via = requested !== undefined ? '--backend' : fromEnv !== undefined ? 'TESSERA_BACKEND' : 'default';
   if (wanted !== 'auto' && !(ENGINE_NAMES as readonly string[]).includes(wanted)) {
-    throw unknownName('engine', wanted, ['auto', ...ENGINE_NAMES], 'Run "tessera doctor" to see which engines are installed.');
+    throw unknownName(
+      'engine',
+      wanted,
+      ['auto', ...ENGINE_NAMES],
+      'Run "tessera doctor" to see which engines are installed.',
+    );
   }
   // tfjs-layers registers every op's gradient with tfjs-core; training needs them on any engine.
   await import('@tensorflow/tfjs-layers');
   // Production mode: no debug checks, and no console advertising for tfjs-node on the cpu engine.
   tf.env().set('PROD', true);
+  registerFastGradients();
   const candidates: EngineName[] = wanted === 'auto' ? [...ENGINE_NAMES] : [wanted as EngineName];
   const skipped: string[] = [];
   for (const name of candidates) {
     const result = await tryLoad(name);
     if (!result.ok) {
       if (wanted !== 'auto') {
-        throw new EngineError(`Engine "${name}" was asked for (${via}) but is ${result.detail}.`, `Install it: ${INSTALL[name]}`);
+        throw new EngineError(
+          `Engine "${name}" was asked for (${via}) but is ${result.detail}.`,
+          `Install it: ${INSTALL[name]}`,
+        );
       }
       skipped.push(`${name} ${result.detail}`);
       continue;

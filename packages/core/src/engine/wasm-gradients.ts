@@ -2,22 +2,23 @@
  * Fast gradient kernels for the tfjs `wasm` backend.
  *
  * The wasm backend (XNNPACK) ships fast forward kernels but no `Conv2DBackpropFilter`,
- * `DepthwiseConv2dNativeBackpropFilter` or `DepthwiseConv2dNativeBackpropInput`, and its `Conv2DBackpropInput` (also the
- * forward pass of `conv2dTranspose`) is a plain loop. The kernels here rewrite each gradient as one of the backend's
- * fast primitives (XNNPACK `Conv2D`, `DepthwiseConv2dNative`, `BatchMatMul`) plus cheap rearrangements written in
- * plain JS over the wasm heap:
+ * `DepthwiseConv2dNativeBackpropFilter` or `DepthwiseConv2dNativeBackpropInput`, and its `Conv2DBackpropInput`
+ * (also the forward pass of `conv2dTranspose`) is a plain loop. The kernels here rewrite each gradient as one of the
+ * backend's fast primitives (XNNPACK `Conv2D`, `DepthwiseConv2dNative`, `BatchMatMul`) plus cheap rearrangements
+ * written in plain JS over the wasm heap:
  *
- * - `Conv2DBackpropFilter`: a 1x1 filter is one matmul `x^T [Cin, P] x dy [P, Cout]`; any other filter is a single
- *   XNNPACK conv of `x` laid out as `[Cin, H, W, N]` with `dy` laid out as an `[OH, OW, N, Cout]` filter (the conv's
- *   stride is the original dilation and its dilation the original stride).
+ * - `Conv2DBackpropFilter`: one matmul `A [KH*KW*Cin, P] x dy [P, Cout]` (P = N*OH*OW, dy used as is), where the
+ *   rows of `A` are built from a channel-major copy of `x` by contiguous row-segment copies (chunked over rows).
  * - `Conv2DBackpropInput`: stride 1 is a conv of `dy` with the spatially flipped, in/out-swapped filter; strided cases
  *   are one matmul `dy [P, Cout] x W^T [Cout, KH*KW*Cin]` followed by a col2im scatter-add (a plain depth-to-space
  *   copy when kernel == stride without overlap or padding, e.g. the 2x2 stride-2 U-Net up-convolution).
  * - `DepthwiseConv2dNativeBackpropInput`: an XNNPACK depthwise conv of (zero-upsampled when strided) `dy` with the
  *   flipped filter, then a sum over the channel multiplier.
- * - `DepthwiseConv2dNativeBackpropFilter`: a direct JS loop (the FLOP count is small).
+ * - `DepthwiseConv2dNativeBackpropFilter`: per image, an XNNPACK depthwise conv of `x[n]` with `dy[n]` as the filter.
+ * - `MaxPoolGrad` (the builtin is wrong for windows whose values are all negative) and `ResizeNearestNeighborGrad`
+ *   (the builtin is slow): plain JS scatter loops.
  *
- * All kernels accept NHWC only, any strides, dilations (an optional `dilations` attribute for the two Conv2D
+ * Convolutions accept NHWC only, any strides, dilations (an optional `dilations` attribute for the two Conv2D
  * kernels, whose tfjs attributes do not carry one) and padding (`'same'`, `'valid'`, a number or explicit pads).
  */
 import '@tensorflow/tfjs-backend-wasm';
@@ -106,7 +107,10 @@ function geometry(
   depthwise: boolean,
 ): { geo: Geometry; outShape: number[] } {
   if (inShape.length !== 4 || filterShape.length !== 4) {
-    fail(kernel, `expected rank-4 input and filter shapes, got [${inShape.join(', ')}] and [${filterShape.join(', ')}]`);
+    fail(
+      kernel,
+      `expected rank-4 input and filter shapes, got [${inShape.join(', ')}] and [${filterShape.join(', ')}]`,
+    );
   }
   const info = backend_util.computeConv2DInfo(
     inShape,
@@ -390,7 +394,8 @@ function inputGradCol2Im(
     }
   }
   const dx = be.makeOutput([...inputShape], 'float32');
-  const exact = dh === 1 && dw === 1 && kh === sh && kw === sw && pt === 0 && pl === 0 && oh * sh === h && ow * sw === w;
+  const exact =
+    dh === 1 && dw === 1 && kh === sh && kw === sw && pt === 0 && pl === 0 && oh * sh === h && ow * sw === w;
   if (!exact) heap(be, dx).fill(0);
 
   const p = n * oh * ow;
@@ -550,7 +555,7 @@ function depthwiseFilterGradPerImage(be: WasmBackend, x: TensorInfo, dy: TensorI
       const d = heap(be, xb);
       const s = heap(be, x);
       for (let y = 0; y < hc; y++) {
-        const so = ((b * h + y) * w) * ci;
+        const so = (b * h + y) * w * ci;
         d.set(s.subarray(so, so + wc * ci), y * wc * ci);
       }
     }
@@ -569,8 +574,9 @@ function depthwiseFilterGradPerImage(be: WasmBackend, x: TensorInfo, dy: TensorI
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Pooling and resize gradients (the builtin wasm MaxPoolGrad and resize gradients disagree with the cpu backend, and
-// the builtin ResizeBilinearGrad returns a [batch, width, height, depth] shape for non-square images).
+// Pooling and resize gradients: the builtin wasm MaxPoolGrad routes the gradient wrongly when every value of a window
+// is negative (it seems to start its max search at 0), and the builtin ResizeNearestNeighborGrad is ~3x slower than a
+// plain scatter.
 
 interface PoolAttrs {
   filterSize: [number, number] | number;
@@ -640,42 +646,6 @@ function maxPoolGrad({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): Ten
   return dx;
 }
 
-/** Gradient of average pooling; like the cpu backend, every window divides by the full filter size. */
-function avgPoolGrad({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
-  const kernel = 'AvgPoolGrad';
-  const be = backend as WasmBackend;
-  const x = inputs.input as TensorInfo;
-  const dy = inputs.dy as TensorInfo;
-  checkFloat32(kernel, x, dy);
-  const info = poolInfo(kernel, x, dy, attrs as unknown as PoolAttrs);
-  const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow } = info;
-  const scale = 1 / (info.filterHeight * info.filterWidth);
-  const dx = be.makeOutput([...x.shape], 'float32');
-  const ds = heap(be, dy);
-  const d = heap(be, dx);
-  d.fill(0);
-  const g = new Float32Array(c);
-  for (let b = 0; b < n; b++) {
-    for (let y = 0; y < oh; y++) {
-      const r0 = y * info.strideHeight - info.padInfo.top;
-      const r1 = Math.min(h, r0 + info.effectiveFilterHeight);
-      for (let xx = 0; xx < ow; xx++) {
-        const c0 = xx * info.strideWidth - info.padInfo.left;
-        const c1 = Math.min(w, c0 + info.effectiveFilterWidth);
-        const o = ((b * oh + y) * ow + xx) * c;
-        for (let k = 0; k < c; k++) g[k] = ds[o + k] * scale;
-        for (let r = Math.max(0, r0); r < r1; r++) {
-          for (let col = Math.max(0, c0); col < c1; col++) {
-            const base = ((b * h + r) * w + col) * c;
-            for (let k = 0; k < c; k++) d[base + k] += g[k];
-          }
-        }
-      }
-    }
-  }
-  return dx;
-}
-
 interface ResizeAttrs {
   alignCorners?: boolean;
   halfPixelCenters?: boolean;
@@ -695,61 +665,6 @@ function resizeInputs(kernel: string, inputs: NamedTensorInfoMap): [TensorInfo, 
   }
   if (images.shape[3] !== dy.shape[3]) fail(kernel, `images and dy depths ${images.shape[3]} != ${dy.shape[3]}`);
   return [images, dy];
-}
-
-/** Adjoint of the bilinear resize: each dy pixel is spread over the (up to) four source pixels it was read from. */
-function resizeBilinearGrad({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
-  const be = backend as WasmBackend;
-  const [images, dy] = resizeInputs('ResizeBilinearGrad', inputs);
-  const { alignCorners = false, halfPixelCenters = false } = (attrs ?? {}) as ResizeAttrs;
-  const [n, h, w, c] = images.shape;
-  const [, oh, ow] = dy.shape;
-  const rh = resizeRatio(h, oh, alignCorners);
-  const rw = resizeRatio(w, ow, alignCorners);
-  // Per output column: left/right source columns and weights.
-  const left = new Int32Array(ow);
-  const right = new Int32Array(ow);
-  const fracW = new Float64Array(ow);
-  for (let x = 0; x < ow; x++) {
-    const src = halfPixelCenters ? rw * (x + 0.5) - 0.5 : rw * x;
-    left[x] = Math.max(0, Math.floor(src));
-    right[x] = Math.min(w - 1, Math.ceil(src));
-    fracW[x] = src - left[x];
-  }
-  const dx = be.makeOutput([n, h, w, c], 'float32');
-  const ds = heap(be, dy);
-  const d = heap(be, dx);
-  d.fill(0);
-  for (let b = 0; b < n; b++) {
-    for (let y = 0; y < oh; y++) {
-      const src = halfPixelCenters ? rh * (y + 0.5) - 0.5 : rh * y;
-      const top = Math.max(0, Math.floor(src));
-      const bottom = Math.min(h - 1, Math.ceil(src));
-      const fy = src - top;
-      const topRow = (b * h + top) * w;
-      const bottomRow = (b * h + bottom) * w;
-      for (let x = 0; x < ow; x++) {
-        const fx = fracW[x];
-        const wTL = (1 - fy) * (1 - fx);
-        const wTR = (1 - fy) * fx;
-        const wBL = fy * (1 - fx);
-        const wBR = fy * fx;
-        const tl = (topRow + left[x]) * c;
-        const tr = (topRow + right[x]) * c;
-        const bl = (bottomRow + left[x]) * c;
-        const br = (bottomRow + right[x]) * c;
-        const o = ((b * oh + y) * ow + x) * c;
-        for (let k = 0; k < c; k++) {
-          const g = ds[o + k];
-          d[tl + k] += g * wTL;
-          d[tr + k] += g * wTR;
-          d[bl + k] += g * wBL;
-          d[br + k] += g * wBR;
-        }
-      }
-    }
-  }
-  return dx;
 }
 
 /** Adjoint of the nearest-neighbour resize: each dy pixel is added to the source pixel it was copied from. */
@@ -793,8 +708,6 @@ const KERNELS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: 'DepthwiseConv2dNativeBackpropFilter', kernelFunc: depthwiseBackpropFilter as KernelFunc },
   { kernelName: 'DepthwiseConv2dNativeBackpropInput', kernelFunc: depthwiseBackpropInput as KernelFunc },
   { kernelName: 'MaxPoolGrad', kernelFunc: maxPoolGrad as KernelFunc },
-  { kernelName: 'AvgPoolGrad', kernelFunc: avgPoolGrad as KernelFunc },
-  { kernelName: 'ResizeBilinearGrad', kernelFunc: resizeBilinearGrad as KernelFunc },
   { kernelName: 'ResizeNearestNeighborGrad', kernelFunc: resizeNearestNeighborGrad as KernelFunc },
 ];
 

@@ -66,7 +66,10 @@ export interface FileDigest {
 export function validateManifest(value: unknown, dir: string): ModelManifest {
   const m = value as Partial<ModelManifest> | null;
   const fail = (what: string) =>
-    new ModelFormatError(`Model folder ${dir} has an invalid manifest.json: ${what}.`, 'Re-export or retrain the model.');
+    new ModelFormatError(
+      `Model folder ${dir} has an invalid manifest.json: ${what}.`,
+      'Re-export or retrain the model.',
+    );
   if (!m || typeof m !== 'object') throw fail(`expected an object, received ${describeValue(value)}`);
   if (m.format !== 'tessera-model') throw fail(`"format" is ${describeValue(m.format)}, expected "tessera-model"`);
   if (typeof m.formatVersion !== 'number') throw fail('"formatVersion" is missing');

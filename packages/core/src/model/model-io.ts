@@ -40,7 +40,11 @@ export async function serializeModel(model: tfl.LayersModel): Promise<{ topology
 }
 
 /** Rebuilds a model from `model.json` text and weight bytes. */
-export async function deserializeModel(topology: string, weights: Uint8Array, source: string): Promise<tfl.LayersModel> {
+export async function deserializeModel(
+  topology: string,
+  weights: Uint8Array,
+  source: string,
+): Promise<tfl.LayersModel> {
   try {
     const json = JSON.parse(topology) as tf.io.ModelJSON;
     const weightSpecs = json.weightsManifest.flatMap((group) => group.weights);
@@ -72,7 +76,11 @@ export async function saveModel(dir: string, model: tfl.LayersModel, draft: Mani
   try {
     await mkdir(dir, { recursive: true });
   } catch (error) {
-    throw new OutputError(`Cannot create the model folder ${dir}: ${(error as Error).message}`, 'Choose a writable --out folder.', error);
+    throw new OutputError(
+      `Cannot create the model folder ${dir}: ${(error as Error).message}`,
+      'Choose a writable --out folder.',
+      error,
+    );
   }
   const { topology, weights } = await serializeModel(model);
   const digest = (path: string, data: Uint8Array | string): FileDigest => ({
@@ -110,7 +118,10 @@ export async function readManifest(dir: string): Promise<ModelManifest> {
   try {
     json = JSON.parse(text);
   } catch (error) {
-    throw new ModelFormatError(`${path} is not valid JSON: ${(error as Error).message}`, 'Retrain or re-copy the model folder.');
+    throw new ModelFormatError(
+      `${path} is not valid JSON: ${(error as Error).message}`,
+      'Retrain or re-copy the model folder.',
+    );
   }
   return validateManifest(json, dir);
 }
@@ -127,7 +138,11 @@ export async function loadModel(dir: string): Promise<{ model: tfl.LayersModel; 
     try {
       data = await readFile(join(dir, digest.path));
     } catch (error) {
-      throw new ModelFormatError(`Model folder ${dir} is missing ${digest.path}.`, 'Re-copy the whole model folder.', error);
+      throw new ModelFormatError(
+        `Model folder ${dir} is missing ${digest.path}.`,
+        'Re-copy the whole model folder.',
+        error,
+      );
     }
     const actual = sha256(data);
     if (data.byteLength !== digest.bytes || actual !== digest.sha256) {

@@ -98,7 +98,8 @@ export function predictProbabilities(model: tfl.LayersModel, image: FloatImage, 
     const k = probs.length / (padded.width * padded.height);
     if (padded === image) return probs;
     const out = new Float32Array(width * height * k);
-    for (let y = 0; y < height; y++) out.set(probs.subarray(y * padded.width * k, (y * padded.width + width) * k), y * width * k);
+    for (let y = 0; y < height; y++)
+      out.set(probs.subarray(y * padded.width * k, (y * padded.width + width) * k), y * width * k);
     return out;
   }
   const tile = options.tile ?? roundUp(512);

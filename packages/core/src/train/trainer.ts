@@ -19,7 +19,14 @@ import { createRandom, shuffle } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
 import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
-import { countParameters, deserializeModel, MODEL_FILES, saveModel, serializeModel, type ManifestDraft } from '../model/model-io.js';
+import {
+  countParameters,
+  deserializeModel,
+  MODEL_FILES,
+  saveModel,
+  serializeModel,
+  type ManifestDraft,
+} from '../model/model-io.js';
 import { predictProbabilities } from '../predict/predict.js';
 import { CORE_VERSION } from '../version.js';
 import { getLoss, LOSS_NAMES } from './losses.js';
@@ -171,11 +178,14 @@ export interface TrainerPlugin {
 export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOptions {
   const r = { ...TRAIN_DEFAULTS } as ResolvedTrainOptions;
   for (const [key, value] of Object.entries(options)) if (value !== undefined) (r as any)[key] = value;
-  if (options.augment !== undefined && options.augment !== false) r.augment = { ...DEFAULT_AUGMENT, ...options.augment };
+  if (options.augment !== undefined && options.augment !== false)
+    r.augment = { ...DEFAULT_AUGMENT, ...options.augment };
   const int = (name: keyof ResolvedTrainOptions, min: number, max = Number.MAX_SAFE_INTEGER) => {
     const v = r[name];
     if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
-      throw new InvalidOptionError(`Expected an integer between ${min} and ${max} for ${name} but received ${describeValue(v)}.`);
+      throw new InvalidOptionError(
+        `Expected an integer between ${min} and ${max} for ${name} but received ${describeValue(v)}.`,
+      );
     }
   };
   int('tileSize', 8, 4096);
@@ -187,13 +197,17 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
   int('patience', 0);
   int('keepCheckpoints', 0, 1000);
   if (!(typeof r.lr === 'number' && r.lr > 0 && r.lr < 10)) {
-    throw new InvalidOptionError(`Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`);
+    throw new InvalidOptionError(
+      `Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`,
+    );
   }
   if (!(typeof r.valSplit === 'number' && r.valSplit >= 0 && r.valSplit < 1)) {
     throw new InvalidOptionError(`Expected a number in [0, 1) for valSplit but received ${describeValue(r.valSplit)}.`);
   }
   if (r.timeBudgetMinutes !== null && !(typeof r.timeBudgetMinutes === 'number' && r.timeBudgetMinutes > 0)) {
-    throw new InvalidOptionError(`Expected a positive number of minutes for timeBudgetMinutes but received ${describeValue(r.timeBudgetMinutes)}.`);
+    throw new InvalidOptionError(
+      `Expected a positive number of minutes for timeBudgetMinutes but received ${describeValue(r.timeBudgetMinutes)}.`,
+    );
   }
   if (!LOSS_NAMES.includes(r.loss as (typeof LOSS_NAMES)[number])) getLoss(r.loss);
   return r;
@@ -211,6 +225,62 @@ interface CheckpointState {
 }
 
 const CHECKPOINTS = 'checkpoints';
+const MICRO_BATCH_PIXELS = 2 * 256 * 256;
+
+/**
+ * One optimisation step over a batch, computed in micro-batches whose gradients are averaged.
+ * Returns the batch's mean loss.
+ */
+function trainStep(
+  model: tfl.LayersModel,
+  optimizer: tf.Optimizer,
+  variables: tf.Variable[],
+  lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar,
+  images: Float32Array,
+  labels: Int32Array,
+  batchSize: number,
+  microBatch: number,
+  tile: number,
+  channels: number,
+): number {
+  const pixels = tile * tile;
+  let lossSum = 0;
+  let accumulated: Record<string, tf.Tensor> | undefined;
+  const parts = Math.ceil(batchSize / microBatch);
+  for (let start = 0; start < batchSize; start += microBatch) {
+    const n = Math.min(microBatch, batchSize - start);
+    const { value, grads } = tf.tidy(() => {
+      const x = tf.tensor4d(images.subarray(start * pixels * channels, (start + n) * pixels * channels), [
+        n,
+        tile,
+        tile,
+        channels,
+      ]);
+      const y = tf.tensor3d(labels.subarray(start * pixels, (start + n) * pixels), [n, tile, tile], 'int32');
+      return tf.variableGrads(() => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y), variables);
+    });
+    lossSum += value.dataSync()[0] * n;
+    value.dispose();
+    if (!accumulated) accumulated = grads;
+    else {
+      for (const name of Object.keys(grads)) {
+        const sum = tf.add(accumulated[name], grads[name]);
+        accumulated[name].dispose();
+        grads[name].dispose();
+        accumulated[name] = sum;
+      }
+    }
+  }
+  tf.tidy(() => {
+    const averaged =
+      parts === 1
+        ? accumulated!
+        : Object.fromEntries(Object.entries(accumulated!).map(([k, g]) => [k, tf.div(g, parts)]));
+    optimizer.applyGradients(averaged);
+  });
+  for (const g of Object.values(accumulated!)) g.dispose();
+  return lossSum / batchSize;
+}
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -255,7 +325,15 @@ async function latestCheckpoint(out: string): Promise<string | undefined> {
 
 function toCsv(history: EpochRecord[]): string {
   const keys: (keyof EpochRecord)[] = [
-    'epoch', 'step', 'lr', 'trainLoss', 'valLoss', 'valPixelAccuracy', 'valMeanIoU', 'valMeanDice', 'seconds',
+    'epoch',
+    'step',
+    'lr',
+    'trainLoss',
+    'valLoss',
+    'valPixelAccuracy',
+    'valMeanIoU',
+    'valMeanDice',
+    'seconds',
   ];
   return [keys.join(','), ...history.map((h) => keys.map((k) => String(h[k])).join(','))].join('\n') + '\n';
 }
@@ -273,7 +351,11 @@ export function evaluateSamples(
   const confusion = new ConfusionMatrix(numClasses);
   let lossSum = 0;
   for (const s of samples) {
-    const probs = predictProbabilities(model, { data: s.image, width: s.width, height: s.height, channels: s.channels }, { multiple });
+    const probs = predictProbabilities(
+      model,
+      { data: s.image, width: s.width, height: s.height, channels: s.channels },
+      { multiple },
+    );
     lossSum += tf.tidy(() => {
       const p = tf.tensor4d(probs, [1, s.height, s.width, numClasses]);
       const y = tf.tensor3d(Int32Array.from(s.labels), [1, s.height, s.width], 'int32');
@@ -382,7 +464,8 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   const lossFn = getLoss(o.loss, lossOptions);
 
   const trainPixels = trainSamples.reduce((s, x) => s + x.width * x.height, 0);
-  const stepsPerEpoch = o.stepsPerEpoch ?? Math.max(8, Math.ceil(trainPixels / (o.tileSize * o.tileSize * o.batchSize)));
+  const stepsPerEpoch =
+    o.stepsPerEpoch ?? Math.max(8, Math.ceil(trainPixels / (o.tileSize * o.tileSize * o.batchSize)));
   const totalSteps = stepsPerEpoch * o.epochs;
   const schedule = makeSchedule({ name: o.schedule, baseLr: o.lr, totalSteps, warmupSteps: o.warmupSteps });
 
@@ -412,7 +495,9 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       await readFile(join(checkpoint, MODEL_FILES.weights)),
       checkpoint,
     );
-    const specs = JSON.parse(await readFile(join(checkpoint, 'optimizer.json'), 'utf8')) as tf.io.WeightsManifestEntry[];
+    const specs = JSON.parse(
+      await readFile(join(checkpoint, 'optimizer.json'), 'utf8'),
+    ) as tf.io.WeightsManifestEntry[];
     const bytes = await readFile(join(checkpoint, 'optimizer.bin'));
     const named = tf.io.decodeWeights(
       bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
@@ -421,7 +506,13 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
     await optimizer.setWeights(Object.entries(named).map(([name, tensor]) => ({ name, tensor })));
     state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
   } else {
-    model = plugin.build({ inputChannels: channels, numClasses, tileSize: o.tileSize, options: archOptions, seed: o.seed });
+    model = plugin.build({
+      inputChannels: channels,
+      numClasses,
+      tileSize: o.tileSize,
+      options: archOptions,
+      seed: o.seed,
+    });
     await mkdir(out, { recursive: true });
   }
   const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
@@ -457,7 +548,9 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       },
       options: o as unknown as Record<string, unknown>,
       seed: o.seed,
-      engine: engine ? { name: engine.name, backend: engine.backend, threads: engine.threads } : { name: tf.getBackend(), backend: tf.getBackend(), threads: 1 },
+      engine: engine
+        ? { name: engine.name, backend: engine.backend, threads: engine.threads }
+        : { name: tf.getBackend(), backend: tf.getBackend(), threads: 1 },
       startedAt: state.startedAt,
       finishedAt: new Date().toISOString(),
       durationSeconds: Math.round(state.elapsedSeconds * 10) / 10,
@@ -476,6 +569,9 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   const tile = o.tileSize;
   const batchImage = new Float32Array(o.batchSize * tile * tile * channels);
   const batchLabels = new Int32Array(o.batchSize * tile * tile);
+  // Forward and backward passes run on micro-batches of at most MICRO_BATCH_PIXELS pixels, their gradients
+  // averaged, which bounds the engine's memory (the wasm heap cannot pass 2 GB) whatever the batch size.
+  const microBatch = Math.max(1, Math.min(o.batchSize, Math.floor(MICRO_BATCH_PIXELS / (tile * tile))));
   let lastEpochSeconds = 0;
 
   for (let epoch = state.epoch + 1; epoch <= o.epochs; epoch++) {
@@ -504,16 +600,18 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       }
       const lr = schedule(state.step);
       setLearningRate(optimizer, lr);
-      const loss = tf.tidy(() => {
-        const x = tf.tensor4d(batchImage, [o.batchSize, tile, tile, channels]);
-        const y = tf.tensor3d(batchLabels, [o.batchSize, tile, tile], 'int32');
-        const { value, grads } = tf.variableGrads(
-          () => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y),
-          variables,
-        );
-        optimizer.applyGradients(grads);
-        return value.dataSync()[0];
-      });
+      const loss = trainStep(
+        model,
+        optimizer,
+        variables,
+        lossFn,
+        batchImage,
+        batchLabels,
+        o.batchSize,
+        microBatch,
+        tile,
+        channels,
+      );
       if (!Number.isFinite(loss)) {
         throw new InvalidOptionError(
           `Training diverged at epoch ${epoch}, step ${step + 1}: the loss is ${loss}.`,
@@ -522,7 +620,15 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       }
       lossSum += loss;
       state.step++;
-      emit({ type: 'step', epoch, step: step + 1, stepsPerEpoch, loss, lr, seconds: (performance.now() - epochStart) / 1000 });
+      emit({
+        type: 'step',
+        epoch,
+        step: step + 1,
+        stepsPerEpoch,
+        loss,
+        lr,
+        seconds: (performance.now() - epochStart) / 1000,
+      });
     }
     if (interrupted) {
       stopReason = 'interrupted';
@@ -579,7 +685,10 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   }
   const best = await loadModel(out);
   const finalEval = valSamples.length
-    ? makeEvaluationReport(evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions).confusion, classMap.classes)
+    ? makeEvaluationReport(
+        evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions).confusion,
+        classMap.classes,
+      )
     : bestReport!;
   const manifest = await saveModel(out, best.model, draft(finalEval, stopReason));
   best.model.dispose();

@@ -1,0 +1,224 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRandom, randSyntheticTissue, writePng } from '@tessera/core';
+
+const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+
+function tessera(args: string[], cwd?: string) {
+  const result = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: 'utf8',
+    cwd,
+    env: { ...process.env, TESSERA_BACKEND: 'wasm' },
+  });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+let root: string;
+let images: string;
+let masks: string;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'tessera-cli-'));
+  images = join(root, 'images');
+  masks = join(root, 'masks');
+  await mkdir(images);
+  await mkdir(masks);
+  const rng = createRandom(3);
+  for (let i = 0; i < 4; i++) {
+    const { image, mask } = randSyntheticTissue({ width: 64, height: 64, density: 30 }, rng.fork(i));
+    await writePng(join(images, `tile-${i}.png`), image);
+    await writePng(join(masks, `tile-${i}.png`), { data: mask.data, width: 64, height: 64, channels: 1 });
+  }
+  await writeFile(
+    join(root, 'classes.json'),
+    JSON.stringify({
+      classes: [
+        { name: 'background', value: 0, color: '#000000' },
+        { name: 'nucleus', value: 1, color: '#0000ff' },
+      ],
+    }),
+  );
+});
+afterAll(async () => rm(root, { recursive: true, force: true }));
+
+const TINY = [
+  '--arch-option',
+  'depth=2',
+  '--arch-option',
+  'baseFilters=4',
+  '--tile',
+  '32',
+  '--batch',
+  '2',
+  '--steps-per-epoch',
+  '2',
+];
+
+describe('tessera train / evaluate / predict', () => {
+  it('trains, evaluates, predicts and resumes end to end', () => {
+    const out = join(root, 'model');
+    const train = tessera([
+      'train',
+      '--images',
+      images,
+      '--masks',
+      masks,
+      '--classes',
+      join(root, 'classes.json'),
+      '--out',
+      out,
+      '--epochs',
+      '2',
+      ...TINY,
+      '--json',
+    ]);
+    expect(train.stderr).toContain('engine: wasm');
+    expect(train.code).toBe(0);
+    const result = JSON.parse(train.stdout.trim().split('\n').pop()!);
+    expect(result.engine).toBe('wasm');
+    expect(result.validation.classes.map((c: { name: string }) => c.name)).toEqual(['background', 'nucleus']);
+    for (const file of [
+      'model.json',
+      'weights.bin',
+      'manifest.json',
+      'history.csv',
+      'loss-curve.png',
+      'config.resolved.json',
+    ]) {
+      expect(existsSync(join(out, file)), file).toBe(true);
+    }
+
+    const evaluate = tessera(['evaluate', '--model', out, '--images', images, '--masks', masks, '--json']);
+    expect(evaluate.code).toBe(0);
+    const report = JSON.parse(evaluate.stdout);
+    expect(Object.keys(report)).toEqual(expect.arrayContaining(['pixelAccuracy', 'meanIoU', 'meanDice', 'classes']));
+    expect(report.classes[1]).toMatchObject({ name: 'nucleus', value: 1 });
+    expect(report.pixelAccuracy).toBeGreaterThanOrEqual(0);
+    expect(report.pixelAccuracy).toBeLessThanOrEqual(1);
+
+    const predictions = join(root, 'predictions');
+    const predict = tessera(['predict', '--model', out, images, '--out', predictions, '--probabilities', '--overlay']);
+    expect(predict.code).toBe(0);
+    for (const suffix of ['labels', 'overlay', 'prob_background', 'prob_nucleus']) {
+      expect(existsSync(join(predictions, `tile-0_${suffix}.png`)), suffix).toBe(true);
+    }
+
+    const resume = tessera([
+      'train',
+      '--images',
+      images,
+      '--masks',
+      masks,
+      '--classes',
+      join(root, 'classes.json'),
+      '--out',
+      out,
+      '--epochs',
+      '3',
+      ...TINY,
+      '--resume',
+    ]);
+    expect(resume.code).toBe(0);
+    expect(resume.stderr).toContain('resuming at epoch 3');
+  });
+
+  it('lists architectures as JSON', () => {
+    const archs = tessera(['archs', '--json']);
+    expect(archs.code).toBe(0);
+    const list = JSON.parse(archs.stdout);
+    const names = list.map((a: { name: string }) => a.name);
+    expect(names[0]).toBe('unet');
+    expect(list[0]).toMatchObject({ source: 'package @tessera/arch-unet', inputMultiple: 16, receptiveField: 215 });
+  });
+});
+
+describe('bad input gives one clear message, its own exit code, and no output', () => {
+  const cases: [string, () => string[], number, RegExp][] = [
+    [
+      'missing images folder',
+      () => ['train', '--images', join(root, 'nope'), '--masks', masks, '--out', join(root, 'bad1')],
+      4,
+      /nope/,
+    ],
+    [
+      'unknown architecture',
+      () => ['train', '--arch', 'unte', '--images', images, '--masks', masks, '--out', join(root, 'bad2')],
+      3,
+      /Unknown architecture "unte"\. Did you mean "unet"\?/,
+    ],
+    [
+      'impossible option value',
+      () => ['train', '--images', images, '--masks', masks, '--out', join(root, 'bad3'), '--lr', '-1'],
+      2,
+      /learning rate/,
+    ],
+    [
+      'non-numeric option',
+      () => ['train', '--images', images, '--masks', masks, '--out', join(root, 'bad4'), '--epochs', 'ten'],
+      2,
+      /expected an integer but received "ten"/,
+    ],
+    [
+      'unknown loss',
+      () => ['train', '--images', images, '--masks', masks, '--out', join(root, 'bad5'), '--loss', 'dise'],
+      3,
+      /Unknown loss "dise"\. Did you mean "dice"\?/,
+    ],
+    [
+      'tile not a multiple',
+      () => ['train', '--images', images, '--masks', masks, '--out', join(root, 'bad6'), '--tile', '100'],
+      2,
+      /multiple of 16/,
+    ],
+    [
+      'model folder that is not a model',
+      () => ['evaluate', '--model', images, '--images', images, '--masks', masks],
+      4,
+      /has no manifest\.json/,
+    ],
+    ['unknown engine', () => ['doctor', '--json', '--nope'], 2, /unknown option/],
+  ];
+  it.each(cases)('%s', (_name, args, code, message) => {
+    const run = tessera(args());
+    expect(run.stderr).toMatch(message);
+    expect(run.code).toBe(code);
+  });
+
+  it('leaves no output folder behind after a failed start', async () => {
+    tessera(['train', '--images', join(root, 'nope'), '--masks', masks, '--out', join(root, 'bad-left')]);
+    expect(existsSync(join(root, 'bad-left'))).toBe(false);
+    expect((await readdir(root)).filter((n) => n.includes('.tmp'))).toEqual([]);
+  });
+
+  it('names a mask of the wrong size', async () => {
+    const dir = join(root, 'wrong-size');
+    await mkdir(join(dir, 'images'), { recursive: true });
+    await mkdir(join(dir, 'masks'), { recursive: true });
+    await writeFile(join(dir, 'images', 'a.png'), await readFile(join(images, 'tile-0.png')));
+    await writeFile(join(dir, 'images', 'b.png'), await readFile(join(images, 'tile-1.png')));
+    await writePng(join(dir, 'masks', 'a.png'), { data: new Uint8Array(32 * 32), width: 32, height: 32, channels: 1 });
+    await writePng(join(dir, 'masks', 'b.png'), {
+      data: new Uint8Array(64 * 64).fill(1),
+      width: 64,
+      height: 64,
+      channels: 1,
+    });
+    const run = tessera([
+      'train',
+      '--images',
+      join(dir, 'images'),
+      '--masks',
+      join(dir, 'masks'),
+      '--out',
+      join(dir, 'out'),
+      ...TINY,
+    ]);
+    expect(run.stderr).toContain('is 32x32 pixels but its image');
+    expect(run.code).toBe(6);
+  });
+});
