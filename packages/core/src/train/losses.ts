@@ -156,7 +156,10 @@ function oneHotAndMask(labels: tf.Tensor3D, numClasses: number): { oneHot: tf.Te
   const safe = tf.maximum(labelsInt, tf.scalar(0, 'int32'));
   const flat = tf.reshape(safe, [-1]) as tf.Tensor1D;
   // int32 one-hot then cast: the wasm backend's OneHot writes integer bits into float32 outputs (tfjs 4.22).
-  const oneHot = tf.reshape(tf.cast(tf.oneHot(flat, numClasses), 'float32'), [...labels.shape, numClasses]) as tf.Tensor4D;
+  const oneHot = tf.reshape(tf.cast(tf.oneHot(flat, numClasses), 'float32'), [
+    ...labels.shape,
+    numClasses,
+  ]) as tf.Tensor4D;
   return { oneHot, mask };
 }
 
