@@ -1,0 +1,163 @@
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { ARCHITECTURE_API_VERSION, defineArchitecture } from '../arch/architecture.js';
+import { createRandom } from '../data/random.js';
+import { randSyntheticTissue } from '../data/synthetic.js';
+import { writePng } from '../data/image-io.js';
+import { setupEngine } from '../engine/engine.js';
+import { loadModel } from '../model/model-io.js';
+import { defaultTrainer, resolveTrainOptions, type TrainEvent } from './trainer.js';
+import { InvalidOptionError } from '../errors.js';
+
+/** A small fully convolutional network (two 3x3 convs, batch norm, one pool and upsampling). */
+const smallNet = defineArchitecture<{ filters: number; batchNorm: boolean }>({
+  name: 'small-net',
+  version: '1.0.0',
+  apiVersion: ARCHITECTURE_API_VERSION,
+  description: 'test network',
+  defaults: { filters: 6, batchNorm: true },
+  optionsSchema: {
+    filters: { type: 'integer', min: 1, max: 64, description: 'filters' },
+    batchNorm: { type: 'boolean', description: 'batch norm' },
+  },
+  inputMultiple: () => 2,
+  receptiveField: () => 9,
+  build: ({ inputChannels, numClasses, options, seed = 0 }) => {
+    const init = (k: number) => tfl.initializers.heNormal({ seed: seed * 10 + k });
+    const input = tfl.input({ shape: [null, null, inputChannels] });
+    let x = tfl.layers
+      .conv2d({ filters: options.filters, kernelSize: 3, padding: 'same', kernelInitializer: init(1) })
+      .apply(input) as tfl.SymbolicTensor;
+    if (options.batchNorm) x = tfl.layers.batchNormalization().apply(x) as tfl.SymbolicTensor;
+    x = tfl.layers.reLU().apply(x) as tfl.SymbolicTensor;
+    x = tfl.layers.maxPooling2d({ poolSize: 2 }).apply(x) as tfl.SymbolicTensor;
+    x = tfl.layers
+      .conv2d({
+        filters: options.filters,
+        kernelSize: 3,
+        padding: 'same',
+        activation: 'relu',
+        kernelInitializer: init(2),
+      })
+      .apply(x) as tfl.SymbolicTensor;
+    x = tfl.layers.upSampling2d({ size: [2, 2] }).apply(x) as tfl.SymbolicTensor;
+    const output = tfl.layers
+      .conv2d({ filters: numClasses, kernelSize: 1, activation: 'softmax', kernelInitializer: init(3) })
+      .apply(x) as tfl.SymbolicTensor;
+    return tfl.model({ inputs: input, outputs: output });
+  },
+});
+
+let root: string;
+const data = () => ({ images: join(root, 'images'), masks: join(root, 'masks') });
+const OPTIONS = {
+  tileSize: 32,
+  batchSize: 2,
+  stepsPerEpoch: 3,
+  schedule: 'constant' as const,
+  lr: 0.01,
+  seed: 9,
+  valSplit: 0.25,
+};
+
+beforeAll(async () => {
+  await setupEngine('wasm');
+  root = await mkdtemp(join(tmpdir(), 'tessera-trainer-'));
+  await mkdir(data().images);
+  await mkdir(data().masks);
+  const rng = createRandom(1);
+  for (let i = 0; i < 4; i++) {
+    const { image, mask } = randSyntheticTissue({ width: 48, height: 48, density: 30 }, rng.fork(i));
+    await writePng(join(data().images, `s${i}.png`), image);
+    await writePng(join(data().masks, `s${i}.png`), { data: mask.data, width: 48, height: 48, channels: 1 });
+  }
+});
+afterAll(async () => rm(root, { recursive: true, force: true }));
+
+describe('defaultTrainer', () => {
+  it('trains, keeps the best epoch, and records provenance in the manifest', async () => {
+    const events: TrainEvent['type'][] = [];
+    const out = join(root, 'straight');
+    const result = await defaultTrainer().train({
+      architecture: smallNet,
+      ...data(),
+      out,
+      options: { ...OPTIONS, epochs: 3 },
+      onEvent: (e) => events.push(e.type),
+    });
+    expect(result.history.map((h) => h.epoch)).toEqual([1, 2, 3]);
+    expect(events.filter((t) => t === 'step')).toHaveLength(9);
+    expect(events[0]).toBe('data');
+    const best = Math.min(...result.history.map((h) => h.valLoss));
+    expect(result.history[result.bestEpoch - 1].valLoss).toBe(best);
+    const { manifest } = await loadModel(out);
+    expect(manifest.training).toMatchObject({
+      seed: 9,
+      epochs: 3,
+      steps: 9,
+      bestEpoch: result.bestEpoch,
+      stopReason: 'reached 3 epochs',
+    });
+    expect(manifest.training!.engine.name).toBe('wasm');
+    expect(manifest.training!.data.trainStems).toHaveLength(3);
+    expect(manifest.training!.data.validationStems).toHaveLength(1);
+    expect(manifest.classes.map((c) => c.value)).toEqual([0, 1]);
+    expect(manifest.inputChannels).toBe(3);
+    const csv = await readFile(join(out, 'history.csv'), 'utf8');
+    expect(csv.trim().split('\n')).toHaveLength(4);
+  });
+
+  it('resumes from a checkpoint to the same weights as an uninterrupted run', async () => {
+    const straight = join(root, 'resume-a');
+    const resumed = join(root, 'resume-b');
+    const a = await defaultTrainer().train({
+      architecture: smallNet,
+      ...data(),
+      out: straight,
+      options: { ...OPTIONS, epochs: 3 },
+    });
+    await defaultTrainer().train({
+      architecture: smallNet,
+      ...data(),
+      out: resumed,
+      options: { ...OPTIONS, epochs: 2 },
+    });
+    const b = await defaultTrainer().train({
+      architecture: smallNet,
+      ...data(),
+      out: resumed,
+      options: { ...OPTIONS, epochs: 3 },
+      resume: true,
+    });
+    expect(b.history.map((h) => h.trainLoss)).toEqual(a.history.map((h) => h.trainLoss));
+    const wa = await readFile(join(straight, 'checkpoints', 'epoch-0003', 'weights.bin'));
+    const wb = await readFile(join(resumed, 'checkpoints', 'epoch-0003', 'weights.bin'));
+    expect(wb.equals(wa)).toBe(true);
+  });
+
+  it('stops early when validation loss stops improving', async () => {
+    const result = await defaultTrainer().train({
+      architecture: smallNet,
+      architectureOptions: { batchNorm: false },
+      ...data(),
+      out: join(root, 'early'),
+      options: { ...OPTIONS, epochs: 30, lr: 1e-9, patience: 2 },
+    });
+    expect(result.stopReason).toBe('early stopping: validation loss did not improve for 2 epochs');
+    // A learning rate of 1e-9 leaves the validation loss unchanged after epoch 1: epochs 2 and 3 do not improve it.
+    expect(result.history).toHaveLength(3);
+  });
+
+  it('validates options with the bad value in the message', () => {
+    expect(() => resolveTrainOptions({ batchSize: 0 })).toThrow(InvalidOptionError);
+    expect(() => resolveTrainOptions({ batchSize: 0 })).toThrow(
+      'Expected an integer between 1 and 1024 for batchSize but received 0 of type number.',
+    );
+    expect(() => resolveTrainOptions({ valSplit: 1 })).toThrow(
+      'Expected a number in [0, 1) for valSplit but received 1 of type number.',
+    );
+  });
+});
