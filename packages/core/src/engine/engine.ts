@@ -117,6 +117,7 @@ export async function setupEngine(requested?: string): Promise<EngineInfo> {
   // Production mode: no debug checks, and no console advertising for tfjs-node on the cpu engine.
   tf.env().set('PROD', true);
   registerFastGradients();
+  (await import('./dilated-gradients.js')).registerDilatedGradients();
   const candidates: EngineName[] = wanted === 'auto' ? [...ENGINE_NAMES] : [wanted as EngineName];
   const skipped: string[] = [];
   for (const name of candidates) {
