@@ -1,5 +1,5 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { TesseraError } from '@tessera/core';
+import { TesseraError, TRAIN_DEFAULTS as D } from '@tessera/core';
 import { archsCommand } from './commands/archs.js';
 import { demoCommand } from './commands/demo.js';
 import { doctorCommand } from './commands/doctor.js';
@@ -36,24 +36,28 @@ export function buildProgram(): Command {
       .option('--masks <dir>', 'folder of label masks matched to images by file name')
       .requiredOption('--out <dir>', 'output model folder')
       .option('--classes <file>', 'class map JSON: {"classes":[{"name","value","color"}],"ignore":N}')
-      .option('--epochs <n>', 'maximum epochs', int)
+      .option('--epochs <n>', `maximum epochs (default ${D.epochs})`, int)
       .option('--time-budget <minutes>', 'stop after this many minutes and keep the best weights', float)
-      .option('--tile <px>', 'training crop size', int)
-      .option('--batch <n>', 'batch size', int)
-      .option('--steps-per-epoch <n>', 'optimisation steps per epoch', int)
-      .option('--optimizer <name>', 'adam, sgd or rmsprop')
-      .option('--lr <rate>', 'learning rate', float)
-      .option('--schedule <name>', 'learning-rate schedule: constant, step or cosine')
+      .option('--tile <px>', `training crop size (default ${D.tileSize})`, int)
+      .option('--batch <n>', `batch size (default ${D.batchSize})`, int)
+      .option(
+        '--steps-per-epoch <n>',
+        'optimisation steps per epoch (default: crops covering the training pixels once)',
+        int,
+      )
+      .option('--optimizer <name>', `adam, sgd or rmsprop (default ${D.optimizer})`)
+      .option('--lr <rate>', `learning rate (default ${D.lr})`, float)
+      .option('--schedule <name>', `learning-rate schedule: constant, step or cosine (default ${D.schedule})`)
       .option('--warmup-steps <n>', 'linear learning-rate warm-up steps', int)
-      .option('--loss <name>', 'cross-entropy, dice, ce-dice or focal')
+      .option('--loss <name>', `cross-entropy, dice, ce-dice or focal (default ${D.loss})`)
       .option('--class-weights <list>', 'comma-separated loss weight per class', floatList)
-      .option('--val-split <f>', 'share of images held out for validation', float)
+      .option('--val-split <f>', `share of images held out for validation (default ${D.valSplit})`, float)
       .option('--val-images <dir>', 'validation images folder')
       .option('--val-masks <dir>', 'validation masks folder')
       .option('--patience <epochs>', 'early stopping patience (0 = off)', int)
       .option('--no-augment', 'turn data augmentation off')
       .option('--mpp <um>', 'µm per pixel of the training images (recorded in the model)', float)
-      .option('--seed <n>', 'random seed', int)
+      .option('--seed <n>', `random seed (default ${D.seed})`, int)
       .addOption(backend())
       .option('--config <file>', 'JSON or YAML file of options (flags override it)')
       .option('--resume', 'continue from the newest checkpoint in --out'),

@@ -82,36 +82,50 @@ function dilatedGradients(
       [0, 0],
     ]);
     if (xp.shape[1] > hp || xp.shape[2] > wp) xp = tf.slice(xp, [0, 0, 0, 0], [n, hp, wp, ci]);
-    return tf.spaceToBatchND(xp, [rh, rw], [
-      [0, 0],
-      [0, 0],
-    ]) as tf.Tensor4D;
+    return tf.spaceToBatchND(
+      xp,
+      [rh, rw],
+      [
+        [0, 0],
+        [0, 0],
+      ],
+    ) as tf.Tensor4D;
   };
   const dyPhases = (): tf.Tensor4D =>
-    tf.spaceToBatchND(dy, [rh, rw], [
-      [0, ph * rh - oh],
-      [0, pw * rw - ow],
-    ]) as tf.Tensor4D;
+    tf.spaceToBatchND(
+      dy,
+      [rh, rw],
+      [
+        [0, ph * rh - oh],
+        [0, pw * rw - ow],
+      ],
+    ) as tf.Tensor4D;
   const engine = tf.engine();
   return {
     x: () => {
       const dys = dyPhases();
       const xsShape: [number, number, number, number] = [n * rh * rw, hp / rh, wp / rw, ci];
       const dxs = depthwise
-        ? (engine.runKernel(
-            'DepthwiseConv2dNativeBackpropInput',
-            { dy: dys, filter },
-            { strides: [1, 1], dilations: [1, 1], pad: 'valid', inputShape: xsShape } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor4D)
-        : (engine.runKernel(
-            'Conv2DBackpropInput',
-            { dy: dys, filter },
-            { strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', inputShape: xsShape } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor4D);
-      const dxp = tf.batchToSpaceND(dxs, [rh, rw], [
-        [0, 0],
-        [0, 0],
-      ]) as tf.Tensor4D;
+        ? (engine.runKernel('DepthwiseConv2dNativeBackpropInput', { dy: dys, filter }, {
+            strides: [1, 1],
+            dilations: [1, 1],
+            pad: 'valid',
+            inputShape: xsShape,
+          } as unknown as tf.NamedAttrMap) as tf.Tensor4D)
+        : (engine.runKernel('Conv2DBackpropInput', { dy: dys, filter }, {
+            strides: [1, 1],
+            pad: 'valid',
+            dataFormat: 'NHWC',
+            inputShape: xsShape,
+          } as unknown as tf.NamedAttrMap) as tf.Tensor4D);
+      const dxp = tf.batchToSpaceND(
+        dxs,
+        [rh, rw],
+        [
+          [0, 0],
+          [0, 0],
+        ],
+      ) as tf.Tensor4D;
       // Rows of x beyond the phases (never read by an output) get zero gradient.
       const hv = Math.min(h, hp - top);
       const wv = Math.min(w, wp - left);
@@ -129,21 +143,18 @@ function dilatedGradients(
       const xs = phases();
       const dys = dyPhases();
       return depthwise
-        ? (engine.runKernel(
-            'DepthwiseConv2dNativeBackpropFilter',
-            { x: xs, dy: dys },
-            {
-              strides: [1, 1],
-              dilations: [1, 1],
-              pad: 'valid',
-              filterShape: filter.shape,
-            } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor)
-        : (engine.runKernel(
-            'Conv2DBackpropFilter',
-            { x: xs, dy: dys },
-            { strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', filterShape: filter.shape } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor);
+        ? (engine.runKernel('DepthwiseConv2dNativeBackpropFilter', { x: xs, dy: dys }, {
+            strides: [1, 1],
+            dilations: [1, 1],
+            pad: 'valid',
+            filterShape: filter.shape,
+          } as unknown as tf.NamedAttrMap) as tf.Tensor)
+        : (engine.runKernel('Conv2DBackpropFilter', { x: xs, dy: dys }, {
+            strides: [1, 1],
+            pad: 'valid',
+            dataFormat: 'NHWC',
+            filterShape: filter.shape,
+          } as unknown as tf.NamedAttrMap) as tf.Tensor);
     },
   };
 }
