@@ -63,7 +63,10 @@ export default function unet(options: Partial<UnetOptions> = {}): ArchitecturePl
             })
             .apply(x) as layers.SymbolicTensor;
           if (o.batchNorm) {
-            x = layers.layers.batchNormalization({ name: `${name}_bn${k}` }).apply(x) as layers.SymbolicTensor;
+            // Momentum 0.9 (PyTorch's 0.1): moving statistics that keep up with short CPU trainings.
+            x = layers.layers
+              .batchNormalization({ momentum: 0.9, name: `${name}_bn${k}` })
+              .apply(x) as layers.SymbolicTensor;
             x = layers.layers.reLU({ name: `${name}_relu${k}` }).apply(x) as layers.SymbolicTensor;
           }
         }

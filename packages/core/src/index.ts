@@ -63,3 +63,5 @@ export {
   type FloatImage,
   type PredictOptions,
 } from './predict/predict.js';
+export { checkInputSize } from './arch/check-input.js';
+export { countFlops } from './arch/flops.js';
