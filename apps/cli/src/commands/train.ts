@@ -4,6 +4,7 @@ import { defaultTrainer, writeFileAtomic, type TrainOptions } from '@tessera/cor
 import { mergeConfig, readConfig } from '../config.js';
 import { loadRegistry } from '../plugins.js';
 import { colour, formatDuration, info, ProgressBar } from '../progress.js';
+import { writeTrainingReport } from '../report.js';
 import { parseKeyValues, requireOption, startEngine } from './shared.js';
 
 /** Options of `tessera train` after parsing. */
@@ -156,6 +157,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       ...(result.manifest.training?.options ?? {}),
     };
     await writeFileAtomic(join(result.out, 'config.resolved.json'), JSON.stringify(resolved, null, 2) + '\n');
+    const report = await writeTrainingReport(result.out, result.manifest, result.history, result.validation);
     const seconds = (performance.now() - started) / 1000;
     const v = result.validation;
     info(
@@ -168,6 +170,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     );
     for (const c of v.classes)
       info(out, `  ${c.name} (value ${c.value}): IoU ${c.iou.toFixed(4)}, Dice ${c.dice.toFixed(4)}`);
+    info(out, `report: ${report}`);
     info(out, `loss curve: ${join(result.out, 'loss-curve.png')}, history: ${join(result.out, 'history.csv')}`);
     if (opts.json) {
       process.stdout.write(
