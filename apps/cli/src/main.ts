@@ -4,6 +4,7 @@ import { archsCommand } from './commands/archs.js';
 import { demoCommand } from './commands/demo.js';
 import { doctorCommand } from './commands/doctor.js';
 import { evaluateCommand } from './commands/evaluate.js';
+import { infoCommand } from './commands/info.js';
 import { predictCommand } from './commands/predict.js';
 import { trainCommand } from './commands/train.js';
 import { colour } from './progress.js';
@@ -84,14 +85,26 @@ export function buildProgram(): Command {
       .option('--overlay', 'also write a colour overlay of the label map on the image')
       .option('--tile <px>', 'predict in overlapping windows of this size', int)
       .option('--overlap <px>', 'overlap of the windows', int)
+      .option('--workers <n>', 'whole slides: worker threads (default: CPU cores, at most 8)', int)
+      .option('--batch <n>', 'whole slides: tiles per network call (default 4)', int)
+      .option('--mpp <um>', "whole slides: µm per pixel to predict at (default: the model's)", float)
+      .option('--no-tissue', 'whole slides: predict every tile, also background')
       .addOption(backend()),
   ).action(async (inputs: string[], opts) => predictCommand(inputs, opts));
+
+  output(
+    program
+      .command('info')
+      .description('print the structure of a slide: levels, tiles, compression, vendor, µm per pixel')
+      .argument('<slide>', 'slide or image file (SVS, OME-TIFF, pyramidal TIFF, PNG, JPEG)'),
+  ).action(async (slide: string, opts) => infoCommand(slide, opts));
 
   program
     .command('archs')
     .description('list installed architectures with their options and defaults')
     .option('--json', 'print JSON')
     .option('--arch <file-or-package>', 'also load this plugin')
+    .option('--tile <px>', 'tile size for the FLOP count (default 256)', int)
     .action(async (opts) => archsCommand(opts));
 
   program

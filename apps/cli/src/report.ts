@@ -132,7 +132,7 @@ export async function writeTrainingReport(
   const confusion = validation.confusionMatrix
     .map((row, t) => {
       const cells = row
-        .map((count, p) => {
+        .map((count) => {
           const share = total[t] > 0 ? count / total[t] : 0;
           const shade = Math.round(255 - share * 160);
           return `<td style="background:rgb(${shade},${shade},255)">${count.toLocaleString('en-US')}<br><small>${(share * 100).toFixed(1)}%</small></td>`;

@@ -15,6 +15,7 @@ import {
   writePng,
 } from '@tessera/core';
 import { info, ProgressBar } from '../progress.js';
+import { predictWholeSlide, wholeSlideOf } from './predict-slide.js';
 import { startEngine } from './shared.js';
 
 /** Options of `tessera predict`. */
@@ -28,7 +29,15 @@ export interface PredictCliOptions {
   backend?: string;
   json?: boolean;
   quiet?: boolean;
+  /** Whole-slide options (see `predict-slide.ts`). */
+  workers?: number;
+  batch?: number;
+  mpp?: number;
+  tissue?: boolean;
 }
+
+/** Folder entries `predict` picks up: images, and whole-slide files. */
+const INPUT_EXTENSIONS = [...IMAGE_EXTENSIONS, '.svs', '.btf'];
 
 async function expandInputs(inputs: string[]): Promise<string[]> {
   const files: string[] = [];
@@ -41,7 +50,7 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
     }
     if (info.isDirectory()) {
       const names = (await readdir(input)).filter(
-        (n) => !n.startsWith('.') && IMAGE_EXTENSIONS.includes(extname(n).toLowerCase()),
+        (n) => !n.startsWith('.') && INPUT_EXTENSIONS.includes(extname(n).toLowerCase()),
       );
       if (names.length === 0) {
         throw new InputNotFoundError(
@@ -55,12 +64,15 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
   return files;
 }
 
-/** `tessera predict` on ordinary images. */
+/**
+ * `tessera predict`: ordinary images in memory; whole slides (SVS, OME-TIFF, tiled/pyramidal TIFF, or images over
+ * 4096 x 4096) through the tiler of `@tessera/tiler`.
+ */
 export async function predictCommand(inputs: string[], opts: PredictCliOptions): Promise<void> {
   const out = { quiet: opts.quiet, json: opts.json };
-  await startEngine(opts.backend, out);
-  const { model, manifest } = await loadModel(opts.model);
-  const files = await expandInputs(inputs);
+  const slides: string[] = [];
+  const files: string[] = [];
+  for (const file of await expandInputs(inputs)) ((await wholeSlideOf(file)) ? slides : files).push(file);
   try {
     await mkdir(opts.out, { recursive: true });
   } catch (error) {
@@ -70,6 +82,16 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
       error,
     );
   }
+  const slideRecords = [];
+  for (const slide of slides) slideRecords.push(await predictWholeSlide(slide, opts, out));
+  if (files.length === 0) {
+    await writeResolved(opts, slides, slideRecords.length);
+    info(out, `predicted ${slides.length} whole slide(s) into ${opts.out}`);
+    if (opts.json) process.stdout.write(JSON.stringify({ outputs: slideRecords }) + '\n');
+    return;
+  }
+  await startEngine(opts.backend, out);
+  const { model, manifest } = await loadModel(opts.model);
   const k = manifest.classes.length;
   const colours = manifest.classes.map((c) => parseColor(c.color));
   const bar = new ProgressBar('predict', files.length, out, 'image');
@@ -129,16 +151,30 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     bar.update(index + 1);
   }
   bar.clear();
+  await writeResolved(opts, [...slides, ...files], slides.length);
+  info(
+    out,
+    `predicted ${files.length} image(s)${slides.length ? ` and ${slides.length} whole slide(s)` : ''} into ${opts.out}`,
+  );
+  if (opts.json) process.stdout.write(JSON.stringify({ outputs: [...slideRecords, ...written] }) + '\n');
+}
+
+async function writeResolved(opts: PredictCliOptions, inputs: string[], wholeSlides: number): Promise<void> {
   await writeFileAtomic(
     join(opts.out, 'predict.resolved.json'),
     JSON.stringify(
       {
         command: 'predict',
         model: opts.model,
-        inputs: files,
+        inputs,
+        wholeSlides,
         out: opts.out,
         tile: opts.tile ?? null,
         overlap: opts.overlap ?? null,
+        workers: opts.workers ?? null,
+        batch: opts.batch ?? null,
+        mpp: opts.mpp ?? null,
+        tissue: opts.tissue ?? true,
         probabilities: !!opts.probabilities,
         overlay: !!opts.overlay,
       },
@@ -146,6 +182,4 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
       2,
     ) + '\n',
   );
-  info(out, `predicted ${files.length} image(s) into ${opts.out}`);
-  if (opts.json) process.stdout.write(JSON.stringify({ outputs: written }) + '\n');
 }

@@ -7,8 +7,9 @@
  *   `conv(x, W, rate r) = batchToSpace(conv(spaceToBatch(pad(x), r), W, rate 1), r)`
  *
  * so only rate-1 backprop kernels are needed (`Conv2DBackpropFilter`/`Input`, `DepthwiseConv2dNativeBackpropFilter`/
- * `Input`: the fast wasm kernels of `wasm-gradients.ts` on the wasm engine) plus `SpaceToBatchND`, `BatchToSpaceND`,
- * `Pad` and `Slice`, which every backend has. Rate 1 keeps tfjs's own gradient functions.
+ * `Input`) plus `SpaceToBatchND`, `BatchToSpaceND`, `Pad` and `Slice`, which every backend has. On the wasm engine
+ * with Tessera's gradient kernels (`wasm-gradients.ts`), which take a `dilations` attribute, the dilated backprop
+ * kernels are called directly instead (same values, no `rate^2` phase images). Rate 1 keeps tfjs's own gradients.
  *
  * What runs where: the unfused ops `tf.conv2d`, `tf.depthwiseConv2d` and `tf.separableConv2d` record the kernels
  * `Conv2D` / `DepthwiseConv2dNative`, whose registered gradients these are. The tfjs-layers `Conv2D` layer instead
@@ -159,6 +160,43 @@ function dilatedGradients(
   };
 }
 
+/**
+ * True when Tessera's wasm gradient kernels are installed on the active wasm backend: they take a `dilations`
+ * attribute on all four backprop kernels, so dilated gradients need no space-to-batch detour (which costs
+ * `rate^2` phase images, a lot for ASPP rates of 12 to 36 on small feature maps).
+ */
+function nativeDilatedBackprop(): boolean {
+  return tf.getBackend() === 'wasm' && tf.getKernel('Conv2DBackpropFilter', 'wasm') != null;
+}
+
+function nativeGradients(
+  x: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  attrs: ConvAttrs,
+  depthwise: boolean,
+): { x: () => tf.Tensor; filter: () => tf.Tensor } {
+  const engine = tf.engine();
+  const common = {
+    strides: attrs.strides,
+    pad: attrs.pad,
+    dilations: attrs.dilations,
+    dimRoundingMode: attrs.dimRoundingMode,
+    dataFormat: 'NHWC',
+  };
+  const run = (name: string, inputs: tf.NamedTensorMap, extra: object) =>
+    engine.runKernel(name, inputs, { ...common, ...extra } as unknown as tf.NamedAttrMap) as tf.Tensor;
+  return depthwise
+    ? {
+        x: () => run('DepthwiseConv2dNativeBackpropInput', { dy, filter }, { inputShape: x.shape }),
+        filter: () => run('DepthwiseConv2dNativeBackpropFilter', { x, dy }, { filterShape: filter.shape }),
+      }
+    : {
+        x: () => run('Conv2DBackpropInput', { dy, filter }, { inputShape: x.shape }),
+        filter: () => run('Conv2DBackpropFilter', { x, dy }, { filterShape: filter.shape }),
+      };
+}
+
 function withDilation(kernelName: 'Conv2D' | 'DepthwiseConv2dNative', original: tf.GradConfig): tf.GradConfig {
   const depthwise = kernelName === 'DepthwiseConv2dNative';
   return {
@@ -169,6 +207,7 @@ function withDilation(kernelName: 'Conv2D' | 'DepthwiseConv2dNative', original: 
       const [rh, rw] = pair(a.dilations);
       if (rh === 1 && rw === 1) return original.gradFunc(dy, saved, attrs);
       const [x, filter] = saved as [tf.Tensor4D, tf.Tensor4D];
+      if (nativeDilatedBackprop()) return nativeGradients(x, filter, dy as tf.Tensor4D, a, depthwise);
       return dilatedGradients(x, filter, dy as tf.Tensor4D, a, depthwise);
     },
   };

@@ -1,0 +1,35 @@
+import { compressionName, openSlide } from '@tessera/tiler';
+/** Options of `tessera info`. */
+export interface InfoCliOptions {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+/** `tessera info <slide>`: prints the structure of a slide (levels, tiles, compression, vendor, µm/px). */
+export async function infoCommand(path: string, opts: InfoCliOptions): Promise<void> {
+  const slide = await openSlide(path);
+  if (opts.json) {
+    process.stdout.write(JSON.stringify(slide, null, 2) + '\n');
+    return;
+  }
+  const mpp = slide.mpp
+    ? `${slide.mpp.x.toFixed(4)} x ${slide.mpp.y.toFixed(4)} µm/px (${slide.mppSource})`
+    : 'unknown (the file does not record a pixel size)';
+  const lines = [
+    `${slide.path}`,
+    `  format:   ${slide.format} (vendor ${slide.vendor}), ${(slide.bytes / 1e6).toFixed(1)} MB`,
+    `  size:     ${slide.width} x ${slide.height} px, ${slide.channels} channel${slide.channels > 1 ? 's' : ''}`,
+    `  µm/px:    ${mpp}`,
+    `  levels:   ${slide.levels.length}`,
+    ...slide.levels.map((l) => {
+      const tiles = l.tileWidth ? `tiles ${l.tileWidth}x${l.tileHeight}` : 'not tiled';
+      const compression = l.compression === null ? '' : `, ${compressionName(l.compression)}`;
+      const where = l.subifd >= 0 ? `page ${l.page} subifd ${l.subifd}` : `page ${l.page}`;
+      return `    ${l.index}: ${l.width} x ${l.height}, downsample ${l.downsample.toFixed(3)}, ${tiles}${compression} (${where})`;
+    }),
+  ];
+  if (slide.associated.length) {
+    lines.push(`  associated images: ${slide.associated.map((a) => `${a.name} ${a.width}x${a.height}`).join(', ')}`);
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}

@@ -1,0 +1,83 @@
+import { openSlide, predictSlide, type SlideInfo } from '@tessera/tiler';
+import { info, ProgressBar, type OutputOptions } from '../progress.js';
+
+/** Images at least this large (pixels) go to the whole-slide tiler even when they are plain PNG/JPEG/TIFF. */
+export const WHOLE_SLIDE_PIXELS = 4096 * 4096;
+
+/** Options of `tessera predict` used for whole slides. */
+export interface SlidePredictCliOptions {
+  model: string;
+  out: string;
+  probabilities?: boolean;
+  tile?: number;
+  overlap?: number;
+  workers?: number;
+  batch?: number;
+  mpp?: number;
+  tissue?: boolean;
+  backend?: string;
+}
+
+/** Whether a slide goes to the tiler: SVS, OME-TIFF, tiled or pyramidal TIFF, or any image over 4096 x 4096. */
+export function isWholeSlide(slide: SlideInfo): boolean {
+  if (slide.format === 'svs' || slide.format === 'ome-tiff') return true;
+  if (slide.format === 'tiff' && (slide.levels.length > 1 || slide.levels[0].tileWidth !== null)) return true;
+  return slide.width * slide.height > WHOLE_SLIDE_PIXELS;
+}
+
+/** The slide structure of a file when it should go to the tiler, else `null` (unreadable files included). */
+export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
+  try {
+    const slide = await openSlide(path);
+    return isWholeSlide(slide) ? slide : null;
+  } catch {
+    return null; // ordinary image path reports the error
+  }
+}
+
+/** Predicts one whole slide with a progress bar (tiles, Mpx/s, ETA); returns the JSON record. */
+export async function predictWholeSlide(path: string, opts: SlidePredictCliOptions, out: OutputOptions) {
+  let bar: ProgressBar | undefined;
+  const { run, outputs } = await predictSlide(path, {
+    model: opts.model,
+    out: opts.out,
+    probabilities: opts.probabilities,
+    tile: opts.tile,
+    overlap: opts.overlap,
+    workers: opts.workers,
+    batchSize: opts.batch,
+    mpp: opts.mpp,
+    tissue: opts.tissue,
+    backend: opts.backend,
+    onProgress: (p) => {
+      bar ??= new ProgressBar('slide', p.tilesTotal, out, 'tile');
+      const mpx = p.pixelsDone / 1e6 / Math.max(p.elapsedMs / 1000, 1e-9);
+      bar.update(p.tilesDone, `${mpx.toFixed(2)} Mpx/s`);
+    },
+  });
+  bar?.clear();
+  const seconds = run.timings.wallMs / 1000;
+  info(
+    out,
+    `${path}: ${run.width} x ${run.height} px (level ${run.level}${run.scale !== 1 ? `, scale ${run.scale.toFixed(3)}` : ''}), ` +
+      `${run.tilesPredicted} tiles predicted, ${run.tilesSkipped} skipped as background, ` +
+      `${((run.width * run.height) / 1e6 / seconds).toFixed(2)} Mpx/s on ${run.options.workers} worker(s) (${run.engine})`,
+  );
+  return {
+    input: path,
+    labels: outputs.labels,
+    overlay: outputs.overlay,
+    areas: outputs.areasJson,
+    probabilities: outputs.probabilities.length ? outputs.probabilities : undefined,
+    classPixels: Object.fromEntries(outputs.areas.map((a) => [a.name, a.pixels])),
+    wholeSlide: {
+      width: run.width,
+      height: run.height,
+      level: run.level,
+      mpp: run.mpp,
+      tiles: run.tilesPredicted,
+      skipped: run.tilesSkipped,
+      seconds,
+    },
+  };
+}

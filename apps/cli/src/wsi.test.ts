@@ -1,0 +1,121 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import unet from '@tessera/arch-unet';
+import { resolveArchitectureOptions, saveModel, setupEngine } from '@tessera/core';
+
+const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
+const CMU = join(DATA, 'slides/wsi-cmu1-small-region-svs/CMU-1-Small-Region.svs');
+
+function run(cmd: string, args: string[]) {
+  const result = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, TESSERA_BACKEND: 'wasm' } });
+  return { code: result.status, stdout: result.stdout ?? '', stderr: result.stderr ?? '', missing: !!result.error };
+}
+
+let root: string;
+let model: string;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'tessera-wsi-'));
+  model = join(root, 'model');
+  await setupEngine('cpu');
+  const plugin = unet();
+  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
+  const net = plugin.build({ inputChannels: 3, numClasses: 2, tileSize: 256, seed: 1, options });
+  await saveModel(model, net, {
+    format: 'tessera-model',
+    formatVersion: 1,
+    architecture: {
+      name: 'unet',
+      version: plugin.version,
+      apiVersion: plugin.apiVersion,
+      options: options as unknown as Record<string, unknown>,
+      inputMultiple: plugin.inputMultiple(options),
+      receptiveField: plugin.receptiveField(options),
+      parameters: net.countParams(),
+    },
+    classes: [
+      { name: 'background', value: 0, color: '#000000' },
+      { name: 'nucleus', value: 255, color: '#ff0000' },
+    ],
+    inputChannels: 3,
+    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
+    tileSize: 256,
+    mpp: 0.499,
+    createdBy: 'cli test',
+  });
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('whole-slide prediction through the CLI', () => {
+  it('tessera info prints the levels and µm/px of an SVS', () => {
+    const { code, stdout } = run(process.execPath, [BIN, 'info', CMU]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/svs \(vendor aperio\)/);
+    expect(stdout).toMatch(/0: 2220 x 2967, downsample 1\.000, tiles 240x240, JPEG/);
+    expect(stdout).toMatch(/0\.4990 x 0\.4990 µm\/px \(aperio\)/);
+    const json = JSON.parse(run(process.execPath, [BIN, 'info', CMU, '--json']).stdout);
+    expect(json.levels[0]).toMatchObject({ width: 2220, height: 2967 });
+  });
+
+  it('tessera info fails with exit code 5 on a file that is not a slide', () => {
+    const { code, stderr } = run(process.execPath, [BIN, 'info', BIN]);
+    expect(code).toBe(5);
+    expect(stderr).toMatch(/bin\.js" could not be opened: expected a tiled or pyramidal TIFF/);
+  });
+
+  it('predicts CMU-1-Small-Region.svs into a pyramidal TIFF with the slide geometry', async () => {
+    const out = join(root, 'out');
+    const { code, stdout, stderr } = run(process.execPath, [
+      BIN,
+      'predict',
+      CMU,
+      '--model',
+      model,
+      '--out',
+      out,
+      '--workers',
+      '2',
+      '--batch',
+      '2',
+      '--json',
+    ]);
+    expect(stderr).not.toMatch(/error/);
+    expect(code).toBe(0);
+    const record = JSON.parse(stdout).outputs[0];
+    expect(record.wholeSlide).toMatchObject({ width: 2220, height: 2967, level: 0, mpp: 0.499 });
+    const labels = join(out, 'CMU-1-Small-Region_labels.tif');
+    const meta = await sharp(labels).metadata();
+    expect([meta.width, meta.height, meta.channels, meta.pages]).toEqual([2220, 2967, 1, 5]);
+    expect(meta.resolutionUnit).toBe('cm');
+    expect(meta.density).toBeCloseTo((1000 / 0.499) * 25.4, 0); // dpi of 0.499 µm/px
+    const level2 = await sharp(labels, { page: 2 }).metadata();
+    expect([level2.width, level2.height]).toEqual([555, 741]);
+    const values = new Set(await sharp(labels).extractChannel(0).raw().toBuffer());
+    expect([...values].every((v) => v === 0 || v === 255)).toBe(true);
+    const areas = JSON.parse(await readFile(join(out, 'CMU-1-Small-Region_areas.json'), 'utf8'));
+    expect(areas.classes[0].pixels + areas.classes[1].pixels).toBe(2220 * 2967);
+    expect(areas.classes[1].areaUm2).toBeCloseTo(areas.classes[1].pixels * 0.499 * 0.499, 0);
+    expect((await readdir(out)).sort()).toEqual([
+      'CMU-1-Small-Region_areas.csv',
+      'CMU-1-Small-Region_areas.json',
+      'CMU-1-Small-Region_labels.tif',
+      'CMU-1-Small-Region_overlay.png',
+      'predict.resolved.json',
+    ]);
+    const vips = run('vipsheader', ['-f', 'n-pages', labels]);
+    if (!vips.missing) expect(vips.stdout.trim()).toBe('5');
+    const openslide = run('openslide-show-properties', [labels]);
+    if (!openslide.missing) {
+      expect(openslide.stdout).toMatch(/openslide\.level-count: '5'/);
+      expect(openslide.stdout).toMatch(/tiff\.XResolution: '20040\.0/); // 0.499 µm/px in pixels per cm
+    }
+  });
+});

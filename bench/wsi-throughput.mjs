@@ -1,0 +1,152 @@
+#!/usr/bin/env node
+// Whole-slide prediction throughput of @tessera/tiler on a synthetic pyramidal JPEG TIFF made here from real H&E
+// tiles (MoNuSeg, ../shared/data/monuseg-train20/images, repeated with mirroring).
+//
+//   node bench/wsi-throughput.mjs                     # 40000 x 40000 and 20000 x 20000, 1 and 2 workers
+//   node bench/wsi-throughput.mjs --sizes 3000,6000   # quick check
+//   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --backend wasm  --model <dir>  --keep
+//
+// Needs `npm run build` first, and size^2 * 3 bytes of free temporary disk for the raw canvas (4.8 GB at 40000).
+// Each (size, workers) run happens in a child process so its peak RSS (process.resourceUsage().maxRSS, all threads)
+// is its own. Prints one JSON line per run and a table: Mpx/s, peak RSS, share of wall time outside inference
+// (reading, decoding, blending, writing, idle) = 1 - (inference time summed over workers / workers) / wall time.
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const DATA = process.env.TESSERA_DATA ?? join(ROOT, '../shared/data');
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+/** Writes an N x N RGB canvas of mirrored H&E tiles row band by row band, then a tiled pyramidal JPEG TIFF. */
+async function makeSlide(size, dir) {
+  const { VipsFileWriter } = await import('@tessera/tiler');
+  const folder = join(DATA, 'monuseg-train20/images');
+  const names = (await readdir(folder)).filter((n) => n.endsWith('.tif')).sort();
+  const tiles = [];
+  for (const name of names)
+    tiles.push(await sharp(join(folder, name)).removeAlpha().resize(1000, 1000).raw().toBuffer());
+  const raw = join(dir, `canvas-${size}.v`);
+  const writer = new VipsFileWriter(raw, size, size, 3, 1000 / 0.5);
+  const band = Buffer.alloc(1000 * size * 3);
+  for (let y0 = 0; y0 < size; y0 += 1000) {
+    const rows = Math.min(1000, size - y0);
+    for (let x0 = 0, k = 0; x0 < size; x0 += 1000, k++) {
+      const tile = tiles[(k * 7 + (y0 / 1000) * 3) % tiles.length];
+      const cols = Math.min(1000, size - x0);
+      for (let r = 0; r < rows; r++) tile.copy(band, (r * size + x0) * 3, r * 3000, r * 3000 + cols * 3);
+    }
+    writer.append(band.subarray(0, rows * size * 3));
+  }
+  writer.close();
+  const slide = join(dir, `synthetic-${size}.tif`);
+  const start = performance.now();
+  await sharp(raw, { limitInputPixels: false })
+    .tiff({ tile: true, tileWidth: 256, tileHeight: 256, pyramid: true, compression: 'jpeg', quality: 85 })
+    .toFile(slide);
+  await rm(raw);
+  console.error(`made ${slide} in ${((performance.now() - start) / 1000).toFixed(1)} s`);
+  return slide;
+}
+
+async function makeModel(dir) {
+  const { default: unet } = await import('@tessera/arch-unet');
+  const { resolveArchitectureOptions, saveModel, setupEngine } = await import('@tessera/core');
+  await setupEngine('cpu');
+  const plugin = unet();
+  const options = resolveArchitectureOptions(plugin, { depth: 3, baseFilters: 8 });
+  const model = plugin.build({ inputChannels: 3, numClasses: 2, tileSize: 512, seed: 1, options });
+  const out = join(dir, 'model');
+  await saveModel(out, model, {
+    format: 'tessera-model',
+    formatVersion: 1,
+    architecture: {
+      name: 'unet',
+      version: plugin.version,
+      apiVersion: plugin.apiVersion,
+      options,
+      inputMultiple: plugin.inputMultiple(options),
+      receptiveField: plugin.receptiveField(options),
+      parameters: model.countParams(),
+    },
+    classes: [
+      { name: 'background', value: 0, color: '#000000' },
+      { name: 'nucleus', value: 255, color: '#ff0000' },
+    ],
+    inputChannels: 3,
+    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
+    tileSize: 512,
+    mpp: null,
+    createdBy: 'bench/wsi-throughput.mjs',
+  });
+  return out;
+}
+
+async function child() {
+  const { predictSlide } = await import('@tessera/tiler');
+  const [slide, model, out, workers] = [arg('slide'), arg('model'), arg('out'), Number(arg('workers'))];
+  const { run } = await predictSlide(slide, {
+    model,
+    out,
+    workers,
+    tile: Number(arg('tile', '512')),
+    batchSize: Number(arg('batch', '4')),
+    backend: arg('backend'),
+    tissue: false,
+  });
+  const wall = run.timings.wallMs;
+  const result = {
+    size: run.width,
+    workers,
+    engine: run.engine,
+    tiles: run.tilesPredicted,
+    wallSeconds: +(wall / 1000).toFixed(2),
+    mpxPerSecond: +((run.width * run.height) / 1e6 / (wall / 1000)).toFixed(3),
+    peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
+    peakMergerRows: run.peakRows,
+    outsideInference: +(1 - run.timings.inferMs / workers / wall).toFixed(3),
+    readSecondsAllWorkers: +(run.timings.readMs / 1000).toFixed(2),
+    mergeSeconds: +(run.timings.mergeMs / 1000).toFixed(2),
+  };
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+async function main() {
+  const sizes = arg('sizes', '40000,20000').split(',').map(Number);
+  const workerCounts = arg('workers', '1,2').split(',').map(Number);
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-bench-'));
+  try {
+    const model = arg('model') ?? (await makeModel(dir));
+    const results = [];
+    for (const size of sizes) {
+      const slide = await makeSlide(size, dir);
+      for (const workers of workerCounts) {
+        const out = join(dir, `out-${size}-${workers}`);
+        const passed = ['tile', 'batch', 'backend'].flatMap((k) => (arg(k) ? [`--${k}`, arg(k)] : []));
+        const args = [fileURLToPath(import.meta.url), '--child', '--slide', slide, '--model', model, '--out', out];
+        const res = spawnSync(process.execPath, [...args, '--workers', String(workers), ...passed], {
+          encoding: 'utf8',
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        if (res.status !== 0) throw new Error(`run size ${size} workers ${workers} failed (${res.status})`);
+        const result = JSON.parse(res.stdout.trim().split('\n').pop());
+        console.log(JSON.stringify(result));
+        results.push(result);
+        await rm(out, { recursive: true, force: true });
+      }
+      await rm(slide);
+    }
+    console.table(results);
+  } finally {
+    if (!process.argv.includes('--keep')) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await (process.argv.includes('--child') ? child() : main());

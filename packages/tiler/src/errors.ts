@@ -1,0 +1,117 @@
+/**
+ * Errors raised by `@tessera/tiler`. Each subclasses one of `@tessera/core`'s error classes, so the CLI maps it to
+ * the same exit code (5 invalid input, 2 bad option, 10 output), and adds its own stable `code`. Every message names
+ * the file or option, what was expected, what came, and the hint says what to do.
+ */
+import { InvalidInputError, InvalidOptionError, describeValue } from '@tessera/core';
+
+function setCode(error: Error, code: string): void {
+  Object.defineProperty(error, 'code', { value: code, enumerable: true });
+}
+
+/**
+ * A slide file exists but cannot be read as a slide: not a TIFF or image at all, truncated, or using an encoding
+ * Tessera cannot decode (e.g. JPEG 2000 in Aperio SVS). Exit code 5, code `E_SLIDE_FORMAT`.
+ */
+export class SlideFormatError extends InvalidInputError {
+  constructor(message: string, hint?: string, cause?: unknown) {
+    super(message, hint, cause);
+    setCode(this, 'E_SLIDE_FORMAT');
+  }
+}
+
+/** A region or level asked of a slide lies outside it. Exit code 2, code `E_SLIDE_REGION`. */
+export class SlideRegionError extends InvalidOptionError {
+  constructor(message: string, hint?: string) {
+    super(message, hint);
+    setCode(this, 'E_SLIDE_REGION');
+  }
+}
+
+/** An option of the tiler (tile, overlap, workers, batch, mpp) is out of range. Exit code 2, code `E_TILER_OPTION`. */
+export class TilerOptionError extends InvalidOptionError {
+  constructor(message: string, hint?: string) {
+    super(message, hint);
+    setCode(this, 'E_TILER_OPTION');
+  }
+}
+
+/** TIFF compression codes Tessera can decode (through libvips/libtiff), with their names. */
+export const SUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
+  1: 'none',
+  5: 'LZW',
+  7: 'JPEG',
+  8: 'Deflate',
+  32773: 'PackBits',
+  32946: 'Deflate',
+  50000: 'Zstandard',
+  50001: 'WebP',
+};
+
+/** Names of compression codes seen in slides that Tessera cannot decode. */
+const UNSUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
+  6: 'old-style JPEG',
+  33003: 'Aperio JPEG 2000 (YCbCr)',
+  33005: 'Aperio JPEG 2000 (RGB)',
+  34712: 'JPEG 2000',
+  34892: 'lossy JPEG (DNG)',
+  65000: 'Hamamatsu NDPI JPEG',
+};
+
+/** Human name of a TIFF compression code. */
+export function compressionName(code: number): string {
+  return SUPPORTED_COMPRESSIONS[code] ?? UNSUPPORTED_COMPRESSIONS[code] ?? `compression ${code}`;
+}
+
+/** The file is not a TIFF, PNG or JPEG, or its structure cannot be parsed. */
+export function notASlide(path: string, reason: string, cause?: unknown): SlideFormatError {
+  return new SlideFormatError(
+    `Slide "${path}" could not be opened: expected a tiled or pyramidal TIFF/BigTIFF, Aperio SVS, OME-TIFF, ` +
+      `PNG or JPEG, but ${reason}.`,
+    'Check that the file was copied completely (compare its size or checksum with the original) and that it opens ' +
+      'in QuPath or `vipsheader`; convert other formats with `vips tiffsave in out.tif --tile --pyramid`.',
+    cause,
+  );
+}
+
+/** A level of the slide uses a compression libvips cannot decode. */
+export function unsupportedCompression(path: string, level: number, code: number): SlideFormatError {
+  return new SlideFormatError(
+    `Slide "${path}" level ${level} uses ${compressionName(code)} (TIFF compression ${code}); expected one of ` +
+      `${[...new Set(Object.values(SUPPORTED_COMPRESSIONS))].join(', ')}.`,
+    'Convert the slide to a JPEG or Deflate pyramidal TIFF first, e.g. with QuPath (File > Export > OME-TIFF) or ' +
+      '`vips tiffsave` on a build of libvips with OpenJPEG: `vips tiffsave in.svs out.tif --tile --pyramid ' +
+      '--compression jpeg`.',
+  );
+}
+
+/** The file ends before the tile data its directory points to. */
+export function truncatedSlide(path: string, level: number, end: number, size: number): SlideFormatError {
+  return new SlideFormatError(
+    `Slide "${path}" is truncated: level ${level} has tile data up to byte ${end} but the file has ${size} bytes.`,
+    'Copy or download the slide again; the file was cut short.',
+  );
+}
+
+/** A region outside the level. */
+export function regionOutside(
+  path: string,
+  level: number,
+  region: { x: number; y: number; width: number; height: number },
+  levelSize: { width: number; height: number },
+): SlideRegionError {
+  return new SlideRegionError(
+    `readRegion("${path}"): expected a region with positive integer size starting inside level ${level} ` +
+      `(${levelSize.width}x${levelSize.height}) but received x ${region.x}, y ${region.y}, width ${region.width}, ` +
+      `height ${region.height}.`,
+    'Clip the region to the level size (see `tessera info <slide>`).',
+  );
+}
+
+/** A level index that does not exist. */
+export function noSuchLevel(path: string, level: unknown, count: number): SlideRegionError {
+  return new SlideRegionError(
+    `Slide "${path}": expected a level between 0 and ${count - 1} but received ${describeValue(level)}.`,
+    'List the levels with `tessera info <slide>`.',
+  );
+}

@@ -1,0 +1,163 @@
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadModel, normalizeImage, predictProbabilities, readImage } from '@tessera/core';
+import { saveTinyUnet } from '../test/tiny-model.js';
+import { TilerOptionError } from './errors.js';
+import { predictSlide, resolveTilerOptions, streamSlidePrediction } from './predict-slide.js';
+
+const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
+const HE = join(DATA, 'monuseg-train20/images');
+
+let tmp: string;
+let modelDir: string;
+let imagePath: string;
+let reference: Float32Array;
+const W = 203;
+const H = 150;
+const K = 3;
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'tessera-tiler-'));
+  modelDir = join(tmp, 'model');
+  await saveTinyUnet(modelDir);
+  const first = (await readdir(HE)).filter((n) => n.endsWith('.tif')).sort()[0];
+  const crop = await sharp(join(HE, first)).extract({ left: 300, top: 400, width: W, height: H }).png().toBuffer();
+  imagePath = join(tmp, 'crop.png');
+  await sharp(crop).toFile(imagePath);
+  const { model, manifest } = await loadModel(modelDir);
+  const image = await readImage(imagePath, { channels: 3 });
+  const data = normalizeImage(image, manifest.normalization);
+  reference = predictProbabilities(model, { data, width: W, height: H, channels: 3 }, { multiple: 4 });
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+async function tiled(tile: number, overlap: number, workers: number) {
+  const probabilities = new Float32Array(W * H * K);
+  const labels = new Uint8Array(W * H);
+  let rows = 0;
+  const run = await streamSlidePrediction(
+    imagePath,
+    { model: modelDir, tile, overlap, workers, batchSize: 3, backend: 'cpu', tissue: false },
+    {
+      band: (band) => {
+        expect(band.y).toBe(rows);
+        probabilities.set(band.probabilities, band.y * W * K);
+        labels.set(band.labels, band.y * W);
+        rows += band.height;
+      },
+    },
+  );
+  expect(rows).toBe(H);
+  return { probabilities, labels, run };
+}
+
+function compare(probabilities: Float32Array, labels: Uint8Array) {
+  let maxDiff = 0;
+  let disagree = 0;
+  for (let i = 0; i < W * H; i++) {
+    let best = 0;
+    for (let q = 0; q < K; q++) {
+      maxDiff = Math.max(maxDiff, Math.abs(probabilities[i * K + q] - reference[i * K + q]));
+      if (reference[i * K + q] > reference[i * K + best]) best = q;
+    }
+    if (best !== labels[i]) disagree++;
+  }
+  return { maxDiff, disagreement: disagree / (W * H) };
+}
+
+describe('tile invariance', () => {
+  it.each([
+    [64, 48, 1],
+    [64, 56, 2],
+    [96, 48, 2],
+    [96, 56, 1],
+  ])('tile %i, overlap %i, %i worker(s) matches the whole-image prediction', async (tile, overlap, workers) => {
+    const { probabilities, labels, run } = await tiled(tile, overlap, workers);
+    const { maxDiff, disagreement } = compare(probabilities, labels);
+    console.log(`tile ${tile} overlap ${overlap} workers ${workers}: max |dp| ${maxDiff.toExponential(2)}`);
+    expect(run.tilesPredicted).toBe(run.plan.rows * run.plan.columns);
+    expect(maxDiff).toBeLessThan(1e-4);
+    expect(disagreement).toBeLessThan(1e-3);
+  });
+
+  it('is not invariant with too little overlap (the test can fail)', async () => {
+    const { probabilities, labels } = await tiled(64, 8, 1);
+    const { maxDiff } = compare(probabilities, labels);
+    console.log(`tile 64 overlap 8: max |dp| ${maxDiff.toExponential(2)}`);
+    expect(maxDiff).toBeGreaterThan(1e-3);
+  });
+});
+
+describe('options', () => {
+  it('derives the overlap from the receptive field and checks values', async () => {
+    const { readManifest } = await import('@tessera/core');
+    const manifest = await readManifest(modelDir);
+    const resolved = resolveTilerOptions({ model: modelDir }, manifest);
+    expect(resolved).toMatchObject({ tile: 512, overlap: 48, batchSize: 4, tissue: true, blend: 'gaussian' });
+    expect(() => resolveTilerOptions({ model: modelDir, tile: 50 }, manifest)).toThrow(TilerOptionError);
+    expect(() => resolveTilerOptions({ model: modelDir, workers: 0 }, manifest)).toThrow(
+      /Expected --workers to be a positive integer but received 0/,
+    );
+  });
+
+  it('brings worker errors back with their code and exit code', async () => {
+    const promise = streamSlidePrediction(
+      imagePath,
+      { model: modelDir, backend: 'tfjs-node-gpu', workers: 1 },
+      { band: () => {} },
+    );
+    await expect(promise).rejects.toMatchObject({ code: 'E_ENGINE', exitCode: 9 });
+    await expect(promise).rejects.toThrow(/Engine "tfjs-node-gpu" was asked for/);
+  });
+});
+
+describe('predictSlide', () => {
+  it('writes a pyramidal label TIFF, overlay, areas and probability maps', async () => {
+    const out = join(tmp, 'out');
+    const { outputs, run } = await predictSlide(imagePath, {
+      model: modelDir,
+      out,
+      tile: 64,
+      workers: 1,
+      backend: 'cpu',
+      tissue: false,
+      probabilities: true,
+    });
+    const meta = await sharp(outputs.labels).metadata();
+    expect([meta.width, meta.height, meta.channels]).toEqual([W, H, 1]);
+    const labelPixels = await sharp(outputs.labels).extractChannel(0).raw().toBuffer();
+    const { labels } = await tiled(64, 48, 1);
+    expect(Buffer.from(labelPixels).equals(Buffer.from(labels))).toBe(true); // class values 0, 1, 2 = indices
+    expect(outputs.probabilities).toHaveLength(3);
+    expect(outputs.areas.reduce((s, a) => s + a.pixels, 0)).toBe(W * H);
+    expect((await readdir(out)).filter((n) => n.includes('.tmp-'))).toEqual([]);
+    expect(run.timings.inferMs).toBeGreaterThan(0);
+  });
+
+  it('stops on an AbortSignal and leaves no output behind', async () => {
+    const out = join(tmp, 'aborted');
+    const controller = new AbortController();
+    const promise = predictSlide(imagePath, {
+      model: modelDir,
+      out,
+      tile: 64,
+      overlap: 56,
+      batchSize: 1,
+      maxInFlight: 1,
+      workers: 1,
+      backend: 'cpu',
+      tissue: false,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.tilesDone >= 2) controller.abort();
+      },
+    });
+    await expect(promise).rejects.toThrow(/abort/i);
+    expect(await readdir(out)).toEqual([]);
+  });
+});

@@ -1,0 +1,488 @@
+/**
+ * Whole-slide image reading: structure from the TIFF directories (geotiff), pixels from libvips (sharp), which
+ * decodes only the tiles a region touches.
+ */
+import { open, stat } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { fromFile } from 'geotiff';
+import sharp from 'sharp';
+import { InputNotFoundError, type RasterImage } from '@tessera/core';
+import {
+  SUPPORTED_COMPRESSIONS,
+  SlideFormatError,
+  TilerOptionError,
+  compressionName,
+  noSuchLevel,
+  notASlide,
+  regionOutside,
+  truncatedSlide,
+  unsupportedCompression,
+} from './errors.js';
+
+/** File formats {@link openSlide} recognises. */
+export type SlideFormat = 'svs' | 'ome-tiff' | 'tiff' | 'png' | 'jpeg';
+
+/** One resolution level of a slide. */
+export interface SlideLevel {
+  /** Index in {@link SlideInfo.levels}, 0 = full resolution. */
+  index: number;
+  width: number;
+  height: number;
+  /** Level 0 size over this level's size (mean of both axes); 1 for level 0. */
+  downsample: number;
+  /** Tile size in pixels, or `null` for strip-organised or non-TIFF images. */
+  tileWidth: number | null;
+  tileHeight: number | null;
+  /** TIFF compression code (1 = none, 7 = JPEG, 8 = Deflate...), `null` for PNG/JPEG files. */
+  compression: number | null;
+  /** libvips addressing of the level: `page` (IFD in the main chain) and, for OME SubIFD pyramids, `subifd`. */
+  page: number;
+  subifd: number;
+}
+
+/** The structure of a slide, as read by {@link openSlide}. */
+export interface SlideInfo {
+  path: string;
+  format: SlideFormat;
+  /** Scanner vendor or writer when known (`aperio`, `ome`), else `generic`. */
+  vendor: string;
+  /** Level 0 size. */
+  width: number;
+  height: number;
+  /** Colour channels (1 grey, 3 RGB; alpha is dropped when reading). */
+  channels: number;
+  levels: SlideLevel[];
+  /** µm per pixel at level 0 along x and y, or `null` when the file does not say. */
+  mpp: { x: number; y: number } | null;
+  /** Where {@link mpp} came from. */
+  mppSource: 'aperio' | 'ome-xml' | 'tiff-resolution' | null;
+  /** Other images stored in the file and not part of the pyramid (thumbnail, label, macro). */
+  associated: { name: string; width: number; height: number }[];
+  /** File size in bytes. */
+  bytes: number;
+}
+
+/** A rectangle of a level, in that level's pixels. */
+export interface Region {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+interface Directory {
+  ImageWidth: number;
+  ImageLength: number;
+  TileWidth?: number;
+  TileLength?: number;
+  TileOffsets?: ArrayLike<number>;
+  TileByteCounts?: ArrayLike<number>;
+  StripOffsets?: ArrayLike<number>;
+  StripByteCounts?: ArrayLike<number>;
+  Compression?: number;
+  SamplesPerPixel?: number;
+  NewSubfileType?: number;
+  ImageDescription?: string;
+  XResolution?: ArrayLike<number>;
+  YResolution?: ArrayLike<number>;
+  ResolutionUnit?: number;
+  SubIFDs?: ArrayLike<number> | number;
+}
+
+/** Reads the first bytes: TIFF ('II*\0', 'MM\0*', BigTIFF '+'), PNG or JPEG. */
+async function sniff(path: string): Promise<'tiff' | 'png' | 'jpeg' | null> {
+  const handle = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(8);
+    await handle.read(head, 0, 8, 0);
+    const tag = head.readUInt16LE(0);
+    if (tag === 0x4949 || tag === 0x4d4d) {
+      const magic = tag === 0x4949 ? head.readUInt16LE(2) : head.readUInt16BE(2);
+      if (magic === 42 || magic === 43) return 'tiff';
+    }
+    if (head.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) return 'png';
+    if (head[0] === 0xff && head[1] === 0xd8) return 'jpeg';
+    return null;
+  } finally {
+    await handle.close();
+  }
+}
+
+const UNIT_TO_UM: Record<string, number> = {
+  pm: 1e-6,
+  Å: 1e-4,
+  nm: 1e-3,
+  µm: 1,
+  μm: 1,
+  um: 1,
+  micron: 1,
+  mm: 1e3,
+  cm: 1e4,
+  m: 1e6,
+};
+
+/** µm/px from OME-XML `PhysicalSizeX`/`PhysicalSizeY` of the first image (unit default µm). */
+export function parseOmeMpp(xml: string): { x: number; y: number } | null {
+  const pixels = /<(?:\w+:)?Pixels\b[^>]*>/.exec(xml)?.[0];
+  if (!pixels) return null;
+  const attr = (name: string) => new RegExp(`\\b${name}="([^"]*)"`).exec(pixels)?.[1];
+  const size = (axis: 'X' | 'Y') => {
+    const value = Number(attr(`PhysicalSize${axis}`));
+    const factor = UNIT_TO_UM[attr(`PhysicalSize${axis}Unit`) ?? 'µm'];
+    return Number.isFinite(value) && value > 0 && factor ? value * factor : null;
+  };
+  const x = size('X');
+  const y = size('Y') ?? x;
+  return x && y ? { x, y } : null;
+}
+
+/** µm/px from an Aperio ImageDescription (`|MPP = 0.4990|`). */
+export function parseAperioMpp(description: string): number | null {
+  const match = /\|\s*MPP\s*=\s*([0-9.eE+-]+)/.exec(description);
+  const value = match ? Number(match[1]) : NaN;
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+function tiffResolutionMpp(d: Directory): { x: number; y: number } | null {
+  const unit = d.ResolutionUnit ?? 2;
+  const perUnit = unit === 3 ? 1e4 : unit === 2 ? 25400 : 0;
+  const ratio = (r?: ArrayLike<number>) => (r && r.length >= 2 && r[1] ? r[0] / r[1] : 0);
+  const x = ratio(d.XResolution);
+  const y = ratio(d.YResolution) || x;
+  if (!perUnit || !x || !y) return null;
+  const mpp = { x: perUnit / x, y: perUnit / y };
+  // Screen resolutions (72 dpi = 353 µm/px) are writers' defaults, not microscope pixel sizes.
+  return mpp.x >= 0.01 && mpp.x <= 100 ? mpp : null;
+}
+
+function levelOf(d: Directory, page: number, subifd: number, index: number, base?: Directory): SlideLevel {
+  return {
+    index,
+    width: d.ImageWidth,
+    height: d.ImageLength,
+    downsample: base ? (base.ImageWidth / d.ImageWidth + base.ImageLength / d.ImageLength) / 2 : 1,
+    tileWidth: d.TileWidth ?? null,
+    tileHeight: d.TileLength ?? null,
+    compression: d.Compression ?? 1,
+    page,
+    subifd,
+  };
+}
+
+function checkDirectory(path: string, d: Directory, level: number, size: number): void {
+  const compression = d.Compression ?? 1;
+  if (!(compression in SUPPORTED_COMPRESSIONS)) throw unsupportedCompression(path, level, compression);
+  const offsets = d.TileOffsets ?? d.StripOffsets;
+  const counts = d.TileByteCounts ?? d.StripByteCounts;
+  if (!offsets || !counts)
+    throw notASlide(path, `level ${level} has no tile or strip offsets (the file looks truncated)`);
+  let end = 0;
+  for (let i = 0; i < offsets.length; i++) end = Math.max(end, Number(offsets[i]) + Number(counts[i] ?? 0));
+  if (end > size) throw truncatedSlide(path, level, end, size);
+}
+
+/**
+ * Opens a slide and reads its structure (no pixels): levels with their sizes, downsamples, tiles and compression,
+ * the vendor, µm/px and the associated images. Pyramids are recognised as tiled IFDs of decreasing size with the
+ * aspect ratio of level 0 (generic TIFF, BigTIFF, Aperio SVS: its stripped thumbnail, label and macro images are
+ * listed in `associated`), or as the SubIFDs of the first IFD (OME-TIFF). PNG and JPEG files have one level.
+ * @throws {@link InputNotFoundError} when the file is missing.
+ * @throws {@link SlideFormatError} for a file that is not a supported image, is truncated, or uses an undecodable
+ * compression (JPEG 2000 in SVS), naming the file and what to do.
+ * @example
+ * const slide = await openSlide('CMU-1-Small-Region.svs'); // slide.levels[0].width === 2220, slide.mpp.x === 0.499
+ */
+export async function openSlide(path: string): Promise<SlideInfo> {
+  let bytes: number;
+  try {
+    const info = await stat(path);
+    if (!info.isFile()) throw new Error('not a file');
+    bytes = info.size;
+  } catch (error) {
+    throw new InputNotFoundError(
+      `Slide "${path}" does not exist or is not a file.`,
+      'Check the path (relative paths start from the current folder).',
+      error,
+    );
+  }
+  const kind = await sniff(path);
+  if (kind === null) {
+    const ext = extname(path).toLowerCase();
+    throw notASlide(path, `its first bytes are not a TIFF, PNG or JPEG signature${ext ? ` (extension ${ext})` : ''}`);
+  }
+  if (kind !== 'tiff') return openPlainImage(path, kind, bytes);
+
+  let tiff: Awaited<ReturnType<typeof fromFile>>;
+  const directories: Directory[] = [];
+  try {
+    tiff = await fromFile(path);
+  } catch (error) {
+    throw notASlide(path, `its TIFF header could not be parsed (${(error as Error).message})`, error);
+  }
+  try {
+    const count = await tiff.getImageCount();
+    for (let i = 0; i < count; i++) directories.push((await tiff.getImage(i)).fileDirectory as Directory);
+    const first = directories[0];
+    const description = String(first.ImageDescription ?? '');
+    const isOme = description.includes('<OME') || path.toLowerCase().endsWith('.ome.tif');
+    const isAperio = description.startsWith('Aperio');
+    const levels: SlideLevel[] = [levelOf(first, 0, -1, 0)];
+    const associated: SlideInfo['associated'] = [];
+    const subOffsets = first.SubIFDs === undefined ? [] : Array.from(first.SubIFDs as ArrayLike<number>);
+    if (typeof first.SubIFDs === 'number') subOffsets.push(first.SubIFDs);
+    if (subOffsets.length > 0) {
+      for (const [k, offset] of subOffsets.entries()) {
+        const sub = (await tiff.parseFileDirectoryAt(Number(offset))).fileDirectory as Directory;
+        levels.push(levelOf(sub, 0, k, levels.length, first));
+        checkDirectory(path, sub, levels.length - 1, bytes);
+      }
+    } else if (!isOme) {
+      const aspect = first.ImageWidth / first.ImageLength;
+      for (let i = 1; i < directories.length; i++) {
+        const d = directories[i];
+        const desc = String(d.ImageDescription ?? '').toLowerCase();
+        const previous = levels[levels.length - 1];
+        const sameAspect = Math.abs(d.ImageWidth / d.ImageLength / aspect - 1) < 0.02;
+        const pyramidal = d.TileWidth !== undefined && sameAspect && d.ImageWidth < previous.width;
+        const named = /\b(label|macro|thumbnail)\b/.exec(desc)?.[1];
+        if (pyramidal && !named && (d.NewSubfileType ?? 0) !== 9) {
+          levels.push(levelOf(d, i, -1, levels.length, first));
+        } else {
+          associated.push({
+            name: named ?? (isAperio && i === 1 ? 'thumbnail' : `image ${i}`),
+            width: d.ImageWidth,
+            height: d.ImageLength,
+          });
+        }
+      }
+    }
+    for (const level of levels) {
+      if (level.subifd < 0) checkDirectory(path, directories[level.page], level.index, bytes);
+    }
+    let mpp: SlideInfo['mpp'] = null;
+    let mppSource: SlideInfo['mppSource'] = null;
+    if (isAperio && parseAperioMpp(description)) {
+      const value = parseAperioMpp(description)!;
+      mpp = { x: value, y: value };
+      mppSource = 'aperio';
+    } else if (isOme && parseOmeMpp(description)) {
+      mpp = parseOmeMpp(description);
+      mppSource = 'ome-xml';
+    } else if (tiffResolutionMpp(first)) {
+      mpp = tiffResolutionMpp(first);
+      mppSource = 'tiff-resolution';
+    }
+    const samples = first.SamplesPerPixel ?? 1;
+    return {
+      path,
+      format: isAperio ? 'svs' : isOme ? 'ome-tiff' : 'tiff',
+      vendor: isAperio ? 'aperio' : isOme ? 'ome' : 'generic',
+      width: first.ImageWidth,
+      height: first.ImageLength,
+      channels: samples >= 3 ? 3 : 1,
+      levels,
+      mpp,
+      mppSource,
+      associated,
+      bytes,
+    };
+  } catch (error) {
+    if (error instanceof SlideFormatError) throw error;
+    throw notASlide(path, `its TIFF directories could not be read (${(error as Error).message})`, error);
+  } finally {
+    await Promise.resolve(tiff.close()).catch(() => undefined);
+  }
+}
+
+async function openPlainImage(path: string, kind: 'png' | 'jpeg', bytes: number): Promise<SlideInfo> {
+  let meta: sharp.Metadata;
+  try {
+    meta = await sharp(path, { limitInputPixels: false }).metadata();
+  } catch (error) {
+    throw notASlide(path, `its ${kind.toUpperCase()} header could not be decoded (${(error as Error).message})`, error);
+  }
+  const width = meta.width ?? 0;
+  const height = meta.height ?? 0;
+  const colour = (meta.channels ?? 3) - (meta.hasAlpha ? 1 : 0);
+  const level: SlideLevel = {
+    index: 0,
+    width,
+    height,
+    downsample: 1,
+    tileWidth: null,
+    tileHeight: null,
+    compression: null,
+    page: 0,
+    subifd: -1,
+  };
+  return {
+    path,
+    format: kind,
+    vendor: 'generic',
+    width,
+    height,
+    channels: colour >= 3 || meta.space === 'cmyk' ? 3 : 1,
+    levels: [level],
+    mpp: null,
+    mppSource: null,
+    associated: [],
+    bytes,
+  };
+}
+
+/** Options of {@link readRegion}. */
+export interface ReadRegionOptions {
+  /** Level index. Default 0. */
+  level?: number;
+  /** Channels wanted: 1 (grey) or 3 (RGB). Default: the slide's. */
+  channels?: 1 | 3;
+  /**
+   * Resampling of the level: the region is given in pixels of the level scaled by this factor (0.5 = half the
+   * level's resolution). Default 1.
+   */
+  scale?: number;
+  /**
+   * Size of the (scaled) image the region mirrors at: pixels beyond it, at the bottom and the right, are mirror
+   * images of the pixels inside (as core's `padReflect`). Default: the scaled level size.
+   */
+  bounds?: { width: number; height: number };
+}
+
+function reflect(i: number, n: number): number {
+  if (n === 1) return 0;
+  const period = 2 * (n - 1);
+  let m = i % period;
+  if (m < 0) m += period;
+  return m < n ? m : period - m;
+}
+
+/** libvips input options addressing a level. */
+export function levelInput(slide: SlideInfo, level: SlideLevel): sharp.SharpOptions {
+  const options: sharp.SharpOptions = { limitInputPixels: false };
+  if (slide.format === 'svs' || slide.format === 'ome-tiff' || slide.format === 'tiff') options.page = level.page;
+  if (level.subifd >= 0) options.subifd = level.subifd;
+  return options;
+}
+
+/**
+ * Reads a rectangle of a level as 8-bit interleaved pixels. Only the tiles the region touches are decoded. A region
+ * may reach past the bottom or right edge of `bounds`: those pixels mirror the ones inside, so tiles at the edge
+ * look like a mirror-padded image.
+ * @returns `data` of shape `[region.height, region.width, channels]`.
+ * @throws {@link SlideRegionError} for a level that does not exist or a region that starts outside the bounds.
+ * @throws {@link SlideFormatError} when the pixels cannot be decoded (corrupt tiles).
+ * @example
+ * const tile = await readRegion(slide, { x: 1024, y: 512, width: 512, height: 512 }, { level: 1 });
+ */
+export async function readRegion(
+  slide: SlideInfo,
+  region: Region,
+  options: ReadRegionOptions = {},
+): Promise<RasterImage> {
+  const index = options.level ?? 0;
+  const level = slide.levels[index];
+  if (!Number.isInteger(index) || !level) throw noSuchLevel(slide.path, options.level, slide.levels.length);
+  const scale = options.scale ?? 1;
+  if (!(scale > 0 && scale <= 1)) {
+    throw new TilerOptionError(
+      `readRegion("${slide.path}"): expected a scale in (0, 1] but received ${scale}.`,
+      'Read from a finer level instead of enlarging a coarse one.',
+    );
+  }
+  const bounds = options.bounds ?? {
+    width: Math.round(level.width * scale),
+    height: Math.round(level.height * scale),
+  };
+  const channels = options.channels ?? (slide.channels === 1 ? 1 : 3);
+  const { x, y, width, height } = region;
+  const valid = [x, y, width, height].every(Number.isInteger) && width > 0 && height > 0 && x >= 0 && y >= 0;
+  if (!valid || x >= bounds.width || y >= bounds.height) throw regionOutside(slide.path, index, region, bounds);
+  // Source rows and columns needed once mirrored at the bounds.
+  const xs = Array.from({ length: width }, (_, i) => reflect(x + i, bounds.width));
+  const ys = Array.from({ length: height }, (_, i) => reflect(y + i, bounds.height));
+  const x0 = Math.min(...xs);
+  const y0 = Math.min(...ys);
+  const w = Math.max(...xs) - x0 + 1;
+  const h = Math.max(...ys) - y0 + 1;
+  let pipeline: sharp.Sharp;
+  if (scale === 1) {
+    pipeline = sharp(slide.path, levelInput(slide, level)).extract({ left: x0, top: y0, width: w, height: h });
+  } else {
+    const left = Math.floor(x0 / scale);
+    const top = Math.floor(y0 / scale);
+    const right = Math.min(level.width, Math.ceil((x0 + w) / scale));
+    const bottom = Math.min(level.height, Math.ceil((y0 + h) / scale));
+    pipeline = sharp(slide.path, levelInput(slide, level))
+      .extract({ left, top, width: right - left, height: bottom - top })
+      .resize(w, h, { fit: 'fill', kernel: 'lanczos3' });
+  }
+  pipeline = pipeline.removeAlpha();
+  pipeline = channels === 1 ? pipeline.toColourspace('b-w') : pipeline.toColourspace('srgb');
+  let raw: Buffer;
+  try {
+    raw = await pipeline.raw({ depth: 'uchar' }).toBuffer();
+  } catch (error) {
+    throw new SlideFormatError(
+      `Slide "${slide.path}" level ${index} region x ${x0}, y ${y0}, ${w}x${h} could not be decoded ` +
+        `(${compressionName(level.compression ?? 1)}): ${(error as Error).message}.`,
+      'The file may be truncated or corrupt: copy it again, or check it with `vips copy <slide> /tmp/check.v`.',
+      error,
+    );
+  }
+  const source = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (w === width && h === height && x0 === x && y0 === y) return { data: source, width, height, channels };
+  const data = new Uint8Array(width * height * channels);
+  for (let r = 0; r < height; r++) {
+    const srcRow = (ys[r] - y0) * w;
+    for (let c = 0; c < width; c++) {
+      const src = (srcRow + xs[c] - x0) * channels;
+      const dst = (r * width + c) * channels;
+      for (let k = 0; k < channels; k++) data[dst + k] = source[src + k];
+    }
+  }
+  return { data, width, height, channels };
+}
+
+/**
+ * Picks the level to read for a wanted µm/px: the coarsest level whose pixels are at most as large as `mpp` (within
+ * 2%), and the scale that resamples it to `mpp` exactly (1 when a level matches).
+ * @throws {@link TilerOptionError} when the slide has no µm/px, or `mpp` is finer than level 0.
+ * @example
+ * const { level, scale } = chooseLevel(slide, 1.0); // a 0.25 µm/px slide: level with downsample 4, scale 1
+ */
+export function chooseLevel(slide: SlideInfo, mpp: number): { level: number; scale: number; mpp: number } {
+  if (!slide.mpp) {
+    throw new TilerOptionError(
+      `Slide "${slide.path}" does not record its µm/px, so --mpp ${mpp} cannot be applied.`,
+      'Leave out --mpp to predict at full resolution.',
+    );
+  }
+  const base = (slide.mpp.x + slide.mpp.y) / 2;
+  if (!(mpp > 0) || mpp < base * 0.98) {
+    throw new TilerOptionError(
+      `Slide "${slide.path}": expected --mpp of at least ${base.toFixed(4)} (its level 0) but received ${mpp}.`,
+      'Tessera does not enlarge slides; train the model at the slide resolution or use a coarser --mpp.',
+    );
+  }
+  let best = slide.levels[0];
+  for (const level of slide.levels) if (base * level.downsample <= mpp * 1.02) best = level;
+  const levelMpp = base * best.downsample;
+  const scale = Math.abs(levelMpp / mpp - 1) <= 0.02 ? 1 : levelMpp / mpp;
+  return { level: best.index, scale, mpp: scale === 1 ? levelMpp : mpp };
+}
+
+/**
+ * A small overview of the whole slide, at most `maxSide` pixels on its longer side, read from the smallest level that
+ * is still at least that large.
+ */
+export async function readThumbnail(slide: SlideInfo, maxSide: number, channels: 1 | 3 = 3): Promise<RasterImage> {
+  let level = slide.levels[0];
+  for (const l of slide.levels) if (Math.max(l.width, l.height) >= maxSide) level = l;
+  const pipeline = sharp(slide.path, levelInput(slide, level))
+    .resize(maxSide, maxSide, { fit: 'inside', withoutEnlargement: true })
+    .removeAlpha()
+    .toColourspace(channels === 1 ? 'b-w' : 'srgb');
+  const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  const pixels = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return { data: pixels, width: info.width, height: info.height, channels };
+}

@@ -1,0 +1,84 @@
+import { describe, expect, it } from 'vitest';
+import { BandMerger, type Band } from './merger.js';
+import { checkTileOptions, defaultOverlap, markTissue, otsuThreshold, splitLevel, tissueMask } from './splitter.js';
+
+describe('splitLevel', () => {
+  it('aligns tiles to the input multiple and keeps each pixel exactly once when overlap = 2 * context', () => {
+    const plan = splitLevel({ width: 203, height: 150, tile: 64, overlap: 48, multiple: 4, context: 24 });
+    expect(plan.rowStarts).toEqual([0, 16, 32, 48, 64, 80, 88]);
+    expect(plan.tiles.every((t) => t.x % 4 === 0 && t.y % 4 === 0)).toBe(true);
+    const coverage = new Uint8Array(203 * 150);
+    for (const t of plan.tiles) {
+      for (let y = t.y + t.trim.top; y < Math.min(150, t.y + 64 - t.trim.bottom); y++)
+        for (let x = t.x + t.trim.left; x < Math.min(203, t.x + 64 - t.trim.right); x++) coverage[y * 203 + x]++;
+    }
+    expect(Math.min(...coverage)).toBeGreaterThanOrEqual(1);
+    expect(plan.tiles[1].trim).toEqual({ top: 0, bottom: 24, left: 24, right: 24 });
+  });
+
+  it('shrinks tiles to small images and derives the overlap from the receptive field', () => {
+    const plan = splitLevel({ width: 30, height: 10, tile: 64, overlap: 16, multiple: 8 });
+    expect([plan.tileWidth, plan.tileHeight, plan.tiles.length]).toEqual([32, 16, 1]);
+    expect(defaultOverlap(47, 4)).toBe(48);
+    expect(defaultOverlap(215, 16)).toBe(224);
+  });
+
+  it('names the option, the expectation and the value', () => {
+    expect(() => checkTileOptions(100, 0, 16)).toThrow(
+      'Expected --tile to be a positive multiple of 16 (the architecture\u2019s input multiple) but received 100.'.replace(
+        '\u2019',
+        "'",
+      ),
+    );
+    expect(() => checkTileOptions(64, 64, 16)).toThrow(
+      /--overlap to be a multiple of 16 between 0 and 48 but received 64/,
+    );
+  });
+});
+
+describe('tissue detection', () => {
+  it('thresholds saturation with Otsu and skips tiles on glass', () => {
+    expect(otsuThreshold([10, 10, 12, 200, 202, 199])).toBeGreaterThanOrEqual(12);
+    // 40x20 thumbnail: left half pink tissue, right half white glass.
+    const data = new Uint8Array(40 * 20 * 3);
+    for (let i = 0; i < 40 * 20; i++) {
+      const tissue = i % 40 < 20;
+      data.set(tissue ? [200, 100, 180] : [245, 245, 243], i * 3);
+    }
+    const mask = tissueMask({ data, width: 40, height: 20, channels: 3 });
+    expect(mask[5 * 40 + 3]).toBe(1);
+    expect(mask[5 * 40 + 30]).toBe(0);
+    const plan = splitLevel({ width: 400, height: 200, tile: 64, overlap: 0, multiple: 4 });
+    const kept = markTissue(plan, mask, 40, 20);
+    expect(kept).toBeGreaterThan(0);
+    expect(plan.tiles.find((t) => t.x >= 256)?.tissue).toBe(false);
+    expect(plan.tiles.find((t) => t.x === 0)?.tissue).toBe(true);
+  });
+});
+
+describe('BandMerger', () => {
+  it('emits each row once, in order, holding only a few tile rows', () => {
+    const plan = splitLevel({ width: 100, height: 300, tile: 32, overlap: 16, multiple: 4, context: 8 });
+    const bands: Band[] = [];
+    const merger = new BandMerger({ plan, numClasses: 2, blend: 'constant', onBand: (b) => bands.push(b) });
+    for (const tile of plan.tiles) {
+      // Class 1 probability = image row / 300, so blending must reproduce it exactly.
+      const probs = new Float32Array(32 * 32 * 2);
+      for (let y = 0; y < 32; y++)
+        for (let x = 0; x < 32; x++) {
+          probs[(y * 32 + x) * 2 + 1] = (tile.y + y) / 300;
+          probs[(y * 32 + x) * 2] = 1 - (tile.y + y) / 300;
+        }
+      if (tile.row === 3 && tile.column === 2) merger.skip(tile);
+      else merger.aggregate(tile, probs);
+    }
+    expect(merger.complete).toBe(true);
+    expect(bands.map((b) => b.y)).toEqual(bands.map((_, i) => bands.slice(0, i).reduce((s, b) => s + b.height, 0)));
+    expect(bands.reduce((s, b) => s + b.height, 0)).toBe(300);
+    expect(merger.peakRows).toBeLessThanOrEqual(64);
+    const last = bands[bands.length - 1];
+    const y = last.y + last.height - 1;
+    expect(last.probabilities[((last.height - 1) * 100 + 50) * 2 + 1]).toBeCloseTo(y / 300, 6);
+    expect(last.labels[(last.height - 1) * 100 + 50]).toBe(1);
+  });
+});

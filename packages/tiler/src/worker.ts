@@ -1,0 +1,143 @@
+/**
+ * The tiler's worker module, run by Piscina in worker threads. Named tasks: `init` (load the engine and the model,
+ * once per thread) and `predict` (read a batch of tiles from the slide by coordinates, normalise them and return
+ * their class probabilities, moved back without a copy).
+ */
+import { move, transferableSymbol, valueSymbol } from 'piscina';
+import { layers, loadModel, normalizeImage, setupEngine, tf, TesseraError, type ModelManifest } from '@tessera/core';
+import { readRegion, type SlideInfo } from './slide.js';
+
+/** Task `init`: the model folder and the engine to use. */
+export interface InitTask {
+  model: string;
+  /** Engine name (`auto`, `tfjs-node`, `wasm`, `cpu`). Default: `auto` or `TESSERA_BACKEND`. */
+  backend?: string;
+}
+
+/** What `init` reports. */
+export interface InitResult {
+  engine: string;
+  numClasses: number;
+  threadId: number;
+}
+
+/** Task `predict`: tiles of one slide level, all `tileWidth` x `tileHeight`, read by the worker itself. */
+export interface PredictTask extends InitTask {
+  slide: SlideInfo;
+  level: number;
+  /** Resampling of the level (1 = read as stored). */
+  scale: number;
+  /** Size of the (resampled) level; reads past it are mirrored. */
+  bounds: { width: number; height: number };
+  tileWidth: number;
+  tileHeight: number;
+  /** Top-left corners of the tiles. */
+  tiles: { x: number; y: number }[];
+}
+
+/** What `predict` returns: probabilities `[tiles, tileHeight, tileWidth, numClasses]` and timings. */
+export interface PredictResult {
+  probabilities: Float32Array;
+  numClasses: number;
+  readMs: number;
+  inferMs: number;
+}
+
+interface Loaded {
+  model: layers.LayersModel;
+  manifest: ModelManifest;
+  engine: string;
+}
+
+let engine: Promise<string> | undefined;
+const models = new Map<string, Promise<Loaded>>();
+
+function load(task: InitTask): Promise<Loaded> {
+  engine ??= setupEngine(task.backend).then((info) => info.name);
+  let loaded = models.get(task.model);
+  if (!loaded) {
+    loaded = engine.then(async (name) => ({ ...(await loadModel(task.model)), engine: name }));
+    models.set(task.model, loaded);
+    loaded.catch(() => models.delete(task.model));
+  }
+  return loaded;
+}
+
+/**
+ * A Tessera error raised in a worker, as data: errors lose their class and fields when they cross the thread
+ * boundary, so tasks return this and the pool's caller throws it again with {@link rethrowFailure}.
+ */
+export interface TaskFailure {
+  failure: { code: string; exitCode: number; message: string; hint?: string };
+}
+
+function failure(error: unknown): TaskFailure {
+  if (!(error instanceof TesseraError)) throw error;
+  return { failure: { code: error.code, exitCode: error.exitCode, message: error.message, hint: error.hint } };
+}
+
+/** Throws the Tessera error a worker returned, with its code, exit code and hint; returns other results. */
+export function rethrowFailure<T>(result: T | TaskFailure): T {
+  if (result && typeof result === 'object' && 'failure' in result) {
+    const { code, exitCode, message, hint } = result.failure;
+    throw new TesseraError(code, message, { exitCode, hint });
+  }
+  return result as T;
+}
+
+/** Task `init`: sets up the engine and loads the model in this thread. */
+export async function init(task: InitTask): Promise<InitResult | TaskFailure> {
+  try {
+    const { manifest, engine: name } = await load(task);
+    const { threadId } = await import('node:worker_threads');
+    return { engine: name, numClasses: manifest.classes.length, threadId };
+  } catch (error) {
+    return failure(error);
+  }
+}
+
+/** Task `predict`: reads, normalises and predicts a batch of tiles. */
+export async function predict(task: PredictTask): Promise<PredictResult | TaskFailure> {
+  try {
+    return await predictBatch(task);
+  } catch (error) {
+    return failure(error);
+  }
+}
+
+async function predictBatch(task: PredictTask): Promise<PredictResult> {
+  const { model, manifest } = await load(task);
+  const channels = manifest.inputChannels === 1 ? 1 : 3;
+  const readStart = performance.now();
+  const images = await Promise.all(
+    task.tiles.map((t) =>
+      readRegion(
+        task.slide,
+        { x: t.x, y: t.y, width: task.tileWidth, height: task.tileHeight },
+        { level: task.level, scale: task.scale, bounds: task.bounds, channels },
+      ),
+    ),
+  );
+  const per = task.tileWidth * task.tileHeight * channels;
+  const batch = new Float32Array(images.length * per);
+  images.forEach((image, i) => batch.set(normalizeImage(image, manifest.normalization), i * per));
+  const inferStart = performance.now();
+  const output = tf.tidy(() => {
+    const x = tf.tensor4d(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
+    return model.predict(x) as tf.Tensor4D;
+  });
+  const values = (await output.data()) as Float32Array;
+  output.dispose();
+  const probabilities =
+    values.byteOffset === 0 && values.length === values.buffer.byteLength / 4 ? values : values.slice();
+  const result: PredictResult = {
+    probabilities,
+    numClasses: manifest.classes.length,
+    readMs: inferStart - readStart,
+    inferMs: performance.now() - inferStart,
+  };
+  return move({
+    [transferableSymbol]: [probabilities.buffer],
+    [valueSymbol]: result,
+  }) as unknown as PredictResult;
+}

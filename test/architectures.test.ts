@@ -1,0 +1,219 @@
+/**
+ * One conformance table over every installed architecture plugin (`@tessera/arch-*`, found the way the CLI finds
+ * them). A new plugin is covered without new test code: it runs at its defaults unless SMALL_OPTIONS lists smaller
+ * CPU-fit configurations for it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  InvalidOptionError,
+  PluginError,
+  defineArchitecture,
+  layers,
+  setupEngine,
+  type ArchitecturePlugin,
+} from '@tessera/core';
+import { loadRegistry } from '@tessera/cli';
+import unet from '@tessera/arch-unet';
+// The conformance kit plugin authors use too.
+import {
+  checkInputMultiple,
+  checkOutputContract,
+  checkReceptiveField,
+  checkSaveLoad,
+  checkTraining,
+} from '@tessera/core/testing';
+
+/** CPU-fit configurations per architecture; an architecture not listed runs at its defaults. */
+const SMALL_OPTIONS: Record<string, Record<string, unknown>[]> = {
+  unet: [{ depth: 3, baseFilters: 8 }],
+  fcn8s: [{ baseFilters: 8, fcFilters: 64 }],
+  deeplabv3plus: [{}, { backbone: 'resnet50', resnetWidth: 8, outputStride: 8 }],
+};
+
+/**
+ * Options under which the receptive field is checked, for architectures whose declared field excludes a global
+ * branch (DeepLabv3+'s image-level pooling sees the whole input by design).
+ */
+const LOCAL_FIELD_OPTIONS: Record<string, Record<string, unknown>> = { deeplabv3plus: { imagePooling: false } };
+
+const { registry } = await loadRegistry();
+const plugins = registry.list() as ArchitecturePlugin<any>[];
+const cases = plugins.flatMap((plugin) =>
+  (SMALL_OPTIONS[plugin.name] ?? [{}]).map((options) => ({
+    label: `${plugin.name} ${JSON.stringify(options)}`,
+    plugin,
+    options,
+  })),
+);
+const timings: Record<string, Record<string, number>> = {};
+const time = async <R>(label: string, what: string, fn: () => R | Promise<R>): Promise<R> => {
+  const start = performance.now();
+  try {
+    return await fn();
+  } finally {
+    (timings[label] ??= {})[what] = Math.round((performance.now() - start) / 100) / 10;
+  }
+};
+
+describe('architecture conformance table', () => {
+  beforeAll(async () => {
+    await setupEngine('wasm');
+  });
+  afterAll(() => {
+    console.log(`conformance timings (s):\n${JSON.stringify(timings, null, 1)}`);
+  });
+
+  it('discovers every installed architecture package', () => {
+    expect(plugins.map((p) => p.name)).toEqual(expect.arrayContaining(['unet', 'fcn8s', 'deeplabv3plus']));
+  });
+
+  describe.each(cases)('$label', ({ label, plugin, options }) => {
+    it('maps [b, h, w, c] to [b, h, w, classes] probabilities for several sizes and class counts', async () => {
+      const multiple = plugin.inputMultiple({ ...plugin.defaults, ...options });
+      for (const shape of [
+        { batch: 1, inputChannels: 1, numClasses: 2, height: 2 * multiple, width: multiple },
+        { batch: 2, inputChannels: 3, numClasses: 5, height: 3 * multiple, width: 2 * multiple },
+      ]) {
+        const { model } = await time(label, `output ${shape.height}x${shape.width}`, () =>
+          checkOutputContract(plugin, options, shape),
+        );
+        model.dispose();
+      }
+    });
+
+    it('rejects an input size that is not a multiple of the declared input multiple', () => {
+      const message = checkInputMultiple(plugin, options);
+      const multiple = plugin.inputMultiple({ ...plugin.defaults, ...options });
+      if (multiple > 1) expect(message).toMatch(`Expected image height and width divisible by ${multiple}`);
+    });
+
+    it('gives identical probabilities after saveModel / loadModel', async () => {
+      const shape = { batch: 1, inputChannels: 3, numClasses: 3, height: 64, width: 64 };
+      const multiple = plugin.inputMultiple({ ...plugin.defaults, ...options });
+      shape.height = shape.width = Math.ceil(64 / multiple) * multiple;
+      const { model, options: resolved } = checkOutputContract(plugin, options, shape);
+      try {
+        const { maxDifference } = await time(label, 'save/load', () => checkSaveLoad(plugin, resolved, model, shape));
+        expect(maxDifference).toBeLessThanOrEqual(1e-5);
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('declares a receptive field that bounds the pixels an output depends on', async () => {
+      const fieldOptions = { ...options, ...LOCAL_FIELD_OPTIONS[plugin.name] };
+      const { model, options: resolved } = checkOutputContract(plugin, fieldOptions, {
+        batch: 1,
+        inputChannels: 3,
+        numClasses: 2,
+        height: plugin.inputMultiple({ ...plugin.defaults, ...fieldOptions }),
+        width: plugin.inputMultiple({ ...plugin.defaults, ...fieldOptions }),
+      });
+      try {
+        const result = await time(label, 'receptive field', () => checkReceptiveField(plugin, resolved, model, 3));
+        expect(result.outsideChange).toBeLessThanOrEqual(1e-5);
+        expect(result.centreChange).toBeGreaterThan(0);
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it('trains on two synthetic 64x64 images to a pixel accuracy above 0.9 in 40 steps', async () => {
+      const result = await time(label, 'training', () =>
+        checkTraining(plugin, options, { size: 64, images: 2, steps: 40, minAccuracy: 0.9 }),
+      );
+      expect(result.lastLoss).toBeLessThan(result.firstLoss * 0.5);
+      expect(result.accuracy).toBeGreaterThan(0.9);
+    });
+  });
+});
+
+describe('the conformance checks fail broken plugins', () => {
+  beforeAll(async () => {
+    await setupEngine('wasm');
+  });
+
+  /** A tiny plugin whose build is `body` applied to a 3x3 conv of the input. */
+  const tiny = (name: string, body: (x: layers.SymbolicTensor, classes: number) => layers.SymbolicTensor, rf = 3) =>
+    defineArchitecture<{ width: number }>({
+      name,
+      version: '0.0.0',
+      apiVersion: 1,
+      description: 'deliberately broken',
+      defaults: { width: 4 },
+      optionsSchema: { width: { type: 'integer', min: 1, description: 'filters' } },
+      inputMultiple: () => 2,
+      receptiveField: () => rf,
+      build: ({ inputChannels, numClasses }) => {
+        const input = layers.input({ shape: [null, null, inputChannels] });
+        const x = layers.layers
+          .conv2d({ filters: 4, kernelSize: 3, padding: 'same' })
+          .apply(input) as layers.SymbolicTensor;
+        return layers.model({ inputs: input, outputs: body(x, numClasses) });
+      },
+    });
+  const shape = { batch: 1, inputChannels: 3, numClasses: 2, height: 16, width: 16 };
+
+  it('rejects an output of the wrong size', () => {
+    const halfSize = tiny('half-size', (x, k) => {
+      const pooled = layers.layers.maxPooling2d({ poolSize: 2 }).apply(x) as layers.SymbolicTensor;
+      return layers.layers
+        .conv2d({ filters: k, kernelSize: 1, activation: 'softmax' })
+        .apply(pooled) as layers.SymbolicTensor;
+    });
+    expect(() => checkOutputContract(halfSize, {}, shape)).toThrow(
+      /Expected output shape \[1, 16, 16, 2\] from architecture "half-size".* but received \[1, 8, 8, 2\]/,
+    );
+  });
+
+  it('rejects outputs that are not probabilities', () => {
+    const logits = tiny(
+      'logits',
+      (x, k) => layers.layers.conv2d({ filters: k, kernelSize: 1 }).apply(x) as layers.SymbolicTensor,
+    );
+    expect(() => checkOutputContract(logits, {}, shape)).toThrow(PluginError);
+  });
+
+  it('rejects a receptive field declared too small', () => {
+    const base = unet({ depth: 2, baseFilters: 4 });
+    const tooSmall = { ...base, name: 'unet-small-field', receptiveField: () => 21 } as typeof base;
+    const { model, options } = checkOutputContract(tooSmall, {}, shape);
+    try {
+      expect(() => checkReceptiveField(tooSmall, options, model, 3)).toThrow(
+        /Declared receptive field 21 px .* is too small/,
+      );
+      // The true field (14 * 2^2 - 9 = 47) passes.
+      expect(checkReceptiveField(base, options, model, 3).outsideChange).toBeLessThanOrEqual(1e-5);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('rejects a network whose centre pixel does not reach the centre output', () => {
+    // Two 3x3 convs declared (rf 5) but the output ignores the input entirely after a zero conv.
+    const deaf = tiny(
+      'deaf',
+      (x, k) =>
+        layers.layers
+          .conv2d({ filters: k, kernelSize: 1, kernelInitializer: 'zeros', activation: 'softmax' })
+          .apply(x) as layers.SymbolicTensor,
+      5,
+    );
+    const { model, options } = checkOutputContract(deaf, {}, shape);
+    try {
+      expect(() => checkReceptiveField(deaf, options, model, 3)).toThrow(/did not change the centre output/);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('checkInputSize names the architecture, the size received and the padding to use', async () => {
+    const { checkInputSize } = await import('@tessera/core');
+    const fcn = registry.get('fcn8s');
+    expect(() => checkInputSize(fcn, fcn.defaults, 100, 96)).toThrow(InvalidOptionError);
+    expect(() => checkInputSize(fcn, fcn.defaults, 100, 96)).toThrow(
+      'Expected image height and width divisible by 32 for architecture "fcn8s" but received 100x96. Pad the image to 128x96 (or use --tile 128).',
+    );
+    expect(() => checkInputSize(fcn, fcn.defaults, 128, 96)).not.toThrow();
+  });
+});
