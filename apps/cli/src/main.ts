@@ -1,6 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { TesseraError, TRAIN_DEFAULTS as D } from '@tessera/core';
 import { archsCommand } from './commands/archs.js';
+import { createPluginCommand } from './commands/create-plugin.js';
 import { demoCommand } from './commands/demo.js';
 import { doctorCommand } from './commands/doctor.js';
 import { evaluateCommand } from './commands/evaluate.js';
@@ -106,6 +107,14 @@ export function buildProgram(): Command {
     .option('--arch <file-or-package>', 'also load this plugin')
     .option('--tile <px>', 'tile size for the FLOP count (default 256)', int)
     .action(async (opts) => archsCommand(opts));
+
+  output(
+    program
+      .command('create-plugin')
+      .description('write a new architecture plugin package (tessera-arch-<name>) that passes the conformance kit')
+      .argument('<name>', 'architecture name, lower-case kebab (e.g. attention-unet)')
+      .option('--dir <path>', 'folder to write the package into (default ./tessera-arch-<name>)'),
+  ).action(async (name: string, opts) => createPluginCommand(name, opts));
 
   program
     .command('doctor')

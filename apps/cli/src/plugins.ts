@@ -44,7 +44,11 @@ function safeReaddir(dir: string): string[] {
   }
 }
 
-async function importPlugin(specifier: string, fromDir: string, source: string): Promise<ArchitecturePlugin<object>> {
+async function importPlugin(
+  specifier: string,
+  fromDir: string,
+  source: string,
+): Promise<{ plugin: ArchitecturePlugin<object>; url: string }> {
   let url: string;
   if (specifier.startsWith('.') || isAbsolute(specifier)) {
     const path = resolve(specifier);
@@ -70,7 +74,7 @@ async function importPlugin(specifier: string, fromDir: string, source: string):
       `${source} does not export an architecture plugin: its default export should be a factory function returning one.`,
     );
   }
-  return plugin as ArchitecturePlugin<object>;
+  return { plugin: plugin as ArchitecturePlugin<object>, url };
 }
 
 /** True when `--arch` names a file or package to load rather than a registered name. */
@@ -88,8 +92,11 @@ export function isPluginReference(arch: string): boolean {
  * A registry of every installed architecture plugin, plus one loaded from a file path or package name.
  * Returns the registry and the registered name of the extra plugin.
  */
-export async function loadRegistry(extra?: string): Promise<{ registry: ArchitectureRegistry; extraName?: string }> {
+export async function loadRegistry(
+  extra?: string,
+): Promise<{ registry: ArchitectureRegistry; extraName?: string; modules: string[] }> {
   const registry = new ArchitectureRegistry();
+  const modules: string[] = [];
   const packages = findPluginPackages();
   // The default architecture first.
   const ordered = [...packages.keys()].sort((a, b) =>
@@ -97,16 +104,18 @@ export async function loadRegistry(extra?: string): Promise<{ registry: Architec
   );
   for (const name of ordered) {
     if (extra === name) continue;
-    const plugin = await importPlugin(name, dirname(packages.get(name)!), `package ${name}`);
+    const { plugin, url } = await importPlugin(name, dirname(packages.get(name)!), `package ${name}`);
     registry.register(plugin, { source: `package ${name}` });
+    modules.push(url);
   }
   let extraName: string | undefined;
   if (extra && isPluginReference(extra)) {
     const source = extra.startsWith('.') || isAbsolute(extra) ? `file ${resolve(extra)}` : `package ${extra}`;
-    const plugin = await importPlugin(extra, process.cwd(), source);
-    if (registry.has(plugin.name)) return { registry, extraName: plugin.name };
+    const { plugin, url } = await importPlugin(extra, process.cwd(), source);
+    if (registry.has(plugin.name)) return { registry, extraName: plugin.name, modules };
     registry.register(plugin, { source });
+    modules.push(url);
     extraName = plugin.name;
   }
-  return { registry, extraName };
+  return { registry, extraName, modules };
 }

@@ -38,6 +38,8 @@ export interface TilerOptions {
   blend?: 'gaussian' | 'constant';
   /** Compute engine of the workers. Default `auto` (or `TESSERA_BACKEND`). */
   backend?: string;
+  /** Architecture plugin modules the workers import before loading the model (see the worker's `init`). */
+  plugins?: string[];
   /** Batches in flight at once (backpressure). Default `2 * workers`. */
   maxInFlight?: number;
   /** Cancels the run: running tasks are stopped and no output is finalised. */
@@ -146,6 +148,7 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
     tissue: options.tissue ?? TILER_DEFAULTS.tissue,
     blend: options.blend ?? TILER_DEFAULTS.blend,
     backend: options.backend,
+    plugins: options.plugins ?? [],
     maxInFlight,
   };
 }
@@ -216,7 +219,10 @@ export async function streamSlidePrediction(
   const toPredict = plan.tiles.filter((t) => t.tissue);
   try {
     const init = rethrowFailure<InitResult>(
-      await pool.run({ model: resolved.model, backend: resolved.backend }, { name: 'init', signal }),
+      await pool.run(
+        { model: resolved.model, backend: resolved.backend, plugins: resolved.plugins },
+        { name: 'init', signal },
+      ),
     );
     engine = init.engine;
     for (const tile of plan.tiles) {
@@ -232,6 +238,7 @@ export async function streamSlidePrediction(
       const task: PredictTask = {
         model: resolved.model,
         backend: resolved.backend,
+        plugins: resolved.plugins,
         slide,
         level,
         scale,

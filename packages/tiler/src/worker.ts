@@ -12,6 +12,11 @@ export interface InitTask {
   model: string;
   /** Engine name (`auto`, `tfjs-node`, `wasm`, `cpu`). Default: `auto` or `TESSERA_BACKEND`. */
   backend?: string;
+  /**
+   * Architecture plugin modules (URLs or specifiers) imported before the model is loaded, so that models with
+   * custom layers (e.g. DeepLabv3+'s atrous convolutions) rebuild; each default-exported factory is called once.
+   */
+  plugins?: string[];
 }
 
 /** What `init` reports. */
@@ -53,7 +58,13 @@ let engine: Promise<string> | undefined;
 const models = new Map<string, Promise<Loaded>>();
 
 function load(task: InitTask): Promise<Loaded> {
-  engine ??= setupEngine(task.backend).then((info) => info.name);
+  engine ??= setupEngine(task.backend).then(async (info) => {
+    for (const specifier of task.plugins ?? []) {
+      const mod = (await import(specifier)) as { default?: unknown };
+      if (typeof mod.default === 'function') (mod.default as () => unknown)();
+    }
+    return info.name;
+  });
   let loaded = models.get(task.model);
   if (!loaded) {
     loaded = engine.then(async (name) => ({ ...(await loadModel(task.model)), engine: name }));

@@ -1,4 +1,5 @@
 import { evaluateSamples, loadModel, loadSamples, makeEvaluationReport, pairImagesAndMasks } from '@tessera/core';
+import { loadRegistry } from '../plugins.js';
 import { info, ProgressBar } from '../progress.js';
 import { startEngine } from './shared.js';
 
@@ -13,6 +14,7 @@ export async function evaluateCommand(opts: {
 }): Promise<void> {
   const out = { quiet: opts.quiet || opts.json, json: opts.json };
   await startEngine(opts.backend, out);
+  await loadRegistry(); // installed plugins register their custom layers before the model is rebuilt
   const { model, manifest } = await loadModel(opts.model);
   const pairs = await pairImagesAndMasks(opts.images, opts.masks);
   const classMap = { classes: manifest.classes, ...(manifest.ignore !== undefined ? { ignore: manifest.ignore } : {}) };

@@ -1,4 +1,4 @@
-import { compressionName, openSlide } from '@tessera/tiler';
+import { requireTiler } from '../tiler.js';
 /** Options of `tessera info`. */
 export interface InfoCliOptions {
   json?: boolean;
@@ -7,6 +7,7 @@ export interface InfoCliOptions {
 
 /** `tessera info <slide>`: prints the structure of a slide (levels, tiles, compression, vendor, µm/px). */
 export async function infoCommand(path: string, opts: InfoCliOptions): Promise<void> {
+  const { compressionName, openSlide } = await requireTiler(`tessera info ${path}`);
   const slide = await openSlide(path);
   if (opts.json) {
     process.stdout.write(JSON.stringify(slide, null, 2) + '\n');

@@ -1,5 +1,6 @@
-import { openSlide, predictSlide, type SlideInfo } from '@tessera/tiler';
+import type { SlideInfo } from '@tessera/tiler';
 import { info, ProgressBar, type OutputOptions } from '../progress.js';
+import { importTiler, requireTiler } from '../tiler.js';
 
 /** Images at least this large (pixels) go to the whole-slide tiler even when they are plain PNG/JPEG/TIFF. */
 export const WHOLE_SLIDE_PIXELS = 4096 * 4096;
@@ -27,8 +28,13 @@ export function isWholeSlide(slide: SlideInfo): boolean {
 
 /** The slide structure of a file when it should go to the tiler, else `null` (unreadable files included). */
 export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
+  const tiler = await importTiler(); // lazy: the tiler is an optional peer dependency
+  if (!tiler) {
+    if (/\.(svs|btf)$/i.test(path)) await requireTiler(`Whole slide ${path}`);
+    return null; // without the tiler every other file is an ordinary image
+  }
   try {
-    const slide = await openSlide(path);
+    const slide = await tiler.openSlide(path);
     return isWholeSlide(slide) ? slide : null;
   } catch {
     return null; // ordinary image path reports the error
@@ -36,8 +42,14 @@ export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
 }
 
 /** Predicts one whole slide with a progress bar (tiles, Mpx/s, ETA); returns the JSON record. */
-export async function predictWholeSlide(path: string, opts: SlidePredictCliOptions, out: OutputOptions) {
+export async function predictWholeSlide(
+  path: string,
+  opts: SlidePredictCliOptions,
+  out: OutputOptions,
+  plugins: string[] = [],
+) {
   let bar: ProgressBar | undefined;
+  const { predictSlide } = await requireTiler(`Whole slide ${path}`);
   const { run, outputs } = await predictSlide(path, {
     model: opts.model,
     out: opts.out,
@@ -49,6 +61,7 @@ export async function predictWholeSlide(path: string, opts: SlidePredictCliOptio
     mpp: opts.mpp,
     tissue: opts.tissue,
     backend: opts.backend,
+    plugins,
     onProgress: (p) => {
       bar ??= new ProgressBar('slide', p.tilesTotal, out, 'tile');
       const mpx = p.pixelsDone / 1e6 / Math.max(p.elapsedMs / 1000, 1e-9);

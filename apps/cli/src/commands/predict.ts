@@ -14,6 +14,7 @@ import {
   writeFileAtomic,
   writePng,
 } from '@tessera/core';
+import { loadRegistry } from '../plugins.js';
 import { info, ProgressBar } from '../progress.js';
 import { predictWholeSlide, wholeSlideOf } from './predict-slide.js';
 import { startEngine } from './shared.js';
@@ -82,8 +83,10 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
       error,
     );
   }
+  // Installed plugins register their custom layers (here and, through `modules`, in the slide workers).
+  const { modules } = await loadRegistry();
   const slideRecords = [];
-  for (const slide of slides) slideRecords.push(await predictWholeSlide(slide, opts, out));
+  for (const slide of slides) slideRecords.push(await predictWholeSlide(slide, opts, out, modules));
   if (files.length === 0) {
     await writeResolved(opts, slides, slideRecords.length);
     info(out, `predicted ${slides.length} whole slide(s) into ${opts.out}`);
