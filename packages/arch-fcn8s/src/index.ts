@@ -152,7 +152,7 @@ export default function fcn8s(options: Partial<Fcn8sOptions> = {}): Architecture
           x,
         );
         if (!o.batchNorm) return x;
-        x = apply(layers.layers.batchNormalization({ name: `${name}_bn` }), x);
+        x = apply(layers.layers.batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
         return apply(layers.layers.reLU({ name: `${name}_relu` }), x);
       };
       const score = (x: layers.SymbolicTensor, name: string) =>
