@@ -63,5 +63,6 @@ export {
   type FloatImage,
   type PredictOptions,
 } from './predict/predict.js';
+export { renderOverlay } from './predict/overlay.js';
 export { checkInputSize } from './arch/check-input.js';
 export { countFlops } from './arch/flops.js';

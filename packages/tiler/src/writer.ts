@@ -8,7 +8,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { OutputError, parseColor, writeFileAtomic, writePng, type RasterImage } from '@tessera/core';
+import { OutputError, renderOverlay, writeFileAtomic, writePng, type RasterImage } from '@tessera/core';
 import type { Band } from './merger.js';
 
 /** Magic number of a VIPS file written little-endian (`VIPS_MAGIC_INTEL`), stored big-endian. */
@@ -250,17 +250,7 @@ export class SlideOutputWriter {
       .extractChannel(0)
       .raw()
       .toBuffer();
-    const colours = new Map(this.options.classes.map((c) => [c.value, parseColor(c.color)]));
-    const rgb = new Uint8Array(width * height * 3);
-    const alpha = 0.4;
-    for (let i = 0; i < width * height; i++) {
-      const colour = colours.get(small[i]) ?? [0, 0, 0];
-      for (let ch = 0; ch < 3; ch++) {
-        const base = thumbnail.data[i * channels + (channels === 1 ? 0 : ch)];
-        rgb[i * 3 + ch] = Math.round((1 - alpha) * base + alpha * colour[ch]);
-      }
-    }
-    return { data: rgb, width, height, channels: 3 };
+    return renderOverlay({ ...thumbnail, width, height, channels }, small, this.options.classes);
   }
 
   private async removeTemporaries(): Promise<void> {

@@ -8,8 +8,8 @@ import {
   loadModel,
   normalizeImage,
   OutputError,
-  parseColor,
   predictProbabilities,
+  renderOverlay,
   readImage,
   writeFileAtomic,
   writePng,
@@ -96,7 +96,6 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
   await startEngine(opts.backend, out);
   const { model, manifest } = await loadModel(opts.model);
   const k = manifest.classes.length;
-  const colours = manifest.classes.map((c) => parseColor(c.color));
   const bar = new ProgressBar('predict', files.length, out, 'image');
   const written: {
     input: string;
@@ -138,17 +137,8 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
       }
     }
     if (opts.overlay) {
-      const rgb = new Uint8Array(labels.length * 3);
-      const alpha = 0.4;
-      for (let i = 0; i < labels.length; i++) {
-        const [r, g, b] = colours[labels[i]];
-        for (let ch = 0; ch < 3; ch++) {
-          const base = image.data[i * image.channels + (image.channels === 1 ? 0 : ch)];
-          rgb[i * 3 + ch] = Math.round((1 - alpha) * base + alpha * [r, g, b][ch]);
-        }
-      }
       record.overlay = join(opts.out, `${stem}_overlay.png`);
-      await writePng(record.overlay, { data: rgb, width: image.width, height: image.height, channels: 3 });
+      await writePng(record.overlay, renderOverlay(image, values, manifest.classes));
     }
     written.push(record);
     bar.update(index + 1);
