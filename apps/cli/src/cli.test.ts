@@ -195,6 +195,92 @@ describe('bad input gives one clear message, its own exit code, and no output', 
     expect((await readdir(root)).filter((n) => n.includes('.tmp'))).toEqual([]);
   });
 
+  it('refuses a folder without images, images without masks, a corrupt PNG and unknown mask values', async () => {
+    const dir = join(root, 'bad-data');
+    for (const sub of ['empty', 'images', 'masks', 'corrupt-images', 'odd-masks'])
+      await mkdir(join(dir, sub), { recursive: true });
+    let run = tessera(['train', '--images', join(dir, 'empty'), '--masks', masks, '--out', join(dir, 'o1')]);
+    expect(run.stderr).toContain(`Images folder "${join(dir, 'empty')}" holds no image files`);
+    expect(run.code).toBe(6);
+
+    await writeFile(join(dir, 'images', 'lonely.png'), await readFile(join(images, 'tile-0.png')));
+    run = tessera(['train', '--images', join(dir, 'images'), '--masks', join(dir, 'masks'), '--out', join(dir, 'o2')]);
+    expect(run.stderr).toContain('lonely');
+    expect(run.code).toBe(6);
+
+    await writeFile(join(dir, 'corrupt-images', 'tile-0.png'), Buffer.from('not a png at all, just text'));
+    await writeFile(join(dir, 'corrupt-images', 'tile-1.png'), await readFile(join(images, 'tile-1.png')));
+    run = tessera([
+      'train',
+      '--images',
+      join(dir, 'corrupt-images'),
+      '--masks',
+      masks,
+      '--out',
+      join(dir, 'o3'),
+      ...TINY,
+    ]);
+    expect(run.stderr).toContain(join(dir, 'corrupt-images', 'tile-0.png'));
+    expect(run.code).toBe(5);
+
+    for (const i of [0, 1, 2, 3]) {
+      await writePng(join(dir, 'odd-masks', `tile-${i}.png`), {
+        data: new Uint8Array(64 * 64).fill(i === 1 ? 7 : 1),
+        width: 64,
+        height: 64,
+        channels: 1,
+      });
+    }
+    run = tessera([
+      'train',
+      '--images',
+      images,
+      '--masks',
+      join(dir, 'odd-masks'),
+      '--classes',
+      join(root, 'classes.json'),
+      '--out',
+      join(dir, 'o4'),
+      ...TINY,
+    ]);
+    expect(run.stderr).toMatch(/7/);
+    expect(run.stderr).toContain('tile-1.png');
+    expect(run.code).toBe(6);
+    for (const o of ['o1', 'o2', 'o3', 'o4']) expect(existsSync(join(dir, o)), o).toBe(false);
+  });
+
+  it('refuses an output folder that cannot be written', async () => {
+    const file = join(root, 'a-file');
+    await writeFile(file, 'x');
+    const run = tessera(['train', '--images', images, '--masks', masks, '--out', join(file, 'model'), ...TINY]);
+    expect(run.stderr).toContain(`Cannot create the output folder ${join(file, 'model')}`);
+    expect(run.code).toBe(10);
+  });
+
+  it('refuses models from a newer Tessera and models whose weights were modified', async () => {
+    const out = join(root, 'model-for-bad');
+    expect(tessera(['train', '--images', images, '--masks', masks, '--out', out, '--epochs', '1', ...TINY]).code).toBe(
+      0,
+    );
+    const newer = join(root, 'model-newer');
+    const tampered = join(root, 'model-tampered');
+    for (const dir of [newer, tampered]) {
+      await mkdir(dir);
+      for (const f of ['manifest.json', 'model.json', 'weights.bin'])
+        await writeFile(join(dir, f), await readFile(join(out, f)));
+    }
+    const manifest = JSON.parse(await readFile(join(newer, 'manifest.json'), 'utf8'));
+    await writeFile(join(newer, 'manifest.json'), JSON.stringify({ ...manifest, formatVersion: 99 }));
+    let run = tessera(['evaluate', '--model', newer, '--images', images, '--masks', masks]);
+    expect(run.stderr).toContain('has format version 99, but this Tessera reads versions up to 1');
+    expect(run.code).toBe(7);
+    const weights = await readFile(join(tampered, 'weights.bin'));
+    await writeFile(join(tampered, 'weights.bin'), weights.subarray(0, weights.length - 4));
+    run = tessera(['predict', '--model', tampered, images, '--out', join(root, 'never')]);
+    expect(run.stderr).toContain('does not match its checksum');
+    expect(run.code).toBe(7);
+  });
+
   it('names a mask of the wrong size', async () => {
     const dir = join(root, 'wrong-size');
     await mkdir(join(dir, 'images'), { recursive: true });

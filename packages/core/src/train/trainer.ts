@@ -17,7 +17,7 @@ import {
 import { readImage, writeFileAtomic } from '../data/image-io.js';
 import { createRandom, shuffle } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
-import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
+import { DatasetError, InputNotFoundError, InvalidOptionError, OutputError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
 import {
   countParameters,
@@ -513,7 +513,15 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       options: archOptions,
       seed: o.seed,
     });
-    await mkdir(out, { recursive: true });
+    try {
+      await mkdir(out, { recursive: true });
+    } catch (error) {
+      throw new OutputError(
+        `Cannot create the output folder ${out}: ${(error as Error).message}`,
+        'Choose a writable --out folder.',
+        error,
+      );
+    }
   }
   const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
   const parameters = countParameters(model);
