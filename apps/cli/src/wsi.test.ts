@@ -108,8 +108,13 @@ describe('whole-slide prediction through the CLI', () => {
       'CMU-1-Small-Region_areas.json',
       'CMU-1-Small-Region_labels.tif',
       'CMU-1-Small-Region_overlay.png',
+      'CMU-1-Small-Region_report.html',
       'predict.resolved.json',
     ]);
+    const report = await readFile(join(out, 'CMU-1-Small-Region_report.html'), 'utf8');
+    expect(report).toContain('<img src="data:image/png;base64,');
+    expect(report).toContain(`${areas.classes[1].pixels.toLocaleString('en-US')}</td>`);
+    expect(report).toContain('2220 x 2967 px');
     const vips = run('vipsheader', ['-f', 'n-pages', labels]);
     if (!vips.missing) expect(vips.stdout.trim()).toBe('5');
     const openslide = run('openslide-show-properties', [labels]);

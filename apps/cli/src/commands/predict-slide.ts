@@ -1,4 +1,6 @@
+import { readManifest } from '@tessera/core';
 import type { SlideInfo } from '@tessera/tiler';
+import { writeSlideReport } from '../slide-report.js';
 import { info, ProgressBar, type OutputOptions } from '../progress.js';
 import { importTiler, requireTiler } from '../tiler.js';
 
@@ -76,8 +78,11 @@ export async function predictWholeSlide(
       `${run.tilesPredicted} tiles predicted, ${run.tilesSkipped} skipped as background, ` +
       `${((run.width * run.height) / 1e6 / seconds).toFixed(2)} Mpx/s on ${run.options.workers} worker(s) (${run.engine})`,
   );
+  const report = await writeSlideReport(run, outputs, opts.model, await readManifest(opts.model));
+  info(out, `report: ${report}`);
   return {
     input: path,
+    report,
     labels: outputs.labels,
     overlay: outputs.overlay,
     areas: outputs.areasJson,
