@@ -206,18 +206,36 @@ function matMul(be: WasmBackend, a: TensorInfo, m: number, k: number, b: TensorI
 // ---------------------------------------------------------------------------------------------------------------------
 // Conv2DBackpropFilter
 
-function conv2DBackpropFilter({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
-  const kernel = 'Conv2DBackpropFilter';
-  const be = backend as WasmBackend;
+/** Inputs and geometry of a filter-gradient kernel (`x`, `dy`, attribute `filterShape`), checked. */
+function filterGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<KernelFunc>[0], depthwise: boolean) {
   const x = inputs.x as TensorInfo;
   const dy = inputs.dy as TensorInfo;
   const a = attrs as unknown as ConvAttrs;
   checkDataFormat(kernel, a.dataFormat);
   checkFloat32(kernel, x, dy);
   const filterShape = a.filterShape as Shape4;
-  const { geo: g, outShape } = geometry(kernel, x.shape as Shape4, filterShape, a, false);
+  const { geo: g, outShape } = geometry(kernel, x.shape as Shape4, filterShape, a, depthwise);
   checkShape(kernel, 'dy', dy.shape, outShape);
   if (filterShape[2] !== g.ci) fail(kernel, `filterShape[2] = ${filterShape[2]} does not match x channels ${g.ci}`);
+  return { be: backend as WasmBackend, x, dy, g };
+}
+
+/** Inputs and geometry of an input-gradient kernel (`dy`, `filter`, attribute `inputShape`), checked. */
+function inputGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<KernelFunc>[0], depthwise: boolean) {
+  const dy = inputs.dy as TensorInfo;
+  const filter = inputs.filter as TensorInfo;
+  const a = attrs as unknown as ConvAttrs;
+  checkDataFormat(kernel, a.dataFormat);
+  checkFloat32(kernel, dy, filter);
+  const inputShape = a.inputShape as Shape4;
+  const { geo: g, outShape } = geometry(kernel, inputShape, filter.shape as Shape4, a, depthwise);
+  checkShape(kernel, 'dy', dy.shape, outShape);
+  if (filter.shape[2] !== g.ci) fail(kernel, `filter in-channels ${filter.shape[2]} do not match inputShape ${g.ci}`);
+  return { be: backend as WasmBackend, dy, filter, g, inputShape };
+}
+
+function conv2DBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
+  const { be, x, dy, g } = filterGradArgs('Conv2DBackpropFilter', args, false);
   return filterGradMatMul(be, x, dy, g);
 }
 
@@ -316,18 +334,8 @@ function filterGradMatMul(be: WasmBackend, x: TensorInfo, dy: TensorInfo, g: Geo
 // ---------------------------------------------------------------------------------------------------------------------
 // Conv2DBackpropInput
 
-function conv2DBackpropInput({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
-  const kernel = 'Conv2DBackpropInput';
-  const be = backend as WasmBackend;
-  const dy = inputs.dy as TensorInfo;
-  const filter = inputs.filter as TensorInfo;
-  const a = attrs as unknown as ConvAttrs;
-  checkDataFormat(kernel, a.dataFormat);
-  checkFloat32(kernel, dy, filter);
-  const inputShape = a.inputShape as Shape4;
-  const { geo: g, outShape } = geometry(kernel, inputShape, filter.shape as Shape4, a, false);
-  checkShape(kernel, 'dy', dy.shape, outShape);
-  if (filter.shape[2] !== g.ci) fail(kernel, `filter in-channels ${filter.shape[2]} do not match inputShape ${g.ci}`);
+function conv2DBackpropInput(args: Parameters<KernelFunc>[0]): TensorInfo {
+  const { be, dy, filter, g, inputShape } = inputGradArgs('Conv2DBackpropInput', args, false);
   if (g.sh === 1 && g.sw === 1) {
     const pads = stride1Pads(g);
     if (pads != null) return inputGradStride1(be, dy, filter, g, pads);
@@ -443,18 +451,9 @@ function inputGradCol2Im(
 // ---------------------------------------------------------------------------------------------------------------------
 // DepthwiseConv2dNativeBackpropInput
 
-function depthwiseBackpropInput({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
+function depthwiseBackpropInput(args: Parameters<KernelFunc>[0]): TensorInfo {
   const kernel = 'DepthwiseConv2dNativeBackpropInput';
-  const be = backend as WasmBackend;
-  const dy = inputs.dy as TensorInfo;
-  const filter = inputs.filter as TensorInfo;
-  const a = attrs as unknown as ConvAttrs;
-  checkDataFormat(kernel, a.dataFormat);
-  checkFloat32(kernel, dy, filter);
-  const inputShape = a.inputShape as Shape4;
-  const { geo: g, outShape } = geometry(kernel, inputShape, filter.shape as Shape4, a, true);
-  checkShape(kernel, 'dy', dy.shape, outShape);
-  if (filter.shape[2] !== g.ci) fail(kernel, `filter in-channels ${filter.shape[2]} do not match inputShape ${g.ci}`);
+  const { be, dy, filter, g } = inputGradArgs(kernel, args, true);
   const { n, h, w, ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const mult = co / ci;
 
@@ -512,18 +511,8 @@ function depthwiseBackpropInput({ inputs, backend, attrs }: Parameters<KernelFun
 // ---------------------------------------------------------------------------------------------------------------------
 // DepthwiseConv2dNativeBackpropFilter
 
-function depthwiseBackpropFilter({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): TensorInfo {
-  const kernel = 'DepthwiseConv2dNativeBackpropFilter';
-  const be = backend as WasmBackend;
-  const x = inputs.x as TensorInfo;
-  const dy = inputs.dy as TensorInfo;
-  const a = attrs as unknown as ConvAttrs;
-  checkDataFormat(kernel, a.dataFormat);
-  checkFloat32(kernel, x, dy);
-  const filterShape = a.filterShape as Shape4;
-  const { geo: g, outShape } = geometry(kernel, x.shape as Shape4, filterShape, a, true);
-  checkShape(kernel, 'dy', dy.shape, outShape);
-  if (filterShape[2] !== g.ci) fail(kernel, `filterShape[2] = ${filterShape[2]} does not match x channels ${g.ci}`);
+function depthwiseBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
+  const { be, x, dy, g } = filterGradArgs('DepthwiseConv2dNativeBackpropFilter', args, true);
   return depthwiseFilterGradPerImage(be, x, dy, g);
 }
 
