@@ -73,15 +73,7 @@ export async function deserializeModel(
  * ```
  */
 export async function saveModel(dir: string, model: tfl.LayersModel, draft: ManifestDraft): Promise<ModelManifest> {
-  try {
-    await mkdir(dir, { recursive: true });
-  } catch (error) {
-    throw new OutputError(
-      `Cannot create the model folder ${dir}: ${(error as Error).message}`,
-      'Choose a writable --out folder.',
-      error,
-    );
-  }
+  await makeOutputDir(dir);
   const { topology, weights } = await serializeModel(model);
   const digest = (path: string, data: Uint8Array | string): FileDigest => ({
     path,
@@ -97,6 +89,22 @@ export async function saveModel(dir: string, model: tfl.LayersModel, draft: Mani
   await writeFileAtomic(join(dir, MODEL_FILES.topology), topology);
   await writeFileAtomic(join(dir, MODEL_FILES.manifest), JSON.stringify(manifest, null, 2) + '\n');
   return manifest;
+}
+
+/**
+ * Creates an output folder (and its parents).
+ * @throws OutputError naming the folder when it cannot be created.
+ */
+export async function makeOutputDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (error) {
+    throw new OutputError(
+      `Cannot create the output folder ${dir}: ${(error as Error).message}`,
+      'Choose a writable --out folder.',
+      error,
+    );
+  }
 }
 
 /** Reads and checks `manifest.json` of a model folder without loading the network. */

@@ -17,11 +17,12 @@ import {
 import { readImage, writeFileAtomic } from '../data/image-io.js';
 import { createRandom, shuffle } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
-import { DatasetError, InputNotFoundError, InvalidOptionError, OutputError, describeValue } from '../errors.js';
+import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
 import {
   countParameters,
   deserializeModel,
+  makeOutputDir,
   MODEL_FILES,
   saveModel,
   serializeModel,
@@ -513,15 +514,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       options: archOptions,
       seed: o.seed,
     });
-    try {
-      await mkdir(out, { recursive: true });
-    } catch (error) {
-      throw new OutputError(
-        `Cannot create the output folder ${out}: ${(error as Error).message}`,
-        'Choose a writable --out folder.',
-        error,
-      );
-    }
+    await makeOutputDir(out);
   }
   const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
   const parameters = countParameters(model);
