@@ -4,7 +4,11 @@
 //
 //   node bench/wsi-throughput.mjs                     # 40000 x 40000 and 20000 x 20000, 1 and 2 workers
 //   node bench/wsi-throughput.mjs --sizes 3000,6000   # quick check
-//   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --backend wasm  --model <dir>  --keep
+//   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --runtime onnx|tfjs  --backend wasm  --model <dir>  --keep
+//
+// Runtime: onnx (default; onnxruntime-node, the model exported to <model>/model.onnx first, threads per worker =
+// cores / workers) or tfjs (--backend). The default model is an untrained U-Net (depth 3, 8 base filters): the
+// benchmark measures the tiler, and a small network makes the share of time outside inference harder to keep low.
 //
 // Needs `npm run build` first, and size^2 * 3 bytes of free temporary disk for the raw canvas (4.8 GB at 40000).
 // Each (size, workers) run happens in a child process so its peak RSS (process.resourceUsage().maxRSS, all threads)
@@ -100,6 +104,7 @@ async function child() {
     batchSize: Number(arg('batch', '4')),
     backend: arg('backend'),
     tissue: false,
+    onnx: arg('runtime', 'onnx') === 'onnx' ? { file: join(model, 'model.onnx') } : undefined,
   });
   const wall = run.timings.wallMs;
   const result = {
@@ -124,12 +129,18 @@ async function main() {
   const dir = await mkdtemp(join(tmpdir(), 'tessera-bench-'));
   try {
     const model = arg('model') ?? (await makeModel(dir));
+    if (arg('runtime', 'onnx') === 'onnx') {
+      const { setupEngine } = await import('@tessera/core');
+      const { exportModelDir } = await import('@tessera/onnx');
+      await setupEngine('cpu');
+      await exportModelDir(model);
+    }
     const results = [];
     for (const size of sizes) {
       const slide = await makeSlide(size, dir);
       for (const workers of workerCounts) {
         const out = join(dir, `out-${size}-${workers}`);
-        const passed = ['tile', 'batch', 'backend'].flatMap((k) => (arg(k) ? [`--${k}`, arg(k)] : []));
+        const passed = ['tile', 'batch', 'backend', 'runtime'].flatMap((k) => (arg(k) ? [`--${k}`, arg(k)] : []));
         const args = [fileURLToPath(import.meta.url), '--child', '--slide', slide, '--model', model, '--out', out];
         const res = spawnSync(process.execPath, [...args, '--workers', String(workers), ...passed], {
           encoding: 'utf8',

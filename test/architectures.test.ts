@@ -3,6 +3,9 @@
  * them). A new plugin is covered without new test code: it runs at its defaults unless SMALL_OPTIONS lists smaller
  * CPU-fit configurations for it.
  */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   InvalidOptionError,
@@ -10,9 +13,12 @@ import {
   defineArchitecture,
   layers,
   setupEngine,
+  tf,
   type ArchitecturePlugin,
+  type ModelManifest,
 } from '@tessera/core';
 import { loadRegistry } from '@tessera/cli';
+import { createOnnxPredictor, exportOnnx } from '@tessera/onnx';
 import unet from '@tessera/arch-unet';
 // The conformance kit plugin authors use too.
 import {
@@ -46,6 +52,18 @@ const cases = plugins.flatMap((plugin) =>
   })),
 );
 const timings: Record<string, Record<string, number>> = {};
+
+/** A real H&E crop (MoNuSeg), normalised to about zero mean and unit spread, `[1, size, size, 3]`. */
+async function realCrop(size: number): Promise<Float32Array> {
+  const folder = join(new URL('../../shared/data/monuseg-train20/images', import.meta.url).pathname);
+  const first = (await readdir(folder)).filter((n) => n.endsWith('.tif')).sort()[0];
+  const raw = await sharp(join(folder, first))
+    .removeAlpha()
+    .extract({ left: 200, top: 300, width: size, height: size })
+    .raw()
+    .toBuffer();
+  return Float32Array.from(raw, (v) => (v / 255 - 0.6) / 0.2);
+}
 const time = async <R>(label: string, what: string, fn: () => R | Promise<R>): Promise<R> => {
   const start = performance.now();
   try {
@@ -77,6 +95,45 @@ describe('architecture conformance table', () => {
         const { model } = await time(label, `output ${shape.height}x${shape.width}`, () =>
           checkOutputContract(plugin, options, shape),
         );
+        model.dispose();
+      }
+    });
+
+    it('runs under the ONNX runtime within 1e-4 of tfjs, on random and real H&E inputs', async () => {
+      const multiple = plugin.inputMultiple({ ...plugin.defaults, ...options });
+      const side = Math.ceil(96 / multiple) * multiple;
+      const shape = { batch: 1, inputChannels: 3, numClasses: 3, height: side, width: side };
+      const { model, options: resolved } = checkOutputContract(plugin, options, shape);
+      try {
+        // Batch-norm statistics away from their initial 0 and 1, so normalisation is exercised too.
+        model.weights.forEach((w, i) => {
+          if (/moving_mean|moving_variance/.test(w.originalName)) {
+            w.write(tf.randomUniform(w.shape as number[], 0.5, 1.5, 'float32', i));
+          }
+        });
+        const manifest = {
+          architecture: { name: plugin.name, options: resolved, inputMultiple: multiple },
+          inputChannels: 3,
+          classes: [{ name: 'a' }, { name: 'b' }, { name: 'c' }],
+          normalization: {},
+          files: { weights: { sha256: '' } },
+        } as unknown as ModelManifest;
+        const bytes = await time(label, 'onnx export', () =>
+          exportOnnx(model, manifest, { converters: plugin.onnxConverters }),
+        );
+        const predictor = await createOnnxPredictor(bytes, { threads: 1 });
+        const dims = [1, side, side, 3] as const;
+        const random = tf.randomNormal([...dims], 0, 1, 'float32', 5).dataSync() as Float32Array;
+        for (const input of [random, await realCrop(side)]) {
+          const reference = tf.tidy(() => (model.predict(tf.tensor4d(input, [...dims])) as tf.Tensor).dataSync());
+          const actual = await time(label, 'onnx run', () => predictor.run(input, dims));
+          let max = 0;
+          for (let i = 0; i < actual.length; i++) max = Math.max(max, Math.abs(actual[i] - reference[i]));
+          expect(actual.length).toBe(reference.length);
+          expect(max).toBeLessThanOrEqual(1e-4);
+        }
+        await predictor.dispose();
+      } finally {
         model.dispose();
       }
     });

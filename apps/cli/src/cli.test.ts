@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRandom, randSyntheticTissue, writePng } from '@tessera/core';
 
 const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
+const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
+const SLIDES = join(DATA, 'slides');
 
 function tessera(args: string[], cwd?: string) {
   const result = spawnSync(process.execPath, [BIN, ...args], {
@@ -191,6 +193,20 @@ describe('interruption', () => {
 });
 
 describe('bad input gives one clear message, its own exit code, and no output', () => {
+  beforeAll(async () => {
+    // boxes.tiff (a small tiled pyramid) whose level 0 claims Aperio JPEG 2000 (compression 33003), and a cut SVS.
+    const tiff = await readFile(join(SLIDES, 'wsi-openslide-python-fixtures/boxes.tiff'));
+    const ifd = tiff.readUInt32LE(4);
+    for (let i = 0; i < tiff.readUInt16LE(ifd); i++) {
+      if (tiff.readUInt16LE(ifd + 2 + i * 12) === 259) tiff.writeUInt16LE(33003, ifd + 2 + i * 12 + 8);
+    }
+    await writeFile(join(root, 'j2k.tif'), tiff);
+    const svs = await readFile(join(SLIDES, 'wsi-cmu1-small-region-svs/CMU-1-Small-Region.svs'));
+    await writeFile(join(root, 'cut.svs'), svs.subarray(0, Math.floor(svs.length * 0.6)));
+  });
+  const slideOut = () => join(root, 'bad-slide-out');
+  const j2k =
+    /j2k\.tif" level 0 uses Aperio JPEG 2000 \(YCbCr\) \(TIFF compression 33003\); expected one of .*JPEG, Deflate.*\nhint: Convert the slide to a JPEG or Deflate pyramidal TIFF/;
   const cases: [string, () => string[], number, RegExp][] = [
     [
       'missing images folder',
@@ -235,6 +251,20 @@ describe('bad input gives one clear message, its own exit code, and no output', 
       /has no manifest\.json/,
     ],
     ['unknown engine', () => ['doctor', '--json', '--nope'], 2, /unknown option/],
+    ['slide with an unsupported compression: info', () => ['info', join(root, 'j2k.tif')], 5, j2k],
+    [
+      'slide with an unsupported compression: predict',
+      () => ['predict', join(root, 'j2k.tif'), '--model', join(root, 'model'), '--out', slideOut()],
+      5,
+      j2k,
+    ],
+    ['truncated slide: info', () => ['info', join(root, 'cut.svs')], 5, /cut\.svs" (is truncated|could not be opened)/],
+    [
+      'truncated slide: predict',
+      () => ['predict', join(root, 'cut.svs'), '--model', join(root, 'model'), '--out', slideOut()],
+      5,
+      /cut\.svs" (is truncated|could not be opened).*\nhint: (Copy|Check that the file was copied)/,
+    ],
   ];
   it.each(cases)('%s', (_name, args, code, message) => {
     const run = tessera(args());
@@ -245,6 +275,8 @@ describe('bad input gives one clear message, its own exit code, and no output', 
   it('leaves no output folder behind after a failed start', async () => {
     tessera(['train', '--images', join(root, 'nope'), '--masks', masks, '--out', join(root, 'bad-left')]);
     expect(existsSync(join(root, 'bad-left'))).toBe(false);
+    tessera(['predict', join(root, 'j2k.tif'), '--model', join(root, 'model'), '--out', slideOut()]);
+    expect(existsSync(slideOut())).toBe(false);
     expect((await readdir(root)).filter((n) => n.includes('.tmp'))).toEqual([]);
   });
 

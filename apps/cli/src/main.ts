@@ -5,6 +5,7 @@ import { createPluginCommand } from './commands/create-plugin.js';
 import { demoCommand } from './commands/demo.js';
 import { doctorCommand } from './commands/doctor.js';
 import { evaluateCommand } from './commands/evaluate.js';
+import { exportCommand } from './commands/export.js';
 import { infoCommand } from './commands/info.js';
 import { predictCommand } from './commands/predict.js';
 import { trainCommand } from './commands/train.js';
@@ -60,6 +61,12 @@ export function buildProgram(): Command {
       .option('--no-augment', 'turn data augmentation off')
       .option('--mpp <um>', 'µm per pixel of the training images (recorded in the model)', float)
       .option('--seed <n>', `random seed (default ${D.seed})`, int)
+      .option('--micro-batch <n>', 'crops per forward/backward pass (default: 2 x 256 x 256 pixels worth)', int)
+      .option(
+        '--workers <n>',
+        'threads sharing each step, same weights whatever the number (default: CPU cores on wasm, else 1)',
+        int,
+      )
       .addOption(backend())
       .option('--config <file>', 'JSON or YAML file of options (flags override it)')
       .option('--resume', 'continue from the newest checkpoint in --out'),
@@ -90,8 +97,22 @@ export function buildProgram(): Command {
       .option('--batch <n>', 'whole slides: tiles per network call (default 4)', int)
       .option('--mpp <um>', "whole slides: µm per pixel to predict at (default: the model's)", float)
       .option('--no-tissue', 'whole slides: predict every tile, also background')
+      .option('--resume', 'whole slides: continue an interrupted prediction from its partial work in --out')
+      .option('--runtime <name>', 'auto (ONNX where the model converts), onnx or tfjs', 'auto')
+      .option('--device <name>', 'cpu, or cuda (ONNX runtime with its CUDA provider)', 'cpu')
+      .option('--threads <n>', 'ONNX runtime threads (per worker for slides; default: cores / workers)', int)
       .addOption(backend()),
   ).action(async (inputs: string[], opts) => predictCommand(inputs, opts));
+
+  output(
+    program
+      .command('export')
+      .description('export a trained model for other runtimes (ONNX), checked against the tfjs model')
+      .argument('<model>', 'model folder written by "tessera train"')
+      .option('--format <name>', 'onnx', 'onnx')
+      .option('--out <file>', 'output file (default <model>/model.onnx, which predict then uses)')
+      .addOption(backend()),
+  ).action(async (model: string, opts) => exportCommand(model, opts));
 
   output(
     program

@@ -66,3 +66,8 @@ export class ProgressBar {
 export function info(options: OutputOptions, message: string): void {
   if (!options.quiet) process.stderr.write(message + '\n');
 }
+
+/** Prints a warning on stderr (also when quiet: warnings change what the user gets). */
+export function warn(_options: OutputOptions, message: string): void {
+  process.stderr.write(colour(`warning: ${message}`, 'yellow') + '\n');
+}

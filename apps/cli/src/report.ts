@@ -58,7 +58,7 @@ async function samplePredictions(modelDir: string, manifest: ModelManifest, limi
     if (!imageFile || !maskFile) continue;
     const image = await readImage(join(training.data.images, imageFile), { channels: manifest.inputChannels as 1 | 3 });
     const mask = await readMask(join(training.data.masks, maskFile));
-    const probs = predictProbabilities(
+    const probs = await predictProbabilities(
       model,
       {
         data: normalizeImage(image, manifest.normalization),

@@ -1,4 +1,4 @@
-import { layers, tf } from '@tessera/core';
+import { layers, tf, type OnnxLayerConverter } from '@tessera/core';
 
 /** Configuration of {@link AtrousConv2D}. */
 export interface AtrousConv2DArgs {
@@ -100,3 +100,19 @@ export function registerDeeplabLayers(): void {
   tf.serialization.registerClass(AtrousConv2D);
   registered = true;
 }
+
+/**
+ * ONNX converter of {@link AtrousConv2D}: a dilated (depthwise) convolution with TensorFlow's 'same' padding.
+ * Listed in the plugin's `onnxConverters`.
+ */
+export const atrousOnnxConverter: OnnxLayerConverter = (layer, [x], graph) => {
+  const rate = Number(layer.config.dilationRate);
+  const depthwise = Boolean(layer.config.depthwise);
+  return graph.conv(x, {
+    kernel: depthwise ? layer.weights.depthwise_kernel : layer.weights.kernel,
+    bias: layer.weights.bias,
+    dilations: [rate, rate],
+    padding: 'same',
+    depthwise,
+  });
+};

@@ -5,9 +5,9 @@ import {
   layers,
   type ArchitecturePlugin,
 } from '@tessera/core';
-import { AtrousConv2D, registerDeeplabLayers } from './atrous.js';
+import { AtrousConv2D, atrousOnnxConverter, registerDeeplabLayers } from './atrous.js';
 
-export { AtrousConv2D, registerDeeplabLayers, type AtrousConv2DArgs } from './atrous.js';
+export { AtrousConv2D, atrousOnnxConverter, registerDeeplabLayers, type AtrousConv2DArgs } from './atrous.js';
 
 /** Backbones of {@link deeplabv3plus}. */
 export type DeeplabBackbone = 'mobilenetv2' | 'resnet50';
@@ -216,6 +216,7 @@ export default function deeplabv3plus(options: Partial<DeeplabOptions> = {}): Ar
     },
     inputMultiple: (o) => o.outputStride,
     receptiveField: deeplabReceptiveField,
+    onnxConverters: { [AtrousConv2D.className]: atrousOnnxConverter },
     build({ inputChannels, numClasses, options: o, seed = 0 }) {
       registerDeeplabLayers();
       if (o.outputStride !== 8 && o.outputStride !== 16) {

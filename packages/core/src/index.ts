@@ -17,6 +17,7 @@ export {
   type OptionSpec,
 } from './arch/architecture.js';
 export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
+export type { OnnxAttribute, OnnxGraph, OnnxLayer, OnnxLayerConverter, OnnxWeight } from './arch/onnx-converter.js';
 export {
   ENGINE_NAMES,
   activeEngine,
@@ -63,6 +64,7 @@ export {
   type FloatImage,
   type PredictOptions,
 } from './predict/predict.js';
+export { isPredictor, tfjsPredictor, type Predictor } from './predict/predictor.js';
 export { renderOverlay } from './predict/overlay.js';
 export { checkInputSize } from './arch/check-input.js';
-export { countFlops } from './arch/flops.js';
+export { countActivations, countFlops } from './arch/flops.js';

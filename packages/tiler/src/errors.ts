@@ -1,9 +1,9 @@
 /**
  * Errors raised by `@tessera/tiler`. Each subclasses one of `@tessera/core`'s error classes, so the CLI maps it to
- * the same exit code (5 invalid input, 2 bad option, 10 output), and adds its own stable `code`. Every message names
- * the file or option, what was expected, what came, and the hint says what to do.
+ * the same exit code (5 invalid input, 2 bad option, 10 output; 130 for an interrupted prediction), and adds its own
+ * stable `code`. Every message names the file or option, what was expected, what came, and the hint says what to do.
  */
-import { InvalidInputError, InvalidOptionError, describeValue } from '@tessera/core';
+import { InvalidInputError, InvalidOptionError, TesseraError, describeValue } from '@tessera/core';
 
 function setCode(error: Error, code: string): void {
   Object.defineProperty(error, 'code', { value: code, enumerable: true });
@@ -11,7 +11,8 @@ function setCode(error: Error, code: string): void {
 
 /**
  * A slide file exists but cannot be read as a slide: not a TIFF or image at all, truncated, or using an encoding
- * Tessera cannot decode (e.g. JPEG 2000 in Aperio SVS). Exit code 5, code `E_SLIDE_FORMAT`.
+ * Tessera cannot decode (e.g. JPEG 2000 in Aperio SVS). Exit code 5, code `E_SLIDE_FORMAT`, or the more precise
+ * `E_SLIDE_COMPRESSION` (a compression Tessera cannot decode) and `E_SLIDE_TRUNCATED` (the file was cut short).
  */
 export class SlideFormatError extends InvalidInputError {
   constructor(message: string, hint?: string, cause?: unknown) {
@@ -74,23 +75,27 @@ export function notASlide(path: string, reason: string, cause?: unknown): SlideF
   );
 }
 
-/** A level of the slide uses a compression libvips cannot decode. */
+/** A level of the slide uses a compression libvips cannot decode (code `E_SLIDE_COMPRESSION`). */
 export function unsupportedCompression(path: string, level: number, code: number): SlideFormatError {
-  return new SlideFormatError(
+  const error = new SlideFormatError(
     `Slide "${path}" level ${level} uses ${compressionName(code)} (TIFF compression ${code}); expected one of ` +
       `${[...new Set(Object.values(SUPPORTED_COMPRESSIONS))].join(', ')}.`,
     'Convert the slide to a JPEG or Deflate pyramidal TIFF first, e.g. with QuPath (File > Export > OME-TIFF) or ' +
       '`vips tiffsave` on a build of libvips with OpenJPEG: `vips tiffsave in.svs out.tif --tile --pyramid ' +
       '--compression jpeg`.',
   );
+  setCode(error, 'E_SLIDE_COMPRESSION');
+  return error;
 }
 
-/** The file ends before the tile data its directory points to. */
+/** The file ends before the tile data its directory points to (code `E_SLIDE_TRUNCATED`). */
 export function truncatedSlide(path: string, level: number, end: number, size: number): SlideFormatError {
-  return new SlideFormatError(
+  const error = new SlideFormatError(
     `Slide "${path}" is truncated: level ${level} has tile data up to byte ${end} but the file has ${size} bytes.`,
     'Copy or download the slide again; the file was cut short.',
   );
+  setCode(error, 'E_SLIDE_TRUNCATED');
+  return error;
 }
 
 /** A region outside the level. */
@@ -114,4 +119,72 @@ export function noSuchLevel(path: string, level: unknown, count: number): SlideR
     `Slide "${path}": expected a level between 0 and ${count - 1} but received ${describeValue(level)}.`,
     'List the levels with `tessera info <slide>`.',
   );
+}
+
+/**
+ * The partial work of an interrupted slide prediction (`<out>/.<stem>.partial/`) cannot be resumed: it was made with
+ * other settings (model, slide, tile, overlap, level...) or is damaged. Exit code 2, code `E_PARTIAL_WORK`.
+ */
+export class PartialWorkError extends InvalidOptionError {
+  /** The partial work folder. */
+  readonly dir: string;
+
+  constructor(dir: string, message: string) {
+    super(
+      message,
+      `Drop --resume to predict the slide from the start (the folder is then replaced), or delete "${dir}".`,
+    );
+    setCode(this, 'E_PARTIAL_WORK');
+    this.dir = dir;
+  }
+}
+
+/** Partial work made with another value of a setting. */
+export function partialMismatch(dir: string, setting: string, was: unknown, now: unknown): PartialWorkError {
+  const show = (value: unknown) => {
+    const text = value === undefined ? 'unknown' : JSON.stringify(value);
+    return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  };
+  return new PartialWorkError(
+    dir,
+    `Cannot resume from "${dir}": it was made with ${setting} ${show(was)}, but this run has ${setting} ${show(now)}.`,
+  );
+}
+
+/** Partial work whose journal or finished rows cannot be used. */
+export function partialDamaged(dir: string, reason: string): PartialWorkError {
+  return new PartialWorkError(dir, `Cannot resume from "${dir}": ${reason}.`);
+}
+
+/**
+ * A slide prediction was stopped by its `AbortSignal` (Ctrl-C or SIGTERM in the CLI). The rows finished before the
+ * stop are kept in the partial work folder, and a run with `resume` continues from there. Exit code 130 (as a shell
+ * reports SIGINT), code `E_INTERRUPTED`.
+ */
+export class PredictionInterruptedError extends TesseraError {
+  /** The partial work folder, or `null` when no row was finished (nothing is kept). */
+  readonly partial: string | null;
+  /** Output rows finished and kept, of `height`. */
+  readonly rows: number;
+  readonly height: number;
+
+  constructor(slide: string, partial: string | null, rows: number, height: number) {
+    super(
+      'E_INTERRUPTED',
+      partial === null
+        ? `Prediction of "${slide}" was interrupted before any row of the output was finished; nothing was kept.`
+        : `Prediction of "${slide}" was interrupted after ${rows} of ${height} output rows; the finished rows are ` +
+            `kept in "${partial}".`,
+      {
+        exitCode: 130,
+        hint:
+          partial === null
+            ? 'Run the same command again.'
+            : `Run the same command with --resume to continue from row ${rows}.`,
+      },
+    );
+    this.partial = partial;
+    this.rows = rows;
+    this.height = height;
+  }
 }

@@ -1,6 +1,7 @@
 /**
  * The merger: blends probability tiles into the output band by band, so only the rows still being written by
- * unfinished tile rows are held in memory.
+ * unfinished tile rows are held in memory. Tiles are added in plan order whatever order they arrive in, so the
+ * blended values are the same bits on every run (which resuming an interrupted run relies on).
  */
 import { blendWeights } from '@tessera/core';
 import type { TileLocation, TilePlan } from './splitter.js';
@@ -25,6 +26,11 @@ export interface MergerOptions {
   blend?: 'gaussian' | 'constant';
   /** Class index given to pixels no tile covered (skipped background tiles). Default 0. */
   fallbackClass?: number;
+  /**
+   * Image rows above this one are finished already (an interrupted run): they are neither accumulated nor emitted,
+   * and the first band starts here. Default 0.
+   */
+  startRow?: number;
   /** Receives finished bands, top to bottom, each exactly once. */
   onBand: (band: Band) => void;
 }
@@ -44,8 +50,10 @@ function gaussianLine(size: number): Float32Array {
 
 /**
  * Aggregates probability tiles in any order and emits the rows of the output as soon as every tile that covers them
- * has arrived. Memory: the accumulators of the rows between the first unfinished tile row and the last tile received
- * (about two tile rows of `width * numClasses` floats when tiles arrive roughly in order).
+ * has arrived. Tiles are blended in plan order (a tile that arrives early waits for the ones before it), so the
+ * floating-point sums, and the output, do not depend on the order in which workers finish. Memory: the accumulators
+ * of the rows between the first unfinished tile row and the last tile added (about two tile rows of
+ * `width * numClasses` floats), and the tiles waiting for earlier ones (at most those in flight).
  * @example
  * const merger = new BandMerger({ plan, numClasses: 2, onBand: (band) => writer.write(band) });
  * merger.aggregate(plan.tiles[0], probabilities); // ... every tile, or merger.skip(tile)
@@ -60,8 +68,12 @@ export class BandMerger {
   private readonly keptFrom: number[];
   private readonly fallback: number;
   private readonly onBand: (band: Band) => void;
+  private readonly startRow: number;
+  /** Tiles received ahead of their turn (`null`: skipped), by index, and the index of the next tile to add. */
+  private readonly waiting = new Map<number, Float32Array | null>();
+  private next = 0;
   private finishedRows = 0;
-  private emitted = 0;
+  private emitted: number;
   /** Largest number of image rows held at once (for memory checks). */
   peakRows = 0;
 
@@ -71,6 +83,11 @@ export class BandMerger {
     this.k = numClasses;
     this.fallback = options.fallbackClass ?? 0;
     this.onBand = options.onBand;
+    this.startRow = options.startRow ?? 0;
+    if (!(Number.isInteger(this.startRow) && this.startRow >= 0 && this.startRow <= plan.height)) {
+      throw new RangeError(`BandMerger: expected startRow between 0 and ${plan.height} but received ${this.startRow}`);
+    }
+    this.emitted = this.startRow;
     const { tileWidth: tw, tileHeight: th } = plan;
     if (options.blend === 'constant') this.weights = new Float32Array(tw * th).fill(1);
     else if (tw === th) this.weights = blendWeights(tw);
@@ -98,14 +115,39 @@ export class BandMerger {
   }
 
   /**
-   * Adds a tile's probabilities, `[tileHeight, tileWidth, numClasses]`, weighted inside its kept area.
+   * Adds a tile's probabilities, `[tileHeight, tileWidth, numClasses]`, weighted inside its kept area (once the
+   * tiles before it in the plan are added or skipped).
    */
   aggregate(tile: TileLocation, probabilities: Float32Array): void {
+    this.receive(tile, probabilities);
+  }
+
+  /** Records a tile that is not predicted (background): its pixels get the fallback class unless others cover them. */
+  skip(tile: TileLocation): void {
+    this.receive(tile, null);
+  }
+
+  private receive(tile: TileLocation, probabilities: Float32Array | null): void {
+    if (tile.index < this.next || tile.index >= this.plan.tiles.length || this.waiting.has(tile.index)) {
+      throw new Error(`BandMerger: tile ${tile.index} was received twice or is not a tile of this plan`);
+    }
+    this.waiting.set(tile.index, probabilities);
+    while (this.waiting.has(this.next)) {
+      const next = this.plan.tiles[this.next];
+      const values = this.waiting.get(this.next)!;
+      this.waiting.delete(this.next);
+      this.next++;
+      if (values) this.add(next, values);
+      this.done(next);
+    }
+  }
+
+  private add(tile: TileLocation, probabilities: Float32Array): void {
     const { tileWidth: tw, tileHeight: th, width, height } = this.plan;
     const k = this.k;
     const y1 = Math.min(th - tile.trim.bottom, height - tile.y);
     const x1 = Math.min(tw - tile.trim.right, width - tile.x);
-    for (let ty = tile.trim.top; ty < y1; ty++) {
+    for (let ty = Math.max(tile.trim.top, this.startRow - tile.y); ty < y1; ty++) {
       const acc = this.row(tile.y + ty);
       for (let tx = tile.trim.left; tx < x1; tx++) {
         const w = this.weights[ty * tw + tx];
@@ -116,12 +158,6 @@ export class BandMerger {
         for (let q = 0; q < k; q++) acc.sum[dst + q] += w * probabilities[src + q];
       }
     }
-    this.done(tile);
-  }
-
-  /** Records a tile that is not predicted (background): its pixels get the fallback class unless others cover them. */
-  skip(tile: TileLocation): void {
-    this.done(tile);
   }
 
   private done(tile: TileLocation): void {

@@ -1,11 +1,11 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, normalizeImage, predictProbabilities, readImage } from '@tessera/core';
 import { saveTinyUnet } from '../test/tiny-model.js';
-import { TilerOptionError } from './errors.js';
+import { PartialWorkError, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { predictSlide, resolveTilerOptions, streamSlidePrediction } from './predict-slide.js';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
@@ -30,7 +30,7 @@ beforeAll(async () => {
   const { model, manifest } = await loadModel(modelDir);
   const image = await readImage(imagePath, { channels: 3 });
   const data = normalizeImage(image, manifest.normalization);
-  reference = predictProbabilities(model, { data, width: W, height: H, channels: 3 }, { multiple: 4 });
+  reference = await predictProbabilities(model, { data, width: W, height: H, channels: 3 }, { multiple: 4 });
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
@@ -157,7 +157,84 @@ describe('predictSlide', () => {
         if (p.tilesDone >= 2) controller.abort();
       },
     });
-    await expect(promise).rejects.toThrow(/abort/i);
+    await expect(promise).rejects.toThrow(/crop\.png" was interrupted before any row of the output was finished/);
+    await expect(promise).rejects.toMatchObject({ code: 'E_INTERRUPTED', exitCode: 130, partial: null });
     expect(await readdir(out)).toEqual([]);
+  });
+});
+
+describe('resume', () => {
+  const settings = {
+    tile: 64,
+    overlap: 48,
+    batchSize: 2,
+    workers: 2,
+    backend: 'cpu',
+    tissue: false,
+    probabilities: true,
+  } as const;
+  const files = ['crop_labels.tif', 'crop_prob_background.tif', 'crop_prob_nucleus.tif', 'crop_prob_stroma.tif'];
+  const finals = [...files, 'crop_overlay.png', 'crop_areas.json', 'crop_areas.csv'];
+
+  async function interrupt(out: string, options: object = {}) {
+    const controller = new AbortController();
+    const error = await predictSlide(imagePath, {
+      model: modelDir,
+      out,
+      ...settings,
+      ...options,
+      maxInFlight: 1,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.pixelsDone >= p.pixelsTotal / 3) controller.abort();
+      },
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PredictionInterruptedError);
+    return error as PredictionInterruptedError;
+  }
+
+  it('continues an interrupted prediction to the same bytes as an uninterrupted one', async () => {
+    const straight = join(tmp, 'straight');
+    const full = await predictSlide(imagePath, { model: modelDir, out: straight, ...settings });
+    expect(full.run.resumedRows).toBe(0);
+
+    const out = join(tmp, 'resumed');
+    const stopped = await interrupt(out);
+    expect(stopped.rows).toBeGreaterThan(0);
+    expect(stopped.rows).toBeLessThan(H);
+    expect(stopped.partial).toBe(join(out, '.crop.partial'));
+    expect(stopped.message).toContain(`after ${stopped.rows} of ${H} output rows`);
+    expect(stopped.hint).toContain('--resume');
+    expect(await readdir(out)).toEqual(['.crop.partial']); // no final file
+    const journal = JSON.parse(await readFile(join(stopped.partial!, 'journal.json'), 'utf8'));
+    expect(journal.rows).toBe(stopped.rows);
+    expect(journal.counts.reduce((a: number, b: number) => a + b, 0)).toBe(stopped.rows * W);
+
+    const resumed = await predictSlide(imagePath, { model: modelDir, out, ...settings, workers: 1, resume: true });
+    expect(resumed.run.resumedRows).toBe(stopped.rows);
+    expect(resumed.run.tilesPredicted).toBeLessThan(full.run.tilesPredicted);
+    expect((await readdir(out)).sort()).toEqual([...finals].sort()); // partial folder removed
+    for (const name of finals) {
+      const [a, b] = [await readFile(join(straight, name)), await readFile(join(out, name))];
+      expect(b.equals(a), name).toBe(true);
+    }
+    expect(resumed.outputs.areas).toEqual(full.outputs.areas);
+  });
+
+  it('refuses partial work made with other settings, and replaces it without resume', async () => {
+    const out = join(tmp, 'mismatch');
+    const stopped = await interrupt(out);
+    const other = predictSlide(imagePath, { model: modelDir, out, ...settings, overlap: 56, resume: true });
+    await expect(other).rejects.toBeInstanceOf(PartialWorkError);
+    await expect(other).rejects.toMatchObject({ code: 'E_PARTIAL_WORK', exitCode: 2 });
+    await expect(other).rejects.toThrow(
+      `Cannot resume from "${stopped.partial}": it was made with --overlap 48, but this run has --overlap 56.`,
+    );
+    await expect(other).rejects.toMatchObject({ hint: expect.stringContaining('Drop --resume') });
+    expect(JSON.parse(await readFile(join(stopped.partial!, 'journal.json'), 'utf8')).rows).toBe(stopped.rows);
+
+    const fresh = await predictSlide(imagePath, { model: modelDir, out, ...settings, overlap: 56 });
+    expect(fresh.run.resumedRows).toBe(0);
+    expect(await readdir(out)).not.toContain('.crop.partial');
   });
 });

@@ -1,14 +1,15 @@
 /**
  * Whole-slide prediction: the splitter lays tiles over a level, a Piscina pool of workers reads and predicts them,
- * the merger blends them band by band, and the writer streams the bands to pyramidal TIFFs.
+ * the merger blends them band by band, and the writer streams the bands to pyramidal TIFFs. Finished rows are
+ * journaled in a partial work folder, so an interrupted prediction continues where it stopped.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
-import { TilerOptionError } from './errors.js';
+import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { BandMerger, type Band } from './merger.js';
 import { chooseLevel, openSlide, readThumbnail, type SlideInfo } from './slide.js';
 import { checkTileOptions, defaultOverlap, markTissue, splitLevel, tissueMask, type TilePlan } from './splitter.js';
@@ -40,9 +41,17 @@ export interface TilerOptions {
   backend?: string;
   /** Architecture plugin modules the workers import before loading the model (see the worker's `init`). */
   plugins?: string[];
+  /**
+   * Run this ONNX export of the model with onnxruntime-node (`@tessera/onnx`) instead of tfjs, with `threads`
+   * per worker (default: the cores divided between the workers).
+   */
+  onnx?: { file: string; threads?: number; device?: string };
   /** Batches in flight at once (backpressure). Default `2 * workers`. */
   maxInFlight?: number;
-  /** Cancels the run: running tasks are stopped and no output is finalised. */
+  /**
+   * Stops the run: no new batch is started, the batches in flight finish and their rows reach the sink (workers are
+   * never killed mid-tile), then the run rejects with the signal's reason and no output is finalised.
+   */
   signal?: AbortSignal;
   /** Called after each batch. */
   onProgress?: (progress: TilerProgress) => void;
@@ -50,12 +59,13 @@ export interface TilerOptions {
 
 /** {@link TilerOptions} with every default filled in. */
 export interface ResolvedTilerOptions
-  extends Required<Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend'>> {
+  extends Required<Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend' | 'onnx'>> {
   mpp: number | null;
   backend: string | undefined;
+  onnx: { file: string; threads: number; device?: string } | undefined;
 }
 
-/** Progress of a run. */
+/** Progress of a run; a resumed run counts only the work left to it (tiles and rows below the finished rows). */
 export interface TilerProgress {
   tilesDone: number;
   tilesTotal: number;
@@ -76,8 +86,11 @@ export interface TilerRun {
   height: number;
   options: ResolvedTilerOptions;
   plan: Omit<TilePlan, 'tiles'>;
+  /** Tiles run through the network by this run, and tiles skipped as background. */
   tilesPredicted: number;
   tilesSkipped: number;
+  /** Rows at the top that an interrupted run had finished and this one kept (0 for a fresh run). */
+  resumedRows: number;
   engine: string;
   /** Wall time, and time summed over workers reading tiles and running the network. */
   timings: { wallMs: number; readMs: number; inferMs: number; mergeMs: number };
@@ -85,7 +98,7 @@ export interface TilerRun {
   peakRows: number;
 }
 
-/** The size and µm/px of the output, known before the first band. */
+/** The size and µm/px of the output, known before the first band, with the settings that shape it. */
 export interface OutputGeometry {
   width: number;
   height: number;
@@ -93,11 +106,20 @@ export interface OutputGeometry {
   level: number;
   scale: number;
   numClasses: number;
+  /** The options in effect. */
+  options: ResolvedTilerOptions;
+  /** The engine the workers run (`wasm`, `tfjs-node`...). */
+  engine: string;
 }
 
 /** Receives a run's output: `start` once, then every band top to bottom. */
 export interface BandSink {
-  start?: (geometry: OutputGeometry) => void | Promise<void>;
+  /**
+   * Called once, before the first band. May return the number of rows at the top of the output that are finished
+   * already (by an interrupted run with the same settings): bands then start at that row, and only the tiles that
+   * reach below it are predicted. Default 0.
+   */
+  start?: (geometry: OutputGeometry) => void | number | Promise<void | number>;
   band: (band: Band) => void | Promise<void>;
 }
 
@@ -149,6 +171,10 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
     blend: options.blend ?? TILER_DEFAULTS.blend,
     backend: options.backend,
     plugins: options.plugins ?? [],
+    onnx: options.onnx && {
+      ...options.onnx,
+      threads: options.onnx.threads ?? Math.max(1, Math.floor(availableParallelism() / workers)),
+    },
     maxInFlight,
   };
 }
@@ -199,12 +225,6 @@ export async function streamSlidePrediction(
     markTissue(plan, tissueMask(thumbnail), thumbnail.width, thumbnail.height);
   }
   const k = manifest.classes.length;
-  const pending: Band[] = [];
-  const merger = new BandMerger({ plan, numClasses: k, blend: resolved.blend, onBand: (band) => pending.push(band) });
-  const flush = async () => {
-    while (pending.length) await sink.band(pending.shift()!);
-  };
-  await sink.start?.({ width, height, mpp, level, scale, numClasses: k });
   const pool = new Piscina({
     filename: workerFile(),
     minThreads: resolved.workers,
@@ -214,31 +234,65 @@ export async function streamSlidePrediction(
   const signal = options.signal;
   const timings = { wallMs: 0, readMs: 0, inferMs: 0, mergeMs: 0 };
   let tilesDone = 0;
+  let tilesTotal = 0;
   let pixelsDone = 0;
   let engine = '';
-  const toPredict = plan.tiles.filter((t) => t.tissue);
+  let startRow = 0;
+  let tilesPredicted = 0;
+  let peakRows = 0;
+  // Bands go to the sink one at a time, in order, even when batches finish together.
+  let writing: Promise<void> = Promise.resolve();
   try {
     const init = rethrowFailure<InitResult>(
       await pool.run(
-        { model: resolved.model, backend: resolved.backend, plugins: resolved.plugins },
-        { name: 'init', signal },
+        { model: resolved.model, backend: resolved.backend, plugins: resolved.plugins, onnx: resolved.onnx },
+        { name: 'init' },
       ),
     );
+    signal?.throwIfAborted();
     engine = init.engine;
+    const geometry = { width, height, mpp, level, scale, numClasses: k, options: resolved, engine };
+    startRow = (await sink.start?.(geometry)) ?? 0;
+    if (!(Number.isInteger(startRow) && startRow >= 0 && startRow <= height)) {
+      throw new TilerOptionError(`Expected the first unfinished row between 0 and ${height} but received ${startRow}.`);
+    }
+    const merger = new BandMerger({
+      plan,
+      numClasses: k,
+      blend: resolved.blend,
+      startRow,
+      onBand: (band) => {
+        pixelsDone += band.height * band.width;
+        writing = writing.then(() => sink.band(band));
+        writing.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
+      },
+    });
+    // A tile is needed when it keeps rows below the finished ones. Batches are cut as in a fresh run and sent when
+    // any of their tiles is needed, so every tile is predicted in the same company (the same bits on any engine).
+    const needed = (tile: (typeof plan.tiles)[number]) => plan.keptRowEnds[tile.row] > startRow;
+    const tissueTiles = plan.tiles.filter((t) => t.tissue);
+    const batches: (typeof plan.tiles)[] = [];
+    for (let i = 0; i < tissueTiles.length; i += resolved.batchSize) {
+      const batch = tissueTiles.slice(i, i + resolved.batchSize);
+      if (batch.some(needed)) batches.push(batch);
+      else batch.forEach((tile) => merger.skip(tile));
+    }
+    tilesTotal = plan.tiles.filter(needed).length;
     for (const tile of plan.tiles) {
       if (!tile.tissue) {
         merger.skip(tile);
-        tilesDone++;
+        if (needed(tile)) tilesDone++;
       }
     }
-    const inFlight = new Set<Promise<void>>();
+    const inFlight: Promise<void>[] = [];
     const bounds = { width, height };
-    for (let i = 0; i < toPredict.length; i += resolved.batchSize) {
-      const batch = toPredict.slice(i, i + resolved.batchSize);
+    for (const batch of batches) {
+      if (signal?.aborted) break;
       const task: PredictTask = {
         model: resolved.model,
         backend: resolved.backend,
         plugins: resolved.plugins,
+        onnx: resolved.onnx,
         slide,
         level,
         scale,
@@ -247,34 +301,41 @@ export async function streamSlidePrediction(
         tileHeight: plan.tileHeight,
         tiles: batch.map((t) => ({ x: t.x, y: t.y })),
       };
-      const run = pool.run(task, { name: 'predict', signal }) as Promise<PredictResult | TaskFailure>;
+      tilesPredicted += batch.length;
+      const run = pool.run(task, { name: 'predict' }) as Promise<PredictResult | TaskFailure>;
       const promise = run.then(async (outcome) => {
         const result = rethrowFailure(outcome);
         const mergeStart = performance.now();
         const per = plan.tileWidth * plan.tileHeight * k;
-        batch.forEach((tile, j) => merger.aggregate(tile, result.probabilities.subarray(j * per, (j + 1) * per)));
+        batch.forEach((tile, j) => {
+          if (!needed(tile)) return merger.skip(tile);
+          merger.aggregate(tile, result.probabilities.subarray(j * per, (j + 1) * per));
+          tilesDone++;
+        });
         timings.readMs += result.readMs;
         timings.inferMs += result.inferMs;
-        tilesDone += batch.length;
-        for (const band of pending) pixelsDone += band.height * band.width;
-        await flush();
+        await writing;
         timings.mergeMs += performance.now() - mergeStart;
         options.onProgress?.({
           tilesDone,
-          tilesTotal: plan.tiles.length,
+          tilesTotal,
           pixelsDone,
-          pixelsTotal: width * height,
+          pixelsTotal: width * (height - startRow),
           elapsedMs: performance.now() - started,
         });
       });
-      const tracked = promise.finally(() => inFlight.delete(tracked));
-      inFlight.add(tracked);
-      if (inFlight.size >= resolved.maxInFlight) await Promise.race(inFlight);
+      promise.catch(() => undefined); // awaited in order below
+      inFlight.push(promise);
+      // Oldest first: the merger adds tiles in plan order, so later batches wait for it anyway.
+      while (inFlight.length >= resolved.maxInFlight) await inFlight.shift();
     }
-    await Promise.all(inFlight);
-    await flush();
+    while (inFlight.length) await inFlight.shift();
+    await writing;
+    signal?.throwIfAborted();
+    peakRows = merger.peakRows;
     if (!merger.complete) throw new Error(`internal: merger incomplete after ${tilesDone} tiles`);
   } finally {
+    await writing.catch(() => undefined); // the sink has every band emitted so far, also when stopped
     await pool.destroy();
   }
   timings.wallMs = performance.now() - started;
@@ -288,11 +349,12 @@ export async function streamSlidePrediction(
     height,
     options: resolved,
     plan: planSummary,
-    tilesPredicted: toPredict.length,
-    tilesSkipped: plan.tiles.length - toPredict.length,
+    tilesPredicted,
+    tilesSkipped: plan.tiles.filter((t) => !t.tissue).length,
+    resumedRows: startRow,
     engine,
     timings,
-    peakRows: merger.peakRows,
+    peakRows,
   };
 }
 
@@ -302,15 +364,137 @@ export interface PredictSlideOptions extends TilerOptions {
   out: string;
   /** Also write one 8-bit probability pyramid per class. Default false. */
   probabilities?: boolean;
+  /**
+   * Continue an interrupted prediction of this slide from its partial work folder `<out>/.<stem>.partial/`: the
+   * finished rows are kept and only the tiles reaching the other rows are predicted, and the outputs are the same
+   * bytes as those of an uninterrupted run. The folder must come from the same model, slide and settings. Without
+   * `resume` (the default), a partial work folder is replaced.
+   */
+  resume?: boolean;
+}
+
+/** What a partial work folder holds besides the maps: the settings it was made with and how far it got. */
+interface PartialJournal {
+  format: 'tessera-slide-partial';
+  version: 1;
+  settings: PartialSettings;
+  /** Output rows finished and flushed to the maps, and their pixels per class. */
+  rows: number;
+  counts: number[];
+}
+
+/** Everything that shapes the output bits; a partial work folder is resumed only when all of it matches. */
+interface PartialSettings {
+  slide: string;
+  slideBytes: number;
+  slideModified: string;
+  modelWeights: string;
+  modelTopology: string;
+  classes: string;
+  level: number;
+  scale: number;
+  mpp: number | null;
+  width: number;
+  height: number;
+  tile: number;
+  overlap: number;
+  batchSize: number;
+  blend: string;
+  tissue: boolean;
+  engine: string;
+  probabilities: boolean;
+}
+
+/** How each setting is named in messages. */
+const SETTING_NAMES: Record<keyof PartialSettings, string> = {
+  slide: 'slide',
+  slideBytes: 'slide size (bytes)',
+  slideModified: 'slide modification time',
+  modelWeights: 'model weights (sha256)',
+  modelTopology: 'model topology (sha256)',
+  classes: 'classes',
+  level: 'level',
+  scale: 'scale',
+  mpp: 'µm/px',
+  width: 'output width',
+  height: 'output height',
+  tile: '--tile',
+  overlap: '--overlap',
+  batchSize: '--batch',
+  blend: 'blend',
+  tissue: 'tissue detection',
+  engine: 'engine',
+  probabilities: '--probabilities',
+};
+
+/** The partial work folder of a slide's prediction into `out`: `<out>/.<stem>.partial`. */
+function partialWorkDir(out: string, stem: string): string {
+  return join(out, `.${stem}.partial`);
+}
+
+/** Writes a file under a temporary name, flushes it to the disk and renames it. */
+async function writeDurably(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  const handle = await open(tmp, 'w');
+  try {
+    await handle.writeFile(text);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(tmp, path);
+}
+
+/**
+ * The journal of a partial work folder made with `settings`, `null` when there is none to resume.
+ * @throws {@link PartialWorkError} when the folder was made with other settings or its journal is unreadable.
+ */
+async function readJournal(dir: string, settings: PartialSettings, numClasses: number): Promise<PartialJournal | null> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, 'journal.json'), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw partialDamaged(dir, `its journal.json cannot be read (${(error as Error).message})`);
+  }
+  let journal: PartialJournal;
+  try {
+    journal = JSON.parse(text) as PartialJournal;
+  } catch (error) {
+    throw partialDamaged(dir, `its journal.json is not JSON (${(error as Error).message})`);
+  }
+  if (journal?.format !== 'tessera-slide-partial' || journal.version !== 1 || typeof journal.settings !== 'object') {
+    throw partialDamaged(dir, 'its journal.json is not a version 1 journal of tessera predict');
+  }
+  for (const key of Object.keys(settings) as (keyof PartialSettings)[]) {
+    if (JSON.stringify(journal.settings[key]) !== JSON.stringify(settings[key])) {
+      throw partialMismatch(dir, SETTING_NAMES[key], journal.settings[key], settings[key]);
+    }
+  }
+  const { rows, counts } = journal;
+  const valid =
+    Number.isInteger(rows) &&
+    rows >= 0 &&
+    rows <= settings.height &&
+    Array.isArray(counts) &&
+    counts.length === numClasses &&
+    counts.reduce((sum, n) => sum + n, 0) === rows * settings.width;
+  if (!valid)
+    throw partialDamaged(dir, `its journal.json says ${String(rows)} rows with pixel counts that do not add up`);
+  return journal;
 }
 
 /**
  * Predicts a whole slide and writes `<stem>_labels.tif` (tiled pyramidal TIFF of class values with the slide's
  * geometry and µm/px), `<stem>_overlay.png`, `<stem>_areas.json`/`.csv` and, with `probabilities`,
- * `<stem>_prob_<class>.tif`. Files appear only when complete; an interrupted run leaves none.
- * @throws as {@link streamSlidePrediction}, and core's `OutputError` when `out` cannot be written.
+ * `<stem>_prob_<class>.tif`. Files appear only when complete. Meanwhile the finished rows are journaled in
+ * `<out>/.<stem>.partial/`, which an interrupted run (`signal`, or a killed process) leaves behind and a run with
+ * `resume` continues from; it is removed on success.
+ * @throws as {@link streamSlidePrediction}, core's `OutputError` when `out` cannot be written,
+ * {@link PartialWorkError} when `resume` finds partial work made with other settings, and
+ * {@link PredictionInterruptedError} (exit code 130) when `signal` stops the run.
  * @example
- * const { outputs, run } = await predictSlide('CMU-1.svs', { model: 'runs/he', out: 'predictions' });
+ * const { outputs, run } = await predictSlide('CMU-1.svs', { model: 'runs/he', out: 'predictions', resume: true });
  */
 export async function predictSlide(
   slidePath: string,
@@ -328,9 +512,57 @@ export async function predictSlide(
   }
   let writer: SlideOutputWriter | undefined;
   const stem = imageStem(basename(slidePath)).replace(/\.ome$/i, '');
+  const partial = partialWorkDir(options.out, stem);
+  let ownsPartial = false;
+  let journaledRows = 0;
+  let height = 0;
   try {
+    let settings: PartialSettings;
+    const journal = async () => {
+      const { rows, counts } = writer!.checkpoint();
+      const record: PartialJournal = { format: 'tessera-slide-partial', version: 1, settings, rows, counts };
+      await writeDurably(join(partial, 'journal.json'), JSON.stringify(record, null, 2) + '\n');
+      journaledRows = rows;
+    };
     const run = await streamSlidePrediction(slidePath, options, {
-      start: (geometry) => {
+      start: async (geometry) => {
+        height = geometry.height;
+        const file = await stat(slidePath);
+        const o = geometry.options;
+        settings = {
+          slide: resolve(slidePath),
+          slideBytes: file.size,
+          slideModified: file.mtime.toISOString(),
+          modelWeights: manifest.files.weights.sha256,
+          modelTopology: manifest.files.topology.sha256,
+          classes: manifest.classes.map((c) => `${c.name}=${c.value}`).join(', '),
+          level: geometry.level,
+          scale: geometry.scale,
+          mpp: geometry.mpp,
+          width: geometry.width,
+          height: geometry.height,
+          tile: o.tile,
+          overlap: o.overlap,
+          batchSize: o.batchSize,
+          blend: o.blend,
+          tissue: o.tissue,
+          engine: geometry.engine,
+          probabilities: !!options.probabilities,
+        };
+        const kept = options.resume ? await readJournal(partial, settings, manifest.classes.length) : null;
+        try {
+          if (!kept) {
+            await rm(partial, { recursive: true, force: true });
+            await mkdir(partial);
+            ownsPartial = true;
+          }
+        } catch (error) {
+          throw new OutputError(
+            `Cannot create the partial work folder "${partial}": ${(error as Error).message}.`,
+            'Choose a writable --out.',
+            error,
+          );
+        }
         writer = new SlideOutputWriter({
           dir: options.out,
           stem,
@@ -339,15 +571,31 @@ export async function predictSlide(
           classes: manifest.classes,
           mpp: geometry.mpp === null ? null : { x: geometry.mpp, y: geometry.mpp },
           probabilities: options.probabilities,
+          workDir: partial,
+          resume: kept ? { rows: kept.rows, counts: kept.counts } : undefined,
         });
+        ownsPartial = true;
+        journaledRows = kept?.rows ?? 0;
+        await journal();
+        return journaledRows;
       },
-      band: (band) => writer!.write(band),
+      band: async (band) => {
+        writer!.write(band);
+        await journal();
+      },
     });
+    options.signal?.throwIfAborted();
     const thumbnail = await readThumbnail(run.slide, 1024);
-    const outputs = await writer!.finish(thumbnail);
+    const outputs = await writer!.finish(thumbnail, options.signal);
+    await rm(partial, { recursive: true, force: true });
     return { run, outputs };
   } catch (error) {
     await writer?.abort();
+    const kept = ownsPartial && journaledRows > 0;
+    if (ownsPartial && !kept) await rm(partial, { recursive: true, force: true });
+    if (options.signal?.aborted) {
+      throw new PredictionInterruptedError(slidePath, kept ? partial : null, journaledRows, height);
+    }
     throw error;
   }
 }

@@ -83,6 +83,7 @@ describe('openSlide', () => {
     expect(truncated).toBeInstanceOf(InvalidInputError);
     expect((truncated as SlideFormatError).exitCode).toBe(5);
     expect((truncated as Error).message).toMatch(/cut\.svs.*(truncated|could not be)/);
+    expect((truncated as SlideFormatError).code).toMatch(/^E_SLIDE_(TRUNCATED|FORMAT)$/);
     const noise = join(tmp, 'noise.tif');
     await writeFile(noise, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 251)));
     await expect(openSlide(noise)).rejects.toThrow(/noise\.tif" could not be opened: expected a tiled.*signature/);
@@ -104,6 +105,7 @@ describe('openSlide', () => {
     const j2k = join(tmp, 'j2k.svs');
     await writeFile(j2k, bytes);
     await expect(openSlide(j2k)).rejects.toThrow(/j2k\.svs" level 0 uses Aperio JPEG 2000 \(RGB\).*33005/);
+    await expect(openSlide(j2k)).rejects.toMatchObject({ code: 'E_SLIDE_COMPRESSION', exitCode: 5 });
   });
 });
 

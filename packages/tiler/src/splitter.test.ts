@@ -82,3 +82,66 @@ describe('BandMerger', () => {
     expect(last.labels[(last.height - 1) * 100 + 50]).toBe(1);
   });
 });
+
+describe('BandMerger order and resumption', () => {
+  const plan = splitLevel({ width: 90, height: 170, tile: 32, overlap: 16, multiple: 4, context: 8 });
+  // Pseudo-random probabilities per tile, so floating-point sums depend on the order they are added in.
+  const tileProbabilities = plan.tiles.map((tile) => {
+    const values = new Float32Array(32 * 32 * 3);
+    let seed = tile.index + 1;
+    for (let i = 0; i < values.length; i++) {
+      seed = (seed * 48271) % 2147483647;
+      values[i] = (seed % 1000) / 999;
+    }
+    return values;
+  });
+
+  function merge(order: number[], startRow = 0) {
+    const bands: Band[] = [];
+    const merger = new BandMerger({ plan, numClasses: 3, startRow, onBand: (b) => bands.push(b) });
+    for (const i of order) merger.aggregate(plan.tiles[i], tileProbabilities[i]);
+    expect(merger.complete).toBe(true);
+    const rows = 170 - startRow;
+    const probabilities = new Float32Array(rows * 90 * 3);
+    const labels = new Uint8Array(rows * 90);
+    expect(bands[0].y).toBe(startRow);
+    for (const band of bands) {
+      probabilities.set(band.probabilities, (band.y - startRow) * 90 * 3);
+      labels.set(band.labels, (band.y - startRow) * 90);
+    }
+    return { probabilities, labels };
+  }
+
+  it('blends tiles in plan order whatever order they arrive in (the same bits)', () => {
+    const inOrder = merge(plan.tiles.map((t) => t.index));
+    const shuffled = plan.tiles.map((t) => t.index);
+    for (let i = shuffled.length - 1; i > 0; i--) {
+      const j = (i * 7919) % (i + 1);
+      [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
+    }
+    const outOfOrder = merge(shuffled);
+    expect(Buffer.from(outOfOrder.probabilities.buffer).equals(Buffer.from(inOrder.probabilities.buffer))).toBe(true);
+    expect(Buffer.from(outOfOrder.labels).equals(Buffer.from(inOrder.labels))).toBe(true);
+  });
+
+  it('starts at a finished row given only the tiles that reach below it, with the same bits', () => {
+    const full = merge(plan.tiles.map((t) => t.index));
+    const startRow = plan.keptRowEnds[3] + 5; // inside tile row 4's kept rows
+    const bands: Band[] = [];
+    const merger = new BandMerger({ plan, numClasses: 3, startRow, onBand: (b) => bands.push(b) });
+    for (const tile of plan.tiles) {
+      if (plan.keptRowEnds[tile.row] > startRow) merger.aggregate(tile, tileProbabilities[tile.index]);
+      else merger.skip(tile);
+    }
+    expect(bands[0].y).toBe(startRow);
+    expect(bands.reduce((n, b) => n + b.height, 0)).toBe(170 - startRow);
+    const tail = full.probabilities.subarray(startRow * 90 * 3);
+    const resumed = new Float32Array(tail.length);
+    for (const band of bands) resumed.set(band.probabilities, (band.y - startRow) * 90 * 3);
+    expect(Buffer.from(resumed.buffer).equals(Buffer.from(tail.slice().buffer))).toBe(true);
+    expect(() => merger.skip(plan.tiles[0])).toThrow(/tile 0 was received twice/);
+    expect(() => new BandMerger({ plan, numClasses: 3, startRow: 171, onBand: () => {} })).toThrow(
+      /expected startRow between 0 and 170 but received 171/,
+    );
+  });
+});

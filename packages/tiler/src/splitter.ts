@@ -49,9 +49,10 @@ export interface TilePlan {
   /** Rows and columns of tiles. */
   rows: number;
   columns: number;
-  /** Top of each tile row, and the first image row each tile row keeps. */
+  /** Top of each tile row, the first image row each tile row keeps, and the image row after the last one it keeps. */
   rowStarts: number[];
   keptRowStarts: number[];
+  keptRowEnds: number[];
   tiles: TileLocation[];
 }
 
@@ -148,6 +149,7 @@ export function splitLevel(options: SplitOptions): TilePlan {
     columns: xs.length,
     rowStarts: ys,
     keptRowStarts: ys.map((y, i) => y + rowTrims[i].before),
+    keptRowEnds: ys.map((y, i) => Math.min(height, y + tileHeight - rowTrims[i].after)),
     tiles,
   };
 }

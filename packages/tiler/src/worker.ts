@@ -4,7 +4,19 @@
  * their class probabilities, moved back without a copy).
  */
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import { layers, loadModel, normalizeImage, setupEngine, tf, TesseraError, type ModelManifest } from '@tessera/core';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import {
+  EngineError,
+  loadModel,
+  normalizeImage,
+  readManifest,
+  setupEngine,
+  tfjsPredictor,
+  TesseraError,
+  type ModelManifest,
+  type Predictor,
+} from '@tessera/core';
 import { readRegion, type SlideInfo } from './slide.js';
 
 /** Task `init`: the model folder and the engine to use. */
@@ -17,6 +29,11 @@ export interface InitTask {
    * custom layers (e.g. DeepLabv3+'s atrous convolutions) rebuild; each default-exported factory is called once.
    */
   plugins?: string[];
+  /**
+   * Run an ONNX export of the model with onnxruntime-node (package `@tessera/onnx`) instead of tfjs: the `.onnx`
+   * file, threads per worker and device.
+   */
+  onnx?: { file: string; threads: number; device?: string };
 }
 
 /** What `init` reports. */
@@ -49,7 +66,7 @@ export interface PredictResult {
 }
 
 interface Loaded {
-  model: layers.LayersModel;
+  predictor: Predictor;
   manifest: ModelManifest;
   engine: string;
 }
@@ -57,19 +74,49 @@ interface Loaded {
 let engine: Promise<string> | undefined;
 const models = new Map<string, Promise<Loaded>>();
 
-function load(task: InitTask): Promise<Loaded> {
-  engine ??= setupEngine(task.backend).then(async (info) => {
-    for (const specifier of task.plugins ?? []) {
-      const mod = (await import(specifier)) as { default?: unknown };
-      if (typeof mod.default === 'function') (mod.default as () => unknown)();
-    }
-    return info.name;
+async function loadOnnx(task: InitTask & { onnx: NonNullable<InitTask['onnx']> }): Promise<Loaded> {
+  let onnx: typeof import('@tessera/onnx');
+  try {
+    onnx = await import('@tessera/onnx');
+  } catch (error) {
+    throw new EngineError(
+      'The ONNX runtime was asked for, but @tessera/onnx is not installed.',
+      'npm install @tessera/onnx, or use --runtime tfjs.',
+      error,
+    );
+  }
+  const manifest = await readManifest(task.model);
+  const bytes = new Uint8Array(await readFile(task.onnx.file));
+  const predictor = await onnx.createOnnxPredictor(bytes, {
+    threads: task.onnx.threads,
+    device: task.onnx.device as 'cpu' | 'cuda' | undefined,
   });
-  let loaded = models.get(task.model);
+  // The ONNX file's checksum is part of the engine's name, so a resumed slide notices another export.
+  const digest = createHash('sha256').update(bytes).digest('hex').slice(0, 12);
+  return { predictor, manifest, engine: `${predictor.description}, onnx ${digest}` };
+}
+
+function load(task: InitTask): Promise<Loaded> {
+  const key = `${task.model}\0${task.onnx?.file ?? 'tfjs'}`;
+  let loaded = models.get(key);
   if (!loaded) {
-    loaded = engine.then(async (name) => ({ ...(await loadModel(task.model)), engine: name }));
-    models.set(task.model, loaded);
-    loaded.catch(() => models.delete(task.model));
+    if (task.onnx) {
+      loaded = loadOnnx({ ...task, onnx: task.onnx });
+    } else {
+      engine ??= setupEngine(task.backend).then(async (info) => {
+        for (const specifier of task.plugins ?? []) {
+          const mod = (await import(specifier)) as { default?: unknown };
+          if (typeof mod.default === 'function') (mod.default as () => unknown)();
+        }
+        return info.name;
+      });
+      loaded = engine.then(async (name) => {
+        const { model, manifest } = await loadModel(task.model);
+        return { predictor: tfjsPredictor(model), manifest, engine: name };
+      });
+    }
+    models.set(key, loaded);
+    loaded.catch(() => models.delete(key));
   }
   return loaded;
 }
@@ -117,7 +164,7 @@ export async function predict(task: PredictTask): Promise<PredictResult | TaskFa
 }
 
 async function predictBatch(task: PredictTask): Promise<PredictResult> {
-  const { model, manifest } = await load(task);
+  const { predictor, manifest } = await load(task);
   const channels = manifest.inputChannels === 1 ? 1 : 3;
   const readStart = performance.now();
   const images = await Promise.all(
@@ -133,12 +180,7 @@ async function predictBatch(task: PredictTask): Promise<PredictResult> {
   const batch = new Float32Array(images.length * per);
   images.forEach((image, i) => batch.set(normalizeImage(image, manifest.normalization), i * per));
   const inferStart = performance.now();
-  const output = tf.tidy(() => {
-    const x = tf.tensor4d(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
-    return model.predict(x) as tf.Tensor4D;
-  });
-  const values = (await output.data()) as Float32Array;
-  output.dispose();
+  const values = await predictor.run(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
   const probabilities =
     values.byteOffset === 0 && values.length === values.buffer.byteLength / 4 ? values : values.slice();
   const result: PredictResult = {

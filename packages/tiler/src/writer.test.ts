@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SlideOutputWriter, VipsFileWriter, vipsHeader } from './writer.js';
+import { pyramidLevels, SlideOutputWriter, VipsFileWriter, vipsHeader } from './writer.js';
 
 let tmp: string;
 beforeAll(async () => {
@@ -92,5 +92,70 @@ describe('SlideOutputWriter', () => {
     writer.write({ y: 0, height: 5, width: 10, labels: new Uint8Array(50), probabilities: new Float32Array(100) });
     await writer.abort();
     expect(await readdir(dir)).toEqual([]);
+  });
+});
+
+describe('label pyramid', () => {
+  it('reduces levels by the mode of 2x2 pixels, so every pixel of every level is a class value', async () => {
+    // 3 classes with values 0, 128, 255: averaging two neighbours would invent 64, 191...
+    const three = [
+      { name: 'background', value: 0, color: '#000000' },
+      { name: 'nucleus', value: 128, color: '#ff0000' },
+      { name: 'stroma', value: 255, color: '#00ff00' },
+    ];
+    const width = 301;
+    const height = 203;
+    const labels = new Uint8Array(width * height);
+    let seed = 7;
+    for (let i = 0; i < labels.length; i++) {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      labels[i] = (i % width) % 7 === 0 ? 2 : seed % 3 === 0 ? 1 : 0; // thin stripes and noise
+    }
+    const dir = await mkdtemp(join(tmp, 'pyramid-'));
+    const writer = new SlideOutputWriter({ dir, stem: 'p', width, height, classes: three, mpp: null, tileSize: 64 });
+    for (let y = 0; y < height; y += 50) {
+      const rows = Math.min(50, height - y);
+      const band = labels.slice(y * width, (y + rows) * width);
+      writer.write({ y, height: rows, width, labels: band, probabilities: new Float32Array(rows * width * 3) });
+    }
+    const outputs = await writer.finish({ data: new Uint8Array(30 * 20 * 3), width: 30, height: 20, channels: 3 });
+    const sizes = pyramidLevels(width, height, 64);
+    expect(sizes).toEqual([
+      { width: 301, height: 203 },
+      { width: 150, height: 101 },
+      { width: 75, height: 50 },
+      { width: 37, height: 25 },
+    ]);
+    expect((await sharp(outputs.labels).metadata()).pages).toBe(4);
+    // Reference: level 0 as values, then the mode of each 2x2 block (ties: top-left first).
+    let expected = Uint8Array.from(labels, (l) => three[l].value);
+    for (const [page, size] of sizes.entries()) {
+      if (page > 0) {
+        const above = sizes[page - 1];
+        const next = new Uint8Array(size.width * size.height);
+        for (let y = 0; y < size.height; y++)
+          for (let x = 0; x < size.width; x++) {
+            const at = (dy: number, dx: number) => expected[(2 * y + dy) * above.width + 2 * x + dx];
+            const block = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+            const count = (v: number) => block.filter((b) => b === v).length;
+            next[y * size.width + x] = block.reduce((best, v) => (count(v) > count(best) ? v : best), block[0]);
+          }
+        expected = next;
+      }
+      const { data, info } = await sharp(outputs.labels, { page })
+        .extractChannel(0)
+        .raw()
+        .toBuffer({ resolveWithObject: true });
+      expect([info.width, info.height]).toEqual([size.width, size.height]);
+      expect(new Set(data).size).toBeLessThanOrEqual(3);
+      expect(
+        [...new Set(data)].every((v) => v === 0 || v === 128 || v === 255),
+        `page ${page}`,
+      ).toBe(true);
+      expect(Buffer.from(data).equals(Buffer.from(expected)), `page ${page} pixels`).toBe(true);
+    }
+    if (hasTool('vipsheader')) {
+      expect(execFileSync('vipsheader', [`${outputs.labels}[page=2]`], { encoding: 'utf8' })).toMatch(/75x50 uchar/);
+    }
   });
 });

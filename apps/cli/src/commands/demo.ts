@@ -1,7 +1,11 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { createRandom, randSyntheticTissue, writeFileAtomic, writePng } from '@tessera/core';
+import sharp from 'sharp';
+import { createRandom, randSyntheticTissue, writeFileAtomic, writePng, type Random } from '@tessera/core';
 import { info } from '../progress.js';
+import { importOnnx } from '../runtime.js';
+import { importTiler } from '../tiler.js';
+import { exportCommand } from './export.js';
 import { evaluateCommand } from './evaluate.js';
 import { predictCommand } from './predict.js';
 import { trainCommand } from './train.js';
@@ -17,9 +21,62 @@ export interface DemoOptions {
   json?: boolean;
 }
 
+/** Side lengths of the demo slide (pixels at 0.5 µm/px). */
+export const DEMO_SLIDE_SIZE = { width: 3072, height: 2304 } as const;
+
 /**
- * `tessera demo`: draws a small labelled H&E-like data set, trains a small U-Net on it within the time
- * budget, evaluates it on held-out tiles and predicts them with overlays.
+ * Draws an H&E-like whole slide: tissue (stroma with nuclei) inside an irregular outline on a white glass
+ * background, written as a tiled pyramidal JPEG TIFF at 0.5 µm/px (written to a temporary name, then renamed).
+ */
+export async function writeDemoSlide(path: string, rng: Random): Promise<void> {
+  const { width, height } = DEMO_SLIDE_SIZE;
+  const { image } = randSyntheticTissue({ width, height, density: 5 }, rng.fork('slide'));
+  // Outline: an ellipse whose radius is modulated by a few random harmonics.
+  const harmonics = Array.from({ length: 4 }, (_, k) => ({
+    k: k + 2,
+    amp: rng.uniform(0.03, 0.09),
+    phase: rng.uniform(0, Math.PI * 2),
+  }));
+  const cx = width / 2;
+  const cy = height / 2;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const dx = (x - cx) / (width * 0.42);
+      const dy = (y - cy) / (height * 0.4);
+      const angle = Math.atan2(dy, dx);
+      let r = 1;
+      for (const h of harmonics) r += h.amp * Math.sin(h.k * angle + h.phase);
+      if (Math.hypot(dx, dy) > r) {
+        const i = (y * width + x) * 3;
+        image.data[i] = 244;
+        image.data[i + 1] = 242;
+        image.data[i + 2] = 245;
+      }
+    }
+  }
+  const partial = `${path}.partial.tif`;
+  await sharp(Buffer.from(image.data.buffer, image.data.byteOffset, image.data.byteLength), {
+    raw: { width, height, channels: 3 },
+  })
+    .tiff({
+      tile: true,
+      tileWidth: 256,
+      tileHeight: 256,
+      pyramid: true,
+      compression: 'jpeg',
+      quality: 90,
+      xres: 2000, // pixels per mm: 0.5 µm/px
+      yres: 2000,
+      resolutionUnit: 'cm',
+    })
+    .toFile(partial);
+  await rename(partial, path);
+}
+
+/**
+ * `tessera demo`: draws a small labelled H&E-like data set and a pyramidal slide, trains a small U-Net on the
+ * tiles within the time budget, evaluates it on held-out tiles, predicts them with overlays, and predicts the
+ * whole slide (pyramidal label TIFF, overlay, class areas, report).
  */
 export async function demoCommand(opts: DemoOptions): Promise<void> {
   const out = resolve(opts.out);
@@ -87,6 +144,10 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     backend: opts.backend,
     quiet: opts.quiet,
   });
+  if (await importOnnx()) {
+    // Keep an ONNX export beside the weights (checked against tfjs); both predictions below then run it.
+    await exportCommand(model, { format: 'onnx', quiet: opts.quiet });
+  }
   const predictions = join(out, 'predictions');
   await predictCommand([dirs.testImages], {
     model,
@@ -96,8 +157,26 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
     backend: opts.backend,
     quiet: opts.quiet,
   });
+  let slideLines: string[] = [];
+  if (await importTiler()) {
+    const slide = join(out, 'data', 'slide.tif');
+    await writeDemoSlide(slide, rng);
+    const { width, height } = DEMO_SLIDE_SIZE;
+    info(opts, `demo slide: ${slide} (${width} x ${height} px, pyramidal JPEG TIFF, 0.5 µm/px)`);
+    const slideOut = join(out, 'slide');
+    await predictCommand([slide], { model, out: slideOut, backend: opts.backend, quiet: opts.quiet });
+    slideLines = [
+      `  slide:        ${join(slideOut, 'slide_labels.tif')} (pyramidal label TIFF; opens in QuPath, OpenSlide, libvips)`,
+      `                ${join(slideOut, 'slide_overlay.png')}, ${join(slideOut, 'slide_areas.csv')}`,
+      `  slide report: ${join(slideOut, 'slide_report.html')}`,
+    ];
+  } else {
+    slideLines = ['  slide:        skipped (npm install @tessera/tiler for whole slides)'];
+  }
   const seconds = (performance.now() - started) / 1000;
   info(opts, `\ndemo finished in ${seconds.toFixed(0)} s`);
   info(opts, `  model:        ${model} (manifest.json, loss-curve.png, history.csv)`);
+  info(opts, `  report:       ${join(model, 'report.html')} (curves, per-class scores, confusion matrix, samples)`);
   info(opts, `  predictions:  ${predictions} (label maps, probability maps, overlays)`);
+  for (const line of slideLines) info(opts, line);
 }

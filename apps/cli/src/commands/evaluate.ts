@@ -24,10 +24,10 @@ export async function evaluateCommand(opts: {
     normalization: manifest.normalization,
   });
   const bar = new ProgressBar('evaluate', samples.length, out, 'image');
-  let confusion: ReturnType<typeof evaluateSamples>['confusion'] | undefined;
+  let confusion: Awaited<ReturnType<typeof evaluateSamples>>['confusion'] | undefined;
   let lossSum = 0;
-  samples.forEach((sample, i) => {
-    const result = evaluateSamples(
+  for (const [i, sample] of samples.entries()) {
+    const result = await evaluateSamples(
       model,
       [sample],
       manifest.classes.length,
@@ -38,7 +38,7 @@ export async function evaluateCommand(opts: {
     if (confusion) confusion.merge(result.confusion);
     else confusion = result.confusion;
     bar.update(i + 1);
-  });
+  }
   bar.clear();
   const report = makeEvaluationReport(confusion!, manifest.classes);
   if (opts.json) {

@@ -3,6 +3,7 @@ import type { SlideInfo } from '@tessera/tiler';
 import { writeSlideReport } from '../slide-report.js';
 import { info, ProgressBar, type OutputOptions } from '../progress.js';
 import { importTiler, requireTiler } from '../tiler.js';
+import { slideRuntime } from '../runtime.js';
 
 /** Images at least this large (pixels) go to the whole-slide tiler even when they are plain PNG/JPEG/TIFF. */
 export const WHOLE_SLIDE_PIXELS = 4096 * 4096;
@@ -19,6 +20,11 @@ export interface SlidePredictCliOptions {
   mpp?: number;
   tissue?: boolean;
   backend?: string;
+  runtime?: string;
+  device?: string;
+  threads?: number;
+  /** Continue an interrupted prediction from its partial work folder in `out`. */
+  resume?: boolean;
 }
 
 /** Whether a slide goes to the tiler: SVS, OME-TIFF, tiled or pyramidal TIFF, or any image over 4096 x 4096. */
@@ -38,7 +44,12 @@ export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
   try {
     const slide = await tiler.openSlide(path);
     return isWholeSlide(slide) ? slide : null;
-  } catch {
+  } catch (error) {
+    // A TIFF with a compression nothing here decodes, or cut short, and any unreadable SVS, fail as images too, with
+    // a vaguer message: report the slide reader's.
+    const code = String((error as { code?: string }).code);
+    if (code === 'E_SLIDE_COMPRESSION' || code === 'E_SLIDE_TRUNCATED') throw error;
+    if (code === 'E_SLIDE_FORMAT' && /\.(svs|btf)$/i.test(path)) throw error;
     return null; // ordinary image path reports the error
   }
 }
@@ -52,7 +63,20 @@ export async function predictWholeSlide(
 ) {
   let bar: ProgressBar | undefined;
   const { predictSlide } = await requireTiler(`Whole slide ${path}`);
+  const runtime = await slideRuntime(opts, out);
+  info(out, `runtime: ${runtime.label}`);
+  // Ctrl-C / SIGTERM: stop the workers; the finished rows stay journaled for --resume (twice: quit at once).
+  const controller = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(130);
+    bar?.clear();
+    info(out, `${signal} received: stopping, the finished rows are kept (send again to quit at once)`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const { run, outputs } = await predictSlide(path, {
+    onnx: runtime.onnx,
     model: opts.model,
     out: opts.out,
     probabilities: opts.probabilities,
@@ -64,19 +88,34 @@ export async function predictWholeSlide(
     tissue: opts.tissue,
     backend: opts.backend,
     plugins,
+    resume: opts.resume,
+    signal: controller.signal,
     onProgress: (p) => {
       bar ??= new ProgressBar('slide', p.tilesTotal, out, 'tile');
       const mpx = p.pixelsDone / 1e6 / Math.max(p.elapsedMs / 1000, 1e-9);
       bar.update(p.tilesDone, `${mpx.toFixed(2)} Mpx/s`);
     },
+  }).finally(() => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    bar?.clear();
+    return runtime.cleanup();
   });
-  bar?.clear();
   const seconds = run.timings.wallMs / 1000;
+  if (opts.resume) {
+    info(
+      out,
+      run.resumedRows > 0
+        ? `${path}: resumed at row ${run.resumedRows} of ${run.height} from the partial work in ${opts.out}`
+        : `${path}: no partial work to resume in ${opts.out}, predicted from the first row`,
+    );
+  }
+  const pixels = run.width * (run.height - run.resumedRows);
   info(
     out,
     `${path}: ${run.width} x ${run.height} px (level ${run.level}${run.scale !== 1 ? `, scale ${run.scale.toFixed(3)}` : ''}), ` +
       `${run.tilesPredicted} tiles predicted, ${run.tilesSkipped} skipped as background, ` +
-      `${((run.width * run.height) / 1e6 / seconds).toFixed(2)} Mpx/s on ${run.options.workers} worker(s) (${run.engine})`,
+      `${(pixels / 1e6 / seconds).toFixed(2)} Mpx/s on ${run.options.workers} worker(s) (${run.engine})`,
   );
   const report = await writeSlideReport(run, outputs, opts.model, await readManifest(opts.model));
   info(out, `report: ${report}`);
@@ -95,6 +134,7 @@ export async function predictWholeSlide(
       mpp: run.mpp,
       tiles: run.tilesPredicted,
       skipped: run.tilesSkipped,
+      resumedRows: run.resumedRows,
       seconds,
     },
   };

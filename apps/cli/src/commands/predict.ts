@@ -5,7 +5,6 @@ import {
   IMAGE_EXTENSIONS,
   imageStem,
   InputNotFoundError,
-  loadModel,
   normalizeImage,
   OutputError,
   predictProbabilities,
@@ -18,6 +17,7 @@ import { loadRegistry } from '../plugins.js';
 import { info, ProgressBar } from '../progress.js';
 import { predictWholeSlide, wholeSlideOf } from './predict-slide.js';
 import { startEngine } from './shared.js';
+import { openPredictor } from '../runtime.js';
 
 /** Options of `tessera predict`. */
 export interface PredictCliOptions {
@@ -28,6 +28,12 @@ export interface PredictCliOptions {
   tile?: number;
   overlap?: number;
   backend?: string;
+  /** `auto` (ONNX where the model converts and @tessera/onnx is installed), `onnx` or `tfjs`. */
+  runtime?: string;
+  /** `cpu` or `cuda` (ONNX runtime). */
+  device?: string;
+  /** Threads of the ONNX runtime (per worker for slides). */
+  threads?: number;
   json?: boolean;
   quiet?: boolean;
   /** Whole-slide options (see `predict-slide.ts`). */
@@ -35,6 +41,8 @@ export interface PredictCliOptions {
   batch?: number;
   mpp?: number;
   tissue?: boolean;
+  /** Continue interrupted whole-slide predictions from their partial work in `out`. */
+  resume?: boolean;
 }
 
 /** Folder entries `predict` picks up: images, and whole-slide files. */
@@ -94,7 +102,7 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     return;
   }
   await startEngine(opts.backend, out);
-  const { model, manifest } = await loadModel(opts.model);
+  const { predictor, manifest } = await openPredictor(opts, out);
   const k = manifest.classes.length;
   const bar = new ProgressBar('predict', files.length, out, 'image');
   const written: {
@@ -107,8 +115,8 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
   for (const [index, file] of files.entries()) {
     const image = await readImage(file, { channels: manifest.inputChannels as 1 | 3 });
     const normalized = normalizeImage(image, manifest.normalization);
-    const probs = predictProbabilities(
-      model,
+    const probs = await predictProbabilities(
+      predictor,
       { data: normalized, width: image.width, height: image.height, channels: image.channels },
       { multiple: manifest.architecture.inputMultiple, tile: opts.tile, overlap: opts.overlap },
     );
@@ -168,6 +176,7 @@ async function writeResolved(opts: PredictCliOptions, inputs: string[], wholeSli
         batch: opts.batch ?? null,
         mpp: opts.mpp ?? null,
         tissue: opts.tissue ?? true,
+        resume: !!opts.resume,
         probabilities: !!opts.probabilities,
         overlay: !!opts.overlay,
       },

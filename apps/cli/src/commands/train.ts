@@ -33,6 +33,8 @@ export interface TrainCliOptions {
   augment?: boolean | Record<string, unknown>;
   mpp?: number;
   seed?: number;
+  workers?: number;
+  microBatch?: number;
   backend?: string;
   config?: string;
   resume?: boolean;
@@ -55,7 +57,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
   const out = { quiet: opts.quiet, json: opts.json };
   const engine = await startEngine(opts.backend, out);
-  const { registry, extraName } = await loadRegistry(opts.arch);
+  const { registry, extraName, modules } = await loadRegistry(opts.arch);
   const architecture = registry.get(extraName ?? opts.arch);
   const architectureOptions = Array.isArray(opts.archOption)
     ? parseKeyValues(opts.archOption, '--arch-option')
@@ -76,6 +78,8 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     timeBudgetMinutes: opts.timeBudget,
     patience: opts.patience,
     augment: opts.augment === false ? false : typeof opts.augment === 'object' ? opts.augment : undefined,
+    workers: opts.workers,
+    microBatch: opts.microBatch,
   };
 
   const controller = new AbortController();
@@ -104,6 +108,8 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       resume: opts.resume,
       mpp: opts.mpp,
       signal: controller.signal,
+      // Training worker threads import the plugins too, so that custom layers rebuild there.
+      pluginModules: modules,
       onEvent: (event) => {
         switch (event.type) {
           case 'data':
@@ -116,6 +122,10 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
             info(
               out,
               `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`,
+            );
+            info(
+              out,
+              `training: engine ${engine.name}, ${event.workers} training worker${event.workers === 1 ? '' : 's'} (${event.workersReason.replace(/^asked for/, 'asked for with --workers')})`,
             );
             break;
           case 'step':

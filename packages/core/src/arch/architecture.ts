@@ -1,6 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InvalidOptionError, PluginError, describeValue } from '../errors.js';
+import type { OnnxLayerConverter } from './onnx-converter.js';
 
 /** The version of the architecture plugin interface this release of `@tessera/core` speaks. */
 export const ARCHITECTURE_API_VERSION = 1;
@@ -67,6 +68,11 @@ export interface ArchitecturePlugin<O extends object = Record<string, unknown>> 
   receptiveField(options: O): number;
   /** Builds an untrained model. See the interface description for the contract. */
   build(spec: BuildSpec<O>): tfl.LayersModel;
+  /**
+   * ONNX converters for the plugin's own layer classes, by class name. Models made only of tfjs's built-in
+   * layers need none; without a converter, a custom layer makes ONNX export fail and prediction use tfjs.
+   */
+  readonly onnxConverters?: Readonly<Record<string, OnnxLayerConverter>>;
 }
 
 /** Identity helper that gives plugin authors types at no runtime cost. */

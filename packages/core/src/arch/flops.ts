@@ -47,6 +47,33 @@ function layerFlops(layer: tfl.layers.Layer, inShape: Shape, outShape: Shape): n
  * ```
  */
 export function countFlops(model: tfl.LayersModel, inputShape: readonly number[]): number {
+  let total = 0;
+  walkShapes(model, inputShape, (layer, input, output) => (total += layerFlops(layer, input, output)));
+  return total;
+}
+
+/**
+ * Number of values in the outputs of every layer of `model` for an input of `inputShape`: the activations a
+ * forward pass keeps for the backward pass (a measure of training memory per sample, times 4 bytes).
+ *
+ * @throws InvalidOptionError as {@link countFlops}.
+ */
+export function countActivations(model: tfl.LayersModel, inputShape: readonly number[]): number {
+  let total = 0;
+  walkShapes(
+    model,
+    inputShape,
+    (_layer, _input, output) => (total += output.reduce<number>((a, b) => a * (b ?? 1), 1)),
+  );
+  return total;
+}
+
+/** Calls `onLayer` with the concrete input and output shape of every layer, in graph order. */
+function walkShapes(
+  model: tfl.LayersModel,
+  inputShape: readonly number[],
+  onLayer: (layer: tfl.layers.Layer, input: Shape, output: Shape) => void,
+): void {
   if (inputShape.length !== 4 || inputShape.some((v) => !Number.isInteger(v) || v <= 0)) {
     throw new InvalidOptionError(
       `Expected an input shape [batch, height, width, channels] of positive integers for countFlops but received [${inputShape.join(', ')}].`,
@@ -58,7 +85,6 @@ export function countFlops(model: tfl.LayersModel, inputShape: readonly number[]
       `Model "${model.name}" cannot be applied to an input of shape [${inputShape.join(', ')}]: it expects [${declared.map((v) => v ?? 'any').join(', ')}].`,
     );
   }
-  let total = 0;
   const visit = (m: tfl.LayersModel, inShape: Shape): Shape => {
     // Concrete output shape of every symbolic tensor of the graph, from the input's.
     const shapes = new Map<number, Shape>();
@@ -82,10 +108,9 @@ export function countFlops(model: tfl.LayersModel, inputShape: readonly number[]
       }
       if (Array.isArray(out[0])) out = out[0] as unknown as Shape;
       node.outputTensors.forEach((t) => shapes.set(t.id, out));
-      if (!(layer instanceof layers.LayersModel)) total += layerFlops(layer, ins[0] as Shape, out);
+      if (!(layer instanceof layers.LayersModel)) onLayer(layer, ins[0] as Shape, out);
     }
     return shapes.get(m.outputs[0].id) ?? inShape;
   };
   visit(model, [...inputShape]);
-  return total;
 }

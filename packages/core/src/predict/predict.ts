@@ -1,6 +1,6 @@
-import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InvalidOptionError } from '../errors.js';
+import { isPredictor, tfjsPredictor, type Predictor } from './predictor.js';
 
 /** A normalised image held in memory: `[height, width, channels]` float32, interleaved. */
 export interface FloatImage {
@@ -51,17 +51,12 @@ export function padReflect(image: FloatImage, height: number, width: number): Fl
   return { data: out, width, height, channels: c };
 }
 
-function runWindows(model: tfl.LayersModel, windows: FloatImage[]): Float32Array[] {
+async function runWindows(predictor: Predictor, windows: FloatImage[]): Promise<Float32Array[]> {
   const { width, height, channels } = windows[0];
   const batch = new Float32Array(windows.length * width * height * channels);
   windows.forEach((w, i) => batch.set(w.data, i * w.data.length));
-  const out = tf.tidy(() => {
-    const x = tf.tensor4d(batch, [windows.length, height, width, channels]);
-    return model.predict(x) as tf.Tensor4D;
-  });
-  const values = out.dataSync() as Float32Array;
+  const values = await predictor.run(batch, [windows.length, height, width, channels]);
   const per = values.length / windows.length;
-  out.dispose();
   return windows.map((_, i) => values.subarray(i * per, (i + 1) * per));
 }
 
@@ -84,17 +79,22 @@ export function blendWeights(size: number): Float32Array {
  * @throws InvalidOptionError for a tile that is not a multiple of `multiple` or an overlap >= tile.
  * @example
  * ```ts
- * const probs = predictProbabilities(model, image, { multiple: 16 });
+ * const probs = await predictProbabilities(model, image, { multiple: 16 });
  * ```
  */
-export function predictProbabilities(model: tfl.LayersModel, image: FloatImage, options: PredictOptions): Float32Array {
+export async function predictProbabilities(
+  network: tfl.LayersModel | Predictor,
+  image: FloatImage,
+  options: PredictOptions,
+): Promise<Float32Array> {
+  const predictor = isPredictor(network) ? network : tfjsPredictor(network);
   const { multiple } = options;
   const roundUp = (n: number) => Math.ceil(n / multiple) * multiple;
   const { width, height } = image;
   const maxWhole = options.maxWholePixels ?? 4 * 1024 * 1024;
   if (options.tile === undefined && roundUp(width) * roundUp(height) <= maxWhole) {
     const padded = padReflect(image, roundUp(height), roundUp(width));
-    const probs = runWindows(model, [padded])[0];
+    const probs = (await runWindows(predictor, [padded]))[0];
     const k = probs.length / (padded.width * padded.height);
     if (padded === image) return probs;
     const out = new Float32Array(width * height * k);
@@ -144,7 +144,7 @@ export function predictProbabilities(model: tfl.LayersModel, image: FloatImage, 
       }
       return { data, width: tile, height: tile, channels: c };
     });
-    const results = runWindows(model, windows);
+    const results = await runWindows(predictor, windows);
     group.forEach(([y0, x0], j) => {
       const probs = results[j];
       if (!acc) {

@@ -38,6 +38,7 @@ export {
   createOptimizer,
   getLearningRate,
   setLearningRate,
+  setOptimizerWeights,
   type OptimizerName,
   type OptimizerOptions,
 } from './optimizers.js';

@@ -5,7 +5,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { UnknownNameError } from '../errors.js';
-import { OPTIMIZER_NAMES, createOptimizer, getLearningRate, setLearningRate } from './optimizers.js';
+import {
+  OPTIMIZER_NAMES,
+  createOptimizer,
+  getLearningRate,
+  setLearningRate,
+  setOptimizerWeights,
+} from './optimizers.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -123,5 +129,36 @@ describe('weightDecay', () => {
     // follows the learning rate: lr 0.2 -> w = 1.6 * (1 - 0.2 * 0.5) - 0.2 * 3 = 1.44 - 0.6 = 0.84
     setLearningRate(optimizer, 0.2);
     expect(step(optimizer, w, [3])[0]).toBeCloseTo(0.84, 6);
+  });
+});
+
+describe('setOptimizerWeights', () => {
+  it.each(OPTIMIZER_NAMES)('%s: restored state continues to the bits of an uninterrupted run', async (name) => {
+    const gradients = [0.3, -1.7, 0.02, 2.5, -0.4, 0.9, 1.1, -0.05];
+    for (let stopAt = 1; stopAt <= 6; stopAt++) {
+      const straight = createOptimizer(name, 0.1);
+      const w = tf.variable(tf.tensor1d([0.5, -0.25]));
+      const g = (t: number) => [gradients[t], gradients[t + 1]];
+      for (let t = 0; t < stopAt; t++) step(straight, w, g(t));
+      const saved = await straight.getWeights();
+      const resumed = createOptimizer(name, 0.1);
+      // setWeights takes ownership of the tensors it is given: pass copies.
+      await setOptimizerWeights(
+        resumed,
+        saved.map((s) => ({ name: s.name, tensor: s.tensor.clone() })),
+      );
+      const wResumed = tf.variable(w.clone());
+      for (let t = stopAt; t < stopAt + 2; t++) {
+        expect(step(resumed, wResumed, g(t))).toEqual(step(straight, w, g(t)));
+      }
+      if (name === 'adam') {
+        const acc = (o: tf.Optimizer) =>
+          [(o as unknown as { accBeta2: tf.Variable }).accBeta2.dataSync()[0]] as number[];
+        expect(acc(resumed)).toEqual(acc(straight));
+      }
+      tf.dispose([w, wResumed]);
+      straight.dispose();
+      resumed.dispose();
+    }
   });
 });

@@ -158,3 +158,41 @@ export function setLearningRate(optimizer: tf.Optimizer, lr: number): void {
   if (typeof target.setLearningRate === 'function') target.setLearningRate(lr);
   else target.learningRate = lr;
 }
+
+/**
+ * Restores optimizer state saved with `optimizer.getWeights()` so that the following steps give the same bits as if
+ * training had not stopped. tfjs's `AdamOptimizer.setWeights` sets its bias-correction powers to
+ * `pow(beta, iterations + 1)`, which can differ in the last bit from the float32 product `beta * beta * ...` that an
+ * uninterrupted run accumulates one step at a time (for `beta2 = 0.999`, after 2 or 5 steps); this redoes the product.
+ *
+ * @param optimizer an optimizer from {@link createOptimizer}, with the configuration of the one that was saved.
+ * @param weights what `getWeights()` returned (the iteration count first).
+ * @example
+ * const saved = await optimizer.getWeights();
+ * await setOptimizerWeights(createOptimizer('adam', 1e-3), saved);
+ */
+export async function setOptimizerWeights(
+  optimizer: tf.Optimizer,
+  weights: Parameters<tf.Optimizer['setWeights']>[0],
+): Promise<void> {
+  await optimizer.setWeights(weights);
+  if (optimizer.getClassName() !== 'Adam') return;
+  const adam = optimizer as unknown as {
+    beta1: number;
+    beta2: number;
+    accBeta1: tf.Variable;
+    accBeta2: tf.Variable;
+    iterations: number;
+  };
+  // Adam starts from beta and multiplies by beta after each step, in float32 (a float32 product is fround(a * b)).
+  const product = (beta: number): number => {
+    const b = Math.fround(beta);
+    let acc = b;
+    for (let i = 0; i < adam.iterations; i++) acc = Math.fround(acc * b);
+    return acc;
+  };
+  tf.tidy(() => {
+    adam.accBeta1.assign(tf.scalar(product(adam.beta1)));
+    adam.accBeta2.assign(tf.scalar(product(adam.beta2)));
+  });
+}

@@ -17,6 +17,7 @@ import {
 import { readImage, writeFileAtomic } from '../data/image-io.js';
 import { createRandom, shuffle } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
+import { countActivations } from '../arch/flops.js';
 import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
 import {
@@ -29,10 +30,22 @@ import {
   type ManifestDraft,
 } from '../model/model-io.js';
 import { predictProbabilities } from '../predict/predict.js';
+import type { Predictor } from '../predict/predictor.js';
 import { CORE_VERSION } from '../version.js';
 import { getLoss, LOSS_NAMES } from './losses.js';
 import { argmaxLabels, ConfusionMatrix, makeEvaluationReport, type EvaluationReport } from './metrics.js';
-import { createOptimizer, setLearningRate } from './optimizers.js';
+import {
+  accumulateGradients,
+  applyMovingStatistics,
+  batchNormLayers,
+  chooseWorkers,
+  microBatchGradients,
+  splitMicroBatches,
+  TrainingWorkers,
+  type BatchNormLayer,
+  type WorkerChoice,
+} from './data-parallel.js';
+import { createOptimizer, setLearningRate, setOptimizerWeights } from './optimizers.js';
 import { renderLineChartPng } from './plot.js';
 import { makeSchedule, type ScheduleName } from './schedules.js';
 
@@ -68,6 +81,17 @@ export interface TrainOptions {
   augment?: Partial<AugmentOptions> | false;
   /** Epoch checkpoints to keep besides the best one. */
   keepCheckpoints?: number;
+  /**
+   * Crops per forward and backward pass; a step's gradient is the mean of its micro-batches' gradients. Default: as
+   * many crops as hold 2 x 256 x 256 pixels (2 crops of 256), at most `batchSize`.
+   */
+  microBatch?: number;
+  /**
+   * Threads that compute a step's micro-batches in parallel, the main thread included (capped at the micro-batches of
+   * a step). Default: the CPU cores on the wasm engine (single-threaded in Node) when a step has 2 or more
+   * micro-batches, else 1. The trained weights are the same bits whatever the number (see `data-parallel.ts`).
+   */
+  workers?: number;
 }
 
 /** {@link TrainOptions} with every default filled. */
@@ -88,6 +112,10 @@ export interface ResolvedTrainOptions {
   patience: number;
   augment: AugmentOptions | false;
   keepCheckpoints: number;
+  /** `null`: the default (see {@link TrainOptions.microBatch}). */
+  microBatch: number | null;
+  /** `null`: the default (see {@link TrainOptions.workers}). */
+  workers: number | null;
 }
 
 /** Defaults of {@link TrainOptions}. */
@@ -108,6 +136,8 @@ export const TRAIN_DEFAULTS: ResolvedTrainOptions = {
   patience: 0,
   augment: DEFAULT_AUGMENT,
   keepCheckpoints: 2,
+  microBatch: null,
+  workers: null,
 };
 
 /** What to train on and where to write. */
@@ -131,13 +161,28 @@ export interface TrainRequest {
   mpp?: number;
   /** Aborting stops training after the current step; the last epoch checkpoint stays usable for `resume`. */
   signal?: AbortSignal;
+  /**
+   * Modules (URLs or specifiers) that training worker threads import before they rebuild the model, each
+   * default-exported factory called once, so that the custom layers of plugin architectures register there too (the
+   * CLI passes the plugin modules it loaded). Without them a model with custom layers trains on one thread.
+   */
+  pluginModules?: string[];
   onEvent?: (event: TrainEvent) => void;
 }
 
 /** Progress events emitted while training. */
 export type TrainEvent =
   | { type: 'data'; trainSamples: number; validationSamples: number; classes: string[]; channels: number }
-  | { type: 'start'; epochs: number; stepsPerEpoch: number; startEpoch: number; parameters: number }
+  | {
+      type: 'start';
+      epochs: number;
+      stepsPerEpoch: number;
+      startEpoch: number;
+      parameters: number;
+      /** Threads computing each step (see {@link TrainOptions.workers}) and why that many. */
+      workers: number;
+      workersReason: string;
+    }
   | { type: 'step'; epoch: number; step: number; stepsPerEpoch: number; loss: number; lr: number; seconds: number }
   | { type: 'epoch'; record: EpochRecord; best: boolean }
   | { type: 'stop'; reason: string };
@@ -197,6 +242,8 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
   int('seed', 0, 2 ** 32 - 1);
   int('patience', 0);
   int('keepCheckpoints', 0, 1000);
+  if (r.microBatch !== null) int('microBatch', 1, r.batchSize);
+  if (r.workers !== null) int('workers', 1, 256);
   if (!(typeof r.lr === 'number' && r.lr > 0 && r.lr < 10)) {
     throw new InvalidOptionError(
       `Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`,
@@ -227,59 +274,98 @@ interface CheckpointState {
 
 const CHECKPOINTS = 'checkpoints';
 const MICRO_BATCH_PIXELS = 2 * 256 * 256;
+/**
+ * Layer outputs one micro-batch may keep (about 260 MB). Measured on wasm: U-Net with 16 base filters trains at
+ * 2 x 256² (244 MB; peak RSS 1.8 GB), with 32 base filters 2 x 256² (488 MB) overflows the 2 GB heap.
+ */
+const MICRO_BATCH_ACTIVATION_BYTES = 260e6;
+/** Layer outputs beyond which one micro-batch cannot train on wasm at all. */
+const WASM_MAX_ACTIVATION_BYTES = 300e6;
+
+/** What a training step needs besides the batch. */
+interface StepContext {
+  model: tfl.LayersModel;
+  optimizer: tf.Optimizer;
+  variables: tf.Variable[];
+  lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar;
+  batchSize: number;
+  microBatch: number;
+  tile: number;
+  channels: number;
+  /** Worker threads computing all but the first block of micro-batches, if any. */
+  workers?: TrainingWorkers;
+  batchNorm: BatchNormLayer[];
+}
 
 /**
- * One optimisation step over a batch, computed in micro-batches whose gradients are averaged.
- * Returns the batch's mean loss.
+ * One optimisation step over a batch, computed in micro-batches whose gradients are averaged. With workers, the
+ * first block of micro-batches is computed here and the others in the workers; their gradients and batch-norm
+ * statistics are then added in micro-batch order with the operations of the single-thread loop, so the step gives the
+ * same bits. Returns the batch's mean loss.
  */
-function trainStep(
-  model: tfl.LayersModel,
-  optimizer: tf.Optimizer,
-  variables: tf.Variable[],
-  lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar,
-  images: Float32Array,
-  labels: Int32Array,
-  batchSize: number,
-  microBatch: number,
-  tile: number,
-  channels: number,
-): number {
+async function trainStep(c: StepContext, images: Float32Array, labels: Int32Array): Promise<number> {
+  const { batchSize, microBatch, tile, channels } = c;
   const pixels = tile * tile;
-  let lossSum = 0;
-  let accumulated: Record<string, tf.Tensor> | undefined;
   const parts = Math.ceil(batchSize / microBatch);
-  for (let start = 0; start < batchSize; start += microBatch) {
-    const n = Math.min(microBatch, batchSize - start);
-    const { value, grads } = tf.tidy(() => {
-      const x = tf.tensor4d(images.subarray(start * pixels * channels, (start + n) * pixels * channels), [
-        n,
-        tile,
+  const size = (part: number) => Math.min(microBatch, batchSize - part * microBatch);
+  const blocks = splitMicroBatches(parts, 1 + (c.workers?.size ?? 0)).filter((b) => b.length > 0);
+  const remote = c.workers?.run(
+    blocks.slice(1).map((block) => {
+      const from = block[0] * microBatch;
+      const to = from + block.reduce((s, part) => s + size(part), 0);
+      return {
+        images: images.slice(from * pixels * channels, to * pixels * channels),
+        labels: labels.slice(from * pixels, to * pixels),
+        sizes: block.map(size),
         tile,
         channels,
-      ]);
-      const y = tf.tensor3d(labels.subarray(start * pixels, (start + n) * pixels), [n, tile, tile], 'int32');
-      return tf.variableGrads(() => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y), variables);
-    });
-    lossSum += value.dataSync()[0] * n;
-    value.dispose();
-    if (!accumulated) accumulated = grads;
-    else {
-      for (const name of Object.keys(grads)) {
-        const sum = tf.add(accumulated[name], grads[name]);
-        accumulated[name].dispose();
-        grads[name].dispose();
-        accumulated[name] = sum;
+      };
+    }),
+  );
+  // Keep a failing worker's rejection from going unhandled while this thread computes its own block.
+  remote?.catch(() => undefined);
+  let lossSum = 0;
+  let accumulated: tf.NamedTensorMap | undefined;
+  for (const part of blocks[0]) {
+    const n = size(part);
+    const { loss, grads } = microBatchGradients(
+      c.model,
+      c.variables,
+      c.lossFn,
+      images,
+      labels,
+      part * microBatch,
+      n,
+      tile,
+      channels,
+    );
+    lossSum += loss * n;
+    accumulated = accumulateGradients(accumulated, grads);
+  }
+  let offset = 0;
+  const offsets = c.variables.map((v) => (offset += v.size) - v.size);
+  for (const [b, results] of (remote ? await remote : []).entries()) {
+    results.forEach((result, i) => {
+      const n = size(blocks[b + 1][i]);
+      const grads: tf.NamedTensorMap = {};
+      for (const index of result.present) {
+        const v = c.variables[index];
+        grads[v.name] = tf.tensor(result.grads.subarray(offsets[index], offsets[index] + v.size), v.shape);
       }
-    }
+      applyMovingStatistics(c.batchNorm, result.statistics);
+      lossSum += result.loss * n;
+      accumulated = accumulateGradients(accumulated, grads);
+    });
   }
   tf.tidy(() => {
     const averaged =
       parts === 1
         ? accumulated!
         : Object.fromEntries(Object.entries(accumulated!).map(([k, g]) => [k, tf.div(g, parts)]));
-    optimizer.applyGradients(averaged);
+    c.optimizer.applyGradients(averaged);
   });
   for (const g of Object.values(accumulated!)) g.dispose();
+  c.workers?.publish(c.variables);
   return lossSum / batchSize;
 }
 
@@ -340,19 +426,19 @@ function toCsv(history: EpochRecord[]): string {
 }
 
 /** Evaluates a model on whole samples: mean loss and the confusion matrix. */
-export function evaluateSamples(
-  model: tfl.LayersModel,
+export async function evaluateSamples(
+  model: tfl.LayersModel | Predictor,
   samples: LoadedSample[],
   numClasses: number,
   multiple: number,
   lossName: string,
   lossOptions: { classWeights?: number[] } = {},
-): { loss: number; confusion: ConfusionMatrix } {
+): Promise<{ loss: number; confusion: ConfusionMatrix }> {
   const lossFn = getLoss(lossName, lossOptions);
   const confusion = new ConfusionMatrix(numClasses);
   let lossSum = 0;
   for (const s of samples) {
-    const probs = predictProbabilities(
+    const probs = await predictProbabilities(
       model,
       { data: s.image, width: s.width, height: s.height, channels: s.channels },
       { multiple },
@@ -398,6 +484,15 @@ async function readClassMap(classes: TrainRequest['classes'], pairs: SamplePair[
 }
 
 async function trainModel(request: TrainRequest): Promise<TrainResult> {
+  const cleanup: (() => Promise<void>)[] = [];
+  try {
+    return await runTraining(request, cleanup);
+  } finally {
+    for (const task of cleanup) await task();
+  }
+}
+
+async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)[]): Promise<TrainResult> {
   const o = resolveTrainOptions(request.options);
   const plugin = request.architecture;
   const archOptions = resolveArchitectureOptions(plugin, request.architectureOptions);
@@ -504,7 +599,10 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
       specs,
     );
-    await optimizer.setWeights(Object.entries(named).map(([name, tensor]) => ({ name, tensor })));
+    await setOptimizerWeights(
+      optimizer,
+      Object.entries(named).map(([name, tensor]) => ({ name, tensor })),
+    );
     state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
   } else {
     model = plugin.build({
@@ -518,9 +616,59 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   }
   const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
   const parameters = countParameters(model);
-  emit({ type: 'start', epochs: o.epochs, stepsPerEpoch, startEpoch: state.epoch + 1, parameters });
-
   const engine = activeEngine();
+  const tile = o.tileSize;
+  // Forward and backward passes run on micro-batches of at most MICRO_BATCH_PIXELS pixels and at most
+  // MICRO_BATCH_ACTIVATION_BYTES of layer outputs, their gradients averaged, which bounds the engine's memory (the
+  // wasm heap cannot pass 2 GB) whatever the batch size.
+  const sampleBytes = 4 * countActivations(model, [1, tile, tile, channels]);
+  const microBatch =
+    o.microBatch ??
+    Math.max(
+      1,
+      Math.min(
+        o.batchSize,
+        Math.floor(MICRO_BATCH_PIXELS / (tile * tile)),
+        Math.floor(MICRO_BATCH_ACTIVATION_BYTES / sampleBytes),
+      ),
+    );
+  if (engine?.name === 'wasm' && sampleBytes * microBatch > WASM_MAX_ACTIVATION_BYTES) {
+    throw new InvalidOptionError(
+      `A micro-batch of ${microBatch} crop(s) of ${tile}x${tile} px keeps ${((sampleBytes * microBatch) / 1e6).toFixed(0)} MB of ` +
+        `layer outputs for ${plugin.name}, more than the wasm engine's 2 GB heap can train (about ${WASM_MAX_ACTIVATION_BYTES / 1e6} MB).`,
+      `Use a smaller --tile (e.g. ${Math.max(32, tile / 2)}), --micro-batch 1, fewer filters, or install @tensorflow/tfjs-node.`,
+    );
+  }
+  const { workers, workersReason, pool } = await startWorkers(
+    chooseWorkers(o.workers, engine?.name, Math.ceil(o.batchSize / microBatch)),
+    engine?.name,
+    model,
+    request.pluginModules ?? [],
+    o.loss,
+    lossOptions,
+  );
+  if (pool) cleanup.push(() => pool.terminate());
+  emit({
+    type: 'start',
+    epochs: o.epochs,
+    stepsPerEpoch,
+    startEpoch: state.epoch + 1,
+    parameters,
+    workers,
+    workersReason,
+  });
+  const stepContext: StepContext = {
+    model,
+    optimizer,
+    variables,
+    lossFn,
+    batchSize: o.batchSize,
+    microBatch,
+    tile,
+    channels,
+    workers: pool,
+    batchNorm: batchNormLayers(model),
+  };
   const draft = (metrics: EvaluationReport | null, stopReason: string): ManifestDraft => ({
     format: 'tessera-model',
     formatVersion: 1,
@@ -547,7 +695,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
         validationStems: valPairs.map((p) => p.stem),
         validation,
       },
-      options: o as unknown as Record<string, unknown>,
+      options: { ...o, microBatch, workers } as unknown as Record<string, unknown>,
       seed: o.seed,
       engine: engine
         ? { name: engine.name, backend: engine.backend, threads: engine.threads }
@@ -567,12 +715,8 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   const budgetSeconds = o.timeBudgetMinutes === null ? Infinity : o.timeBudgetMinutes * 60;
   let stopReason = `reached ${o.epochs} epochs`;
   let bestReport: EvaluationReport | null = null;
-  const tile = o.tileSize;
   const batchImage = new Float32Array(o.batchSize * tile * tile * channels);
   const batchLabels = new Int32Array(o.batchSize * tile * tile);
-  // Forward and backward passes run on micro-batches of at most MICRO_BATCH_PIXELS pixels, their gradients
-  // averaged, which bounds the engine's memory (the wasm heap cannot pass 2 GB) whatever the batch size.
-  const microBatch = Math.max(1, Math.min(o.batchSize, Math.floor(MICRO_BATCH_PIXELS / (tile * tile))));
   let lastEpochSeconds = 0;
 
   for (let epoch = state.epoch + 1; epoch <= o.epochs; epoch++) {
@@ -601,18 +745,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       }
       const lr = schedule(state.step);
       setLearningRate(optimizer, lr);
-      const loss = trainStep(
-        model,
-        optimizer,
-        variables,
-        lossFn,
-        batchImage,
-        batchLabels,
-        o.batchSize,
-        microBatch,
-        tile,
-        channels,
-      );
+      const loss = await trainStep(stepContext, batchImage, batchLabels);
       if (!Number.isFinite(loss)) {
         throw new InvalidOptionError(
           `Training diverged at epoch ${epoch}, step ${step + 1}: the loss is ${loss}.`,
@@ -636,7 +769,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       break;
     }
     const evaluation = valSamples.length
-      ? evaluateSamples(model, valSamples, numClasses, multiple, o.loss, lossOptions)
+      ? await evaluateSamples(model, valSamples, numClasses, multiple, o.loss, lossOptions)
       : { loss: lossSum / stepsPerEpoch, confusion: null };
     lastEpochSeconds = (performance.now() - epochStart) / 1000;
     state.elapsedSeconds += lastEpochSeconds;
@@ -674,6 +807,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
       break;
     }
   }
+  await pool?.terminate();
   emit({ type: 'stop', reason: stopReason });
 
   // The kept model is the best epoch's; re-evaluate it for the final report and manifest.
@@ -687,7 +821,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   const best = await loadModel(out);
   const finalEval = valSamples.length
     ? makeEvaluationReport(
-        evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions).confusion,
+        (await evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions)).confusion,
         classMap.classes,
       )
     : bestReport!;
@@ -696,6 +830,40 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
   model.dispose();
   optimizer.dispose();
   return { out, manifest, history: state.history, bestEpoch: state.bestEpoch, stopReason, validation: finalEval };
+}
+
+/**
+ * Starts the worker threads of a {@link WorkerChoice}, or falls back to the main thread alone, saying why, when they
+ * cannot reproduce its engine or rebuild the model.
+ */
+async function startWorkers(
+  choice: WorkerChoice,
+  engine: string | undefined,
+  model: tfl.LayersModel,
+  pluginModules: string[],
+  loss: string,
+  lossOptions: { classWeights?: number[] },
+): Promise<{ workers: number; workersReason: string; pool?: TrainingWorkers }> {
+  if (choice.workers === 1) return { workers: 1, workersReason: choice.reason };
+  const fallback = (why: string) => ({
+    workers: 1,
+    workersReason: `${why}; training on one thread (wanted ${choice.workers}: ${choice.reason})`,
+  });
+  if (engine === undefined) return fallback('the engine was not set up with setupEngine, which workers would repeat');
+  try {
+    const pool = await TrainingWorkers.start({
+      threads: choice.workers - 1,
+      engine,
+      pluginModules,
+      model,
+      serialized: await serializeModel(model),
+      loss,
+      lossOptions,
+    });
+    return { workers: choice.workers, workersReason: choice.reason, pool };
+  } catch (error) {
+    return fallback(`the worker threads failed to start (${(error as Error).message})`);
+  }
 }
 
 async function pruneCheckpoints(dir: string, keep: number): Promise<void> {

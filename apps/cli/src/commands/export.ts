@@ -1,0 +1,67 @@
+import { EngineError, InvalidOptionError, loadModel, tf, tfjsPredictor } from '@tessera/core';
+import { loadRegistry } from '../plugins.js';
+import { info } from '../progress.js';
+import { importOnnx } from '../runtime.js';
+import { startEngine } from './shared.js';
+
+/** Formats `tessera export` writes. */
+export const EXPORT_FORMATS = ['onnx'] as const;
+
+/**
+ * `tessera export <model> --format onnx`: writes `model.onnx` into the model folder (or `--out`), then checks it
+ * against the tfjs model on a random input and prints the largest probability difference.
+ */
+export async function exportCommand(
+  modelDir: string,
+  opts: { format: string; out?: string; backend?: string; json?: boolean; quiet?: boolean },
+): Promise<void> {
+  const out = { quiet: opts.quiet || opts.json, json: opts.json };
+  if (!EXPORT_FORMATS.includes(opts.format as 'onnx')) {
+    throw new InvalidOptionError(
+      `Expected --format to be one of ${EXPORT_FORMATS.join(', ')} but received ${JSON.stringify(opts.format)}.`,
+    );
+  }
+  const onnx = await importOnnx();
+  if (!onnx) {
+    throw new EngineError(
+      'Exporting to ONNX needs @tessera/onnx, which is not installed.',
+      'npm install @tessera/onnx',
+    );
+  }
+  await startEngine(opts.backend ?? 'cpu', out);
+  const { registry } = await loadRegistry(); // custom layers register; their converters come with the plugins
+  const converters = Object.assign({}, ...registry.list().map((p) => p.onnxConverters ?? {}));
+  const { path, bytes, manifest } = await onnx.exportModelDir(modelDir, { out: opts.out, converters });
+  // Check the file against the tfjs model on a random input of a few input multiples.
+  const side = manifest.architecture.inputMultiple * Math.max(1, Math.ceil(64 / manifest.architecture.inputMultiple));
+  const shape = [1, side, side, manifest.inputChannels] as const;
+  const input = tf.randomNormal([...shape], 0, 1, 'float32', 1).dataSync() as Float32Array;
+  const { model } = await loadModel(modelDir);
+  const reference = await tfjsPredictor(model).run(input, shape);
+  model.dispose();
+  const predictor = await onnx.createOnnxPredictor(bytes, { threads: 1 });
+  const actual = await predictor.run(input, shape);
+  await predictor.dispose();
+  let maxDiff = 0;
+  for (let i = 0; i < reference.length; i++) maxDiff = Math.max(maxDiff, Math.abs(reference[i] - actual[i]));
+  const result = {
+    path,
+    format: 'onnx',
+    opset: onnx.ONNX_OPSET,
+    bytes: bytes.byteLength,
+    architecture: manifest.architecture.name,
+    check: { input: shape, maxAbsProbabilityDifference: maxDiff },
+  };
+  if (opts.json) process.stdout.write(JSON.stringify(result) + '\n');
+  info(
+    out,
+    `wrote ${path} (${(bytes.byteLength / 1e6).toFixed(1)} MB, ONNX opset ${onnx.ONNX_OPSET}, ${manifest.architecture.name}); ` +
+      `max |Δp| against tfjs on a random ${side}x${side} input: ${maxDiff.toExponential(1)}`,
+  );
+  if (!(maxDiff <= 1e-4)) {
+    throw new EngineError(
+      `The ONNX export of ${modelDir} differs from the tfjs model by ${maxDiff} (tolerance 1e-4).`,
+      'Please report this with the model folder; predict with --runtime tfjs meanwhile.',
+    );
+  }
+}

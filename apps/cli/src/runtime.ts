@@ -1,0 +1,173 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  activeEngine,
+  EngineError,
+  InvalidOptionError,
+  loadModel,
+  setupEngine,
+  TesseraError,
+  tfjsPredictor,
+  type ModelManifest,
+  type OnnxLayerConverter,
+  type Predictor,
+} from '@tessera/core';
+import { loadRegistry } from './plugins.js';
+import { info, warn, type OutputOptions } from './progress.js';
+
+/** Values of `--runtime`. */
+export const RUNTIMES = ['auto', 'onnx', 'tfjs'] as const;
+/** Values of `--device`. */
+export const DEVICES = ['cpu', 'cuda'] as const;
+
+/** The module `@tessera/onnx`. */
+export type OnnxModule = typeof import('@tessera/onnx');
+
+let loading: Promise<OnnxModule | null> | undefined;
+
+/** `@tessera/onnx` imported on first use, or `null` when it is not installed (it is an optional peer). */
+export function importOnnx(): Promise<OnnxModule | null> {
+  loading ??= import('@tessera/onnx').catch((error: unknown) => {
+    const e = error as { code?: string; message?: string };
+    if (e?.code === 'ERR_MODULE_NOT_FOUND' && /['"]@tessera\/onnx['"]/.test(String(e.message))) return null;
+    throw error;
+  });
+  return loading;
+}
+
+/** What the user asked for. */
+export interface RuntimeRequest {
+  model: string;
+  runtime?: string;
+  device?: string;
+  /** Threads of the ONNX engine (per worker for slides). */
+  threads?: number;
+  /** tfjs engine used to read the model for an export made now (when none is set up yet). */
+  backend?: string;
+}
+
+/** The runtime chosen for a model: ONNX bytes to run, or tfjs, with the reason. */
+export type RuntimeChoice =
+  | { kind: 'onnx'; bytes: Uint8Array; source: string; device: (typeof DEVICES)[number]; reason: string }
+  | { kind: 'tfjs'; reason: string };
+
+function check<T extends string>(value: string | undefined, valid: readonly T[], flag: string): T | undefined {
+  if (value === undefined) return undefined;
+  if (!valid.includes(value as T)) {
+    throw new InvalidOptionError(
+      `Expected ${flag} to be one of ${valid.join(', ')} but received ${JSON.stringify(value)}.`,
+    );
+  }
+  return value as T;
+}
+
+async function pluginConverters(): Promise<Record<string, OnnxLayerConverter>> {
+  const { registry } = await loadRegistry();
+  return Object.assign({}, ...registry.list().map((p) => p.onnxConverters ?? {})) as Record<string, OnnxLayerConverter>;
+}
+
+/**
+ * Chooses how to run a model: `--runtime onnx` or `auto` (the default) use onnxruntime-node where `@tessera/onnx`
+ * is installed and the model converts (its `model.onnx`, or an export made now); `auto` falls back to tfjs with a
+ * warning naming why. The tfjs engine must already be set up (an export reads the tfjs model).
+ */
+export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions): Promise<RuntimeChoice> {
+  const runtime = check(request.runtime, RUNTIMES, '--runtime') ?? 'auto';
+  const device = check(request.device, DEVICES, '--device') ?? 'cpu';
+  if (request.threads !== undefined && !(Number.isInteger(request.threads) && request.threads >= 1)) {
+    throw new InvalidOptionError(`Expected --threads to be a positive integer but received ${request.threads}.`);
+  }
+  if (runtime === 'tfjs') {
+    if (device === 'cuda') {
+      throw new InvalidOptionError(
+        '--device cuda needs --runtime onnx (or auto); the tfjs GPU path is the tfjs-node-gpu engine (--backend tfjs-node-gpu).',
+      );
+    }
+    return { kind: 'tfjs', reason: 'asked for with --runtime tfjs' };
+  }
+  const onnx = await importOnnx();
+  if (!onnx) {
+    if (runtime === 'onnx' || device === 'cuda') {
+      throw new EngineError(
+        'The ONNX runtime was asked for, but @tessera/onnx is not installed.',
+        'npm install @tessera/onnx (it brings onnxruntime-node), or use --runtime tfjs.',
+      );
+    }
+    return { kind: 'tfjs', reason: '@tessera/onnx is not installed (npm install @tessera/onnx for faster prediction)' };
+  }
+  try {
+    if (!activeEngine()) await setupEngine(request.backend);
+    const { bytes, source } = await onnx.onnxForModelDir(request.model, { converters: await pluginConverters() });
+    const from =
+      source === 'file'
+        ? `${onnx.ONNX_FILE} of the model`
+        : source === 'exported'
+          ? 'exported now (run "tessera export" once to keep it)'
+          : `exported now: ${onnx.ONNX_FILE} was made from other weights`;
+    return { kind: 'onnx', bytes, source, device, reason: from };
+  } catch (error) {
+    if (runtime === 'auto' && device === 'cpu' && error instanceof onnx.UnsupportedLayerError) {
+      warn(out, `${error.message} Falling back to the tfjs runtime.`);
+      return { kind: 'tfjs', reason: 'the model does not convert to ONNX' };
+    }
+    throw error;
+  }
+}
+
+/** A predictor for in-memory prediction (images), and the manifest. */
+export async function openPredictor(
+  request: RuntimeRequest,
+  out: OutputOptions,
+): Promise<{ predictor: Predictor; manifest: ModelManifest }> {
+  const choice = await chooseRuntime(request, out);
+  const { model, manifest } = await loadModel(request.model);
+  if (choice.kind === 'tfjs') {
+    const predictor = tfjsPredictor(model);
+    info(out, `runtime: ${predictor.description} (${choice.reason})`);
+    return { predictor, manifest };
+  }
+  model.dispose();
+  const onnx = (await importOnnx())!;
+  const predictor = await onnx.createOnnxPredictor(choice.bytes, {
+    threads: request.threads ?? availableParallelism(),
+    device: choice.device,
+  });
+  info(out, `runtime: ${predictor.description} (${choice.reason})`);
+  return { predictor, manifest };
+}
+
+/**
+ * The ONNX settings for the slide workers (`TilerOptions.onnx`), with the path of a file they read; `cleanup`
+ * removes a temporary export. `undefined` for tfjs.
+ */
+export async function slideRuntime(
+  request: RuntimeRequest,
+  out: OutputOptions,
+): Promise<{ onnx?: { file: string; threads?: number; device: string }; cleanup: () => Promise<void>; label: string }> {
+  const choice = await chooseRuntime(request, out);
+  if (choice.kind === 'tfjs') return { cleanup: async () => {}, label: `tfjs (${choice.reason})` };
+  const onnx = (await importOnnx())!;
+  if (choice.source === 'file') {
+    return {
+      onnx: { file: join(request.model, onnx.ONNX_FILE), threads: request.threads, device: choice.device },
+      cleanup: async () => {},
+      label: `onnx (${choice.reason})`,
+    };
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'tessera-onnx-'));
+  const file = join(dir, 'model.onnx');
+  try {
+    await writeFile(file, choice.bytes);
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true });
+    throw error instanceof TesseraError
+      ? error
+      : new EngineError(`Cannot write a temporary ONNX file: ${String(error)}`);
+  }
+  return {
+    onnx: { file, threads: request.threads, device: choice.device },
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+    label: `onnx (${choice.reason})`,
+  };
+}

@@ -1,0 +1,22 @@
+/**
+ * `@tessera/onnx`: exports trained Tessera models to ONNX and runs them with onnxruntime-node, the fast path for
+ * prediction on CPUs (and on NVIDIA GPUs with onnxruntime's CUDA provider).
+ */
+export {
+  exportOnnx,
+  ONNX_IO,
+  ONNX_METADATA,
+  ONNX_OPSET,
+  UnsupportedLayerError,
+  type ExportOnnxOptions,
+} from './export.js';
+export { BUILTIN_CONVERTERS } from './converters.js';
+export { exportModelDir, onnxForModelDir, ONNX_FILE, readOnnxMetadata } from './model-dir.js';
+export {
+  createOnnxPredictor,
+  cudaProviderInstalled,
+  ONNX_DEVICES,
+  ONNXRUNTIME_VERSION,
+  type OnnxDevice,
+  type OnnxPredictorOptions,
+} from './runtime.js';
