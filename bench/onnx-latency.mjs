@@ -9,8 +9,8 @@
 // U-Net 4 levels x 32 base filters with batch norm (the configuration of DEVELOPERS.md), FCN-8s and DeepLabv3+
 // (MobileNetV2) with their defaults; 3 input channels, 2 classes, batch 1.
 // FLOPs are counted by @tessera/core's countFlops (2 x multiply-adds of convolutions). The peak is measured, not
-// taken from a data sheet: the best of 5 runs of a 2048 x 2048 x 2048 float32 matrix product (MatMul) in
-// onnxruntime-node with the same thread count, i.e. what its GEMM kernels reach on these cores.
+// taken from a data sheet: the fastest of float32 matrix products (MatMul) of several shapes in onnxruntime-node
+// with the same thread count (best of 5 runs each), i.e. what its GEMM kernels reach on these cores.
 import { availableParallelism } from 'node:os';
 import { countFlops, setupEngine, tf } from '@tessera/core';
 import { createOnnxPredictor, exportOnnx } from '@tessera/onnx';
@@ -42,17 +42,31 @@ async function time(fn, n) {
   return { median: times[Math.floor(times.length / 2)], best: times[0] };
 }
 
-// Measured fp32 peak: a large GEMM in onnxruntime.
-const N = 2048;
-const gemm = await ort.InferenceSession.create(matmulModel(N), { intraOpNumThreads: threads, interOpNumThreads: 1 });
-const a = new ort.Tensor(
-  'float32',
-  Float32Array.from({ length: N * N }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5),
-  [N, N],
-);
-const gemmTime = await time(() => gemm.run({ a }), 5);
-const peak = (2 * N ** 3) / (gemmTime.best / 1000) / 1e9;
-console.log(`measured fp32 peak (onnxruntime MatMul ${N}^3, ${threads} threads): ${peak.toFixed(1)} GFLOP/s`);
+// Measured fp32 peak: the fastest of several GEMM shapes in onnxruntime.
+let peak = 0;
+for (const [m, k, n] of [
+  [2048, 2048, 2048],
+  [3072, 3072, 3072],
+  [1024, 4096, 1024],
+  [4096, 1024, 4096],
+  [16384, 576, 64],
+]) {
+  const gemm = await ort.InferenceSession.create(matmulModel(m, k, n), {
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+  });
+  const a = new ort.Tensor(
+    'float32',
+    Float32Array.from({ length: m * k }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5),
+    [m, k],
+  );
+  const gemmTime = await time(() => gemm.run({ a }), 5);
+  const gflops = (2 * m * k * n) / (gemmTime.best / 1000) / 1e9;
+  console.log(`  MatMul ${m}x${k}x${n}: ${gflops.toFixed(1)} GFLOP/s`);
+  peak = Math.max(peak, gflops);
+  await gemm.release();
+}
+console.log(`measured fp32 peak (fastest onnxruntime MatMul, ${threads} threads): ${peak.toFixed(1)} GFLOP/s`);
 
 const engine = await setupEngine('wasm');
 const plugins = {

@@ -3,22 +3,12 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, tessera } from './test-helpers.js';
 import { createRandom, randSyntheticTissue, writePng } from '@tessera/core';
 
-const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
 const SLIDES = join(DATA, 'slides');
-
-function tessera(args: string[], cwd?: string) {
-  const result = spawnSync(process.execPath, [BIN, ...args], {
-    encoding: 'utf8',
-    cwd,
-    env: { ...process.env, TESSERA_BACKEND: 'wasm' },
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 let root: string;
 let images: string;

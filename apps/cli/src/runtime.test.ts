@@ -1,24 +1,14 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tessera } from './test-helpers.js';
 import { createRandom, randSyntheticTissue, writePng } from '@tessera/core';
 
-const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 // Inside the workspace, so that a plugin package made here resolves @tessera/core.
 const TMP_PARENT = fileURLToPath(new URL('..', import.meta.url));
-
-function tessera(args: string[], cwd?: string) {
-  const result = spawnSync(process.execPath, [BIN, ...args], {
-    encoding: 'utf8',
-    cwd,
-    env: { ...process.env, TESSERA_BACKEND: 'wasm' },
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 let root: string;
 let images: string;

@@ -13,6 +13,7 @@ import {
   type OnnxLayerConverter,
   type Predictor,
 } from '@tessera/core';
+import { importOptional } from './optional.js';
 import { loadRegistry } from './plugins.js';
 import { info, warn, type OutputOptions } from './progress.js';
 
@@ -24,17 +25,11 @@ export const DEVICES = ['cpu', 'cuda'] as const;
 /** The module `@tessera/onnx`. */
 export type OnnxModule = typeof import('@tessera/onnx');
 
-let loading: Promise<OnnxModule | null> | undefined;
-
 /** `@tessera/onnx` imported on first use, or `null` when it is not installed (it is an optional peer). */
-export function importOnnx(): Promise<OnnxModule | null> {
-  loading ??= import('@tessera/onnx').catch((error: unknown) => {
-    const e = error as { code?: string; message?: string };
-    if (e?.code === 'ERR_MODULE_NOT_FOUND' && /['"]@tessera\/onnx['"]/.test(String(e.message))) return null;
-    throw error;
-  });
-  return loading;
-}
+export const importOnnx: () => Promise<OnnxModule | null> = importOptional(
+  '@tessera/onnx',
+  () => import('@tessera/onnx'),
+);
 
 /** What the user asked for. */
 export interface RuntimeRequest {

@@ -17,7 +17,14 @@ export {
   type OptionSpec,
 } from './arch/architecture.js';
 export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
-export type { OnnxAttribute, OnnxGraph, OnnxLayer, OnnxLayerConverter, OnnxWeight } from './arch/onnx-converter.js';
+export type {
+  OnnxAttribute,
+  OnnxConvOptions,
+  OnnxGraph,
+  OnnxLayer,
+  OnnxLayerConverter,
+  OnnxWeight,
+} from './arch/onnx-converter.js';
 export {
   ENGINE_NAMES,
   activeEngine,

@@ -37,30 +37,21 @@ function onnxAxis(layer: OnnxLayer, axis: unknown): number {
   return rank === 4 ? [0, 2, 3, 1][positive] : positive;
 }
 
-const conv2d: OnnxLayerConverter = (layer, [x], g) => {
-  channelsLast(layer);
-  const y = g.conv(x, {
-    kernel: layer.weights.kernel,
-    bias: layer.config.useBias === false ? undefined : layer.weights.bias,
-    strides: pair(layer.config.strides, 1),
-    dilations: pair(layer.config.dilationRate, 1),
-    padding: padding(layer),
-  });
-  return g.activation(y, String(layer.config.activation ?? 'linear'));
-};
-
-const depthwiseConv2d: OnnxLayerConverter = (layer, [x], g) => {
-  channelsLast(layer);
-  const y = g.conv(x, {
-    kernel: layer.weights.depthwise_kernel,
-    bias: layer.config.useBias === false ? undefined : layer.weights.bias,
-    strides: pair(layer.config.strides, 1),
-    dilations: pair(layer.config.dilationRate, 1),
-    padding: padding(layer),
-    depthwise: true,
-  });
-  return g.activation(y, String(layer.config.activation ?? 'linear'));
-};
+/** Conv2D (`depthwise` false) or DepthwiseConv2D, with their activation. */
+const convolution =
+  (depthwise: boolean): OnnxLayerConverter =>
+  (layer, [x], g) => {
+    channelsLast(layer);
+    const y = g.conv(x, {
+      kernel: depthwise ? layer.weights.depthwise_kernel : layer.weights.kernel,
+      bias: layer.config.useBias === false ? undefined : layer.weights.bias,
+      strides: pair(layer.config.strides, 1),
+      dilations: pair(layer.config.dilationRate, 1),
+      padding: padding(layer),
+      depthwise,
+    });
+    return g.activation(y, String(layer.config.activation ?? 'linear'));
+  };
 
 const conv2dTranspose: OnnxLayerConverter = (layer, [x], g) => {
   channelsLast(layer);
@@ -195,8 +186,8 @@ const cropping2d: OnnxLayerConverter = (layer, [x], g) => {
 
 /** Converters for tfjs's built-in layers, by class name. */
 export const BUILTIN_CONVERTERS: Readonly<Record<string, OnnxLayerConverter>> = {
-  Conv2D: conv2d,
-  DepthwiseConv2D: depthwiseConv2d,
+  Conv2D: convolution(false),
+  DepthwiseConv2D: convolution(true),
   Conv2DTranspose: conv2dTranspose,
   BatchNormalization: batchNormalization,
   MaxPooling2D: pool('MaxPool'),

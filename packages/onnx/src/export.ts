@@ -3,6 +3,7 @@ import {
   ModelFormatError,
   type ModelManifest,
   type OnnxAttribute,
+  type OnnxConvOptions,
   type OnnxGraph,
   type OnnxLayer,
   type OnnxLayerConverter,
@@ -108,17 +109,7 @@ class GraphBuilder implements OnnxGraph {
     return name;
   }
 
-  conv(
-    input: string,
-    o: {
-      kernel: OnnxWeight;
-      bias?: OnnxWeight;
-      strides?: readonly [number, number];
-      dilations?: readonly [number, number];
-      padding: 'same' | 'valid';
-      depthwise?: boolean;
-    },
-  ): string {
+  conv(input: string, o: OnnxConvOptions): string {
     const [kh, kw, ci, co] = o.kernel.shape;
     const strides = o.strides ?? [1, 1];
     const dilations = o.dilations ?? [1, 1];

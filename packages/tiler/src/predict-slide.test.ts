@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, normalizeImage, predictProbabilities, readImage } from '@tessera/core';
 import { saveTinyUnet } from '../test/tiny-model.js';
 import { PartialWorkError, PredictionInterruptedError, TilerOptionError } from './errors.js';
+import { exportModelDir } from '@tessera/onnx';
 import { predictSlide, resolveTilerOptions, streamSlidePrediction } from './predict-slide.js';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
@@ -31,18 +32,28 @@ beforeAll(async () => {
   const image = await readImage(imagePath, { channels: 3 });
   const data = normalizeImage(image, manifest.normalization);
   reference = await predictProbabilities(model, { data, width: W, height: H, channels: 3 }, { multiple: 4 });
+  await exportModelDir(modelDir);
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function tiled(tile: number, overlap: number, workers: number) {
+async function tiled(tile: number, overlap: number, workers: number, runtime: 'tfjs' | 'onnx' = 'tfjs', batchSize = 3) {
   const probabilities = new Float32Array(W * H * K);
   const labels = new Uint8Array(W * H);
   let rows = 0;
   const run = await streamSlidePrediction(
     imagePath,
-    { model: modelDir, tile, overlap, workers, batchSize: 3, backend: 'cpu', tissue: false },
+    {
+      model: modelDir,
+      tile,
+      overlap,
+      workers,
+      batchSize,
+      backend: 'cpu',
+      tissue: false,
+      onnx: runtime === 'onnx' ? { file: join(modelDir, 'model.onnx') } : undefined,
+    },
     {
       band: (band) => {
         expect(band.y).toBe(rows);
@@ -84,6 +95,24 @@ describe('tile invariance', () => {
     expect(maxDiff).toBeLessThan(1e-4);
     expect(disagreement).toBeLessThan(1e-3);
   });
+
+  it.each([
+    [64, 48, 2, 1],
+    [96, 56, 1, 3],
+    [96, 48, 2, 4],
+  ])(
+    'with the ONNX runtime: tile %i, overlap %i, %i worker(s), batch %i matches the whole-image (tfjs) prediction',
+    async (tile, overlap, workers, batch) => {
+      const { probabilities, labels, run } = await tiled(tile, overlap, workers, 'onnx', batch);
+      const { maxDiff, disagreement } = compare(probabilities, labels);
+      console.log(
+        `onnx tile ${tile} overlap ${overlap} workers ${workers} batch ${batch}: max |dp| ${maxDiff.toExponential(2)}`,
+      );
+      expect(run.engine).toMatch(/^onnxruntime-node/);
+      expect(maxDiff).toBeLessThan(1e-4);
+      expect(disagreement).toBeLessThan(1e-3);
+    },
+  );
 
   it('is not invariant with too little overlap (the test can fail)', async () => {
     const { probabilities, labels } = await tiled(64, 8, 1);

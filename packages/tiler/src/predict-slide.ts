@@ -229,6 +229,8 @@ export async function streamSlidePrediction(
     filename: workerFile(),
     minThreads: resolved.workers,
     maxThreads: resolved.workers,
+    // ONNX inference runs off the worker's JS thread, so a second task can read and decode its tiles meanwhile.
+    concurrentTasksPerWorker: resolved.onnx ? 2 : 1,
     idleTimeout: 1000,
   });
   const signal = options.signal;

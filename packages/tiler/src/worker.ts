@@ -163,6 +163,9 @@ export async function predict(task: PredictTask): Promise<PredictResult | TaskFa
   }
 }
 
+/** The network call in progress in this worker, if any. */
+let inferring: Promise<unknown> = Promise.resolve();
+
 async function predictBatch(task: PredictTask): Promise<PredictResult> {
   const { predictor, manifest } = await load(task);
   const channels = manifest.inputChannels === 1 ? 1 : 3;
@@ -179,16 +182,18 @@ async function predictBatch(task: PredictTask): Promise<PredictResult> {
   const per = task.tileWidth * task.tileHeight * channels;
   const batch = new Float32Array(images.length * per);
   images.forEach((image, i) => batch.set(normalizeImage(image, manifest.normalization), i * per));
-  const inferStart = performance.now();
-  const values = await predictor.run(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
+  const readMs = performance.now() - readStart;
+  // One network call at a time per worker: with two tasks per worker (ONNX), one reads while the other infers.
+  const inference = inferring.then(async () => {
+    const start = performance.now();
+    const values = await predictor.run(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
+    return { values, ms: performance.now() - start };
+  });
+  inferring = inference.catch(() => undefined);
+  const { values, ms: inferMs } = await inference;
   const probabilities =
     values.byteOffset === 0 && values.length === values.buffer.byteLength / 4 ? values : values.slice();
-  const result: PredictResult = {
-    probabilities,
-    numClasses: manifest.classes.length,
-    readMs: inferStart - readStart,
-    inferMs: performance.now() - inferStart,
-  };
+  const result: PredictResult = { probabilities, numClasses: manifest.classes.length, readMs, inferMs };
   return move({
     [transferableSymbol]: [probabilities.buffer],
     [valueSymbol]: result,

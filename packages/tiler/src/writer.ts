@@ -334,7 +334,7 @@ export class SlideOutputWriter {
 
   private async overlay(thumbnail: RasterImage): Promise<RasterImage> {
     const { width, height, channels } = thumbnail;
-    const small = await sharp(this.labels.path)
+    const small = await sharp(this.labels.path, { limitInputPixels: false })
       .resize(width, height, { fit: 'fill', kernel: 'nearest' })
       .extractChannel(0)
       .raw()

@@ -23,6 +23,19 @@ export interface OnnxLayer {
   outputShape: readonly (number | null)[];
 }
 
+/**
+ * A tfjs-style 2-D convolution: `kernel` is `[kh, kw, in, out]` (or `[kh, kw, in, multiplier]` when `depthwise`),
+ * padding `same` (TensorFlow's, extra pixel after) or `valid`.
+ */
+export interface OnnxConvOptions {
+  kernel: OnnxWeight;
+  bias?: OnnxWeight;
+  strides?: readonly [number, number];
+  dilations?: readonly [number, number];
+  padding: 'same' | 'valid';
+  depthwise?: boolean;
+}
+
 /** What a converter writes with. */
 export interface OnnxGraph {
   /** Adds a node of the default ONNX domain and returns the name of its (first) output. */
@@ -31,21 +44,8 @@ export interface OnnxGraph {
   constant(values: Float32Array, dims: readonly number[]): string;
   /** Adds an int64 constant (e.g. axes, pads, shapes) and returns its name. */
   int64(values: readonly number[]): string;
-  /**
-   * A tfjs-style 2-D convolution of an NCHW tensor: `kernel` is `[kh, kw, in, out]` (or `[kh, kw, in, multiplier]`
-   * when `depthwise`), padding `same` (TensorFlow's, extra pixel after) or `valid`.
-   */
-  conv(
-    input: string,
-    options: {
-      kernel: OnnxWeight;
-      bias?: OnnxWeight;
-      strides?: readonly [number, number];
-      dilations?: readonly [number, number];
-      padding: 'same' | 'valid';
-      depthwise?: boolean;
-    },
-  ): string;
+  /** A tfjs-style 2-D convolution of an NCHW tensor (see {@link OnnxConvOptions}). */
+  conv(input: string, options: OnnxConvOptions): string;
   /** A tfjs activation by name (`linear`, `relu`, `relu6`, `sigmoid`, `tanh`, `softmax` over channels...). */
   activation(input: string, name: string): string;
 }
