@@ -14,6 +14,8 @@
 // Each (size, workers) run happens in a child process so its peak RSS (process.resourceUsage().maxRSS, all threads)
 // is its own. Prints one JSON line per run and a table: Mpx/s, peak RSS, share of wall time outside inference
 // (reading, decoding, blending, writing, idle) = 1 - (inference time summed over workers / workers) / wall time.
+// Also the highest RSS sampled while tiles are predicted and while outputs are written (rssPredictingMB,
+// rssWritingMB), with a trace of rss/heapTotal/arrayBuffers (MB) every 5 s.
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -96,7 +98,14 @@ async function makeModel(dir) {
 async function child() {
   const { predictSlide } = await import('@tessera/tiler');
   const [slide, model, out, workers] = [arg('slide'), arg('model'), arg('out'), Number(arg('workers'))];
+  // RSS sampled while tiles are predicted and while the outputs are written, to tell the two phases apart.
+  const rss = { predicting: 0, writing: 0 };
+  let phase = 'predicting';
+  const sampler = setInterval(() => (rss[phase] = Math.max(rss[phase], process.memoryUsage().rss)), 100);
   const { run } = await predictSlide(slide, {
+    onProgress: (p) => {
+      if (p.tilesDone === p.tilesTotal) phase = 'writing';
+    },
     model,
     out,
     workers,
@@ -106,6 +115,7 @@ async function child() {
     tissue: false,
     onnx: arg('runtime', 'onnx') === 'onnx' ? { file: join(model, 'model.onnx') } : undefined,
   });
+  clearInterval(sampler);
   const wall = run.timings.wallMs;
   const result = {
     size: run.width,
@@ -115,6 +125,8 @@ async function child() {
     wallSeconds: +(wall / 1000).toFixed(2),
     mpxPerSecond: +((run.width * run.height) / 1e6 / (wall / 1000)).toFixed(3),
     peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
+    rssPredictingMB: Math.round(rss.predicting / 1e6),
+    rssWritingMB: Math.round(rss.writing / 1e6),
     peakMergerRows: run.peakRows,
     outsideInference: +(1 - run.timings.inferMs / workers / wall).toFixed(3),
     readSecondsAllWorkers: +(run.timings.readMs / 1000).toFixed(2),
