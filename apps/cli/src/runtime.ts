@@ -44,7 +44,14 @@ export interface RuntimeRequest {
 
 /** The runtime chosen for a model: ONNX bytes to run, or tfjs, with the reason. */
 export type RuntimeChoice =
-  | { kind: 'onnx'; bytes: Uint8Array; source: string; device: (typeof DEVICES)[number]; reason: string }
+  | {
+      kind: 'onnx';
+      bytes: Uint8Array;
+      manifest: ModelManifest;
+      source: string;
+      device: (typeof DEVICES)[number];
+      reason: string;
+    }
   | { kind: 'tfjs'; reason: string };
 
 function check<T extends string>(value: string | undefined, valid: readonly T[], flag: string): T | undefined {
@@ -57,7 +64,8 @@ function check<T extends string>(value: string | undefined, valid: readonly T[],
   return value as T;
 }
 
-async function pluginConverters(): Promise<Record<string, OnnxLayerConverter>> {
+/** The ONNX converters of every installed plugin (loading them also registers their custom layers). */
+export async function pluginConverters(): Promise<Record<string, OnnxLayerConverter>> {
   const { registry } = await loadRegistry();
   return Object.assign({}, ...registry.list().map((p) => p.onnxConverters ?? {})) as Record<string, OnnxLayerConverter>;
 }
@@ -93,14 +101,16 @@ export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions)
   }
   try {
     if (!activeEngine()) await setupEngine(request.backend);
-    const { bytes, source } = await onnx.onnxForModelDir(request.model, { converters: await pluginConverters() });
+    const { bytes, manifest, source } = await onnx.onnxForModelDir(request.model, {
+      converters: await pluginConverters(),
+    });
     const from =
       source === 'file'
         ? `${onnx.ONNX_FILE} of the model`
         : source === 'exported'
           ? 'exported now (run "tessera export" once to keep it)'
           : `exported now: ${onnx.ONNX_FILE} was made from other weights`;
-    return { kind: 'onnx', bytes, source, device, reason: from };
+    return { kind: 'onnx', bytes, manifest, source, device, reason: from };
   } catch (error) {
     if (runtime === 'auto' && device === 'cpu' && error instanceof onnx.UnsupportedLayerError) {
       warn(out, `${error.message} Falling back to the tfjs runtime.`);
@@ -116,13 +126,13 @@ export async function openPredictor(
   out: OutputOptions,
 ): Promise<{ predictor: Predictor; manifest: ModelManifest }> {
   const choice = await chooseRuntime(request, out);
-  const { model, manifest } = await loadModel(request.model);
   if (choice.kind === 'tfjs') {
+    const { model, manifest } = await loadModel(request.model);
     const predictor = tfjsPredictor(model);
     info(out, `runtime: ${predictor.description} (${choice.reason})`);
     return { predictor, manifest };
   }
-  model.dispose();
+  const { manifest } = choice;
   const onnx = (await importOnnx())!;
   const predictor = await onnx.createOnnxPredictor(choice.bytes, {
     threads: request.threads ?? availableParallelism(),

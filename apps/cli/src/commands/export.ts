@@ -1,7 +1,7 @@
-import { EngineError, InvalidOptionError, loadModel, tf, tfjsPredictor } from '@tessera/core';
-import { loadRegistry } from '../plugins.js';
+import { join } from 'node:path';
+import { EngineError, InvalidOptionError, loadModel, tf, tfjsPredictor, writeFileAtomic } from '@tessera/core';
 import { info } from '../progress.js';
-import { importOnnx } from '../runtime.js';
+import { importOnnx, pluginConverters } from '../runtime.js';
 import { startEngine } from './shared.js';
 
 /** Formats `tessera export` writes. */
@@ -29,21 +29,34 @@ export async function exportCommand(
     );
   }
   await startEngine(opts.backend ?? 'cpu', out);
-  const { registry } = await loadRegistry(); // custom layers register; their converters come with the plugins
-  const converters = Object.assign({}, ...registry.list().map((p) => p.onnxConverters ?? {}));
-  const { path, bytes, manifest } = await onnx.exportModelDir(modelDir, { out: opts.out, converters });
-  // Check the file against the tfjs model on a random input of a few input multiples.
+  const converters = await pluginConverters();
+  const { model, manifest } = await loadModel(modelDir);
+  let reference: Float32Array;
+  let bytes: Uint8Array;
+  // Check the export against the tfjs model on a random input of a few input multiples.
   const side = manifest.architecture.inputMultiple * Math.max(1, Math.ceil(64 / manifest.architecture.inputMultiple));
   const shape = [1, side, side, manifest.inputChannels] as const;
   const input = tf.randomNormal([...shape], 0, 1, 'float32', 1).dataSync() as Float32Array;
-  const { model } = await loadModel(modelDir);
-  const reference = await tfjsPredictor(model).run(input, shape);
-  model.dispose();
+  try {
+    bytes = onnx.exportOnnx(model, manifest, { converters });
+    reference = await tfjsPredictor(model).run(input, shape);
+  } finally {
+    model.dispose();
+  }
+  const path = opts.out ?? join(modelDir, onnx.ONNX_FILE);
   const predictor = await onnx.createOnnxPredictor(bytes, { threads: 1 });
   const actual = await predictor.run(input, shape);
   await predictor.dispose();
   let maxDiff = 0;
   for (let i = 0; i < reference.length; i++) maxDiff = Math.max(maxDiff, Math.abs(reference[i] - actual[i]));
+  // Nothing is written when the export disagrees with the model.
+  if (!(maxDiff <= 1e-4)) {
+    throw new EngineError(
+      `The ONNX export of ${modelDir} differs from the tfjs model by ${maxDiff} (tolerance 1e-4); nothing was written.`,
+      'Please report this with the model folder; predict with --runtime tfjs meanwhile.',
+    );
+  }
+  await writeFileAtomic(path, bytes);
   const result = {
     path,
     format: 'onnx',
@@ -58,10 +71,4 @@ export async function exportCommand(
     `wrote ${path} (${(bytes.byteLength / 1e6).toFixed(1)} MB, ONNX opset ${onnx.ONNX_OPSET}, ${manifest.architecture.name}); ` +
       `max |Δp| against tfjs on a random ${side}x${side} input: ${maxDiff.toExponential(1)}`,
   );
-  if (!(maxDiff <= 1e-4)) {
-    throw new EngineError(
-      `The ONNX export of ${modelDir} differs from the tfjs model by ${maxDiff} (tolerance 1e-4).`,
-      'Please report this with the model folder; predict with --runtime tfjs meanwhile.',
-    );
-  }
 }
