@@ -15,7 +15,8 @@
 // is its own. Prints one JSON line per run and a table: Mpx/s, peak RSS, share of wall time outside inference
 // (reading, decoding, blending, writing, idle) = 1 - (inference time summed over workers / workers) / wall time.
 // Also the highest RSS sampled while tiles are predicted and while outputs are written (rssPredictingMB,
-// rssWritingMB), with a trace of rss/heapTotal/arrayBuffers (MB) every 5 s.
+// rssWritingMB), and the main thread's peak JS heap and ArrayBuffers (mainHeapMB, mainArrayBuffersMB), every 100 ms.
+// A size WxH (e.g. 32000x8000) makes a rectangular slide: same area, another width, to tell width from area.
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,6 +34,11 @@ function arg(name, fallback) {
 
 /** Writes an N x N RGB canvas of mirrored H&E tiles row band by row band, then a tiled pyramidal JPEG TIFF. */
 async function makeSlide(size, dir) {
+  const [width, height] = String(size)
+    .split('x')
+    .map(Number)
+    .concat(Number(String(size).split('x')[0]))
+    .slice(0, 2);
   const { VipsFileWriter } = await import('@tessera/tiler');
   const folder = join(DATA, 'monuseg-train20/images');
   const names = (await readdir(folder)).filter((n) => n.endsWith('.tif')).sort();
@@ -40,16 +46,16 @@ async function makeSlide(size, dir) {
   for (const name of names)
     tiles.push(await sharp(join(folder, name)).removeAlpha().resize(1000, 1000).raw().toBuffer());
   const raw = join(dir, `canvas-${size}.v`);
-  const writer = new VipsFileWriter(raw, size, size, 3, 1000 / 0.5);
-  const band = Buffer.alloc(1000 * size * 3);
-  for (let y0 = 0; y0 < size; y0 += 1000) {
-    const rows = Math.min(1000, size - y0);
-    for (let x0 = 0, k = 0; x0 < size; x0 += 1000, k++) {
+  const writer = new VipsFileWriter(raw, width, height, 3, 1000 / 0.5);
+  const band = Buffer.alloc(1000 * width * 3);
+  for (let y0 = 0; y0 < height; y0 += 1000) {
+    const rows = Math.min(1000, height - y0);
+    for (let x0 = 0, k = 0; x0 < width; x0 += 1000, k++) {
       const tile = tiles[(k * 7 + (y0 / 1000) * 3) % tiles.length];
-      const cols = Math.min(1000, size - x0);
-      for (let r = 0; r < rows; r++) tile.copy(band, (r * size + x0) * 3, r * 3000, r * 3000 + cols * 3);
+      const cols = Math.min(1000, width - x0);
+      for (let r = 0; r < rows; r++) tile.copy(band, (r * width + x0) * 3, r * 3000, r * 3000 + cols * 3);
     }
-    writer.append(band.subarray(0, rows * size * 3));
+    writer.append(band.subarray(0, rows * width * 3));
   }
   writer.close();
   const slide = join(dir, `synthetic-${size}.tif`);
@@ -100,8 +106,14 @@ async function child() {
   const [slide, model, out, workers] = [arg('slide'), arg('model'), arg('out'), Number(arg('workers'))];
   // RSS sampled while tiles are predicted and while the outputs are written, to tell the two phases apart.
   const rss = { predicting: 0, writing: 0 };
+  const main = { heapUsed: 0, arrayBuffers: 0 };
   let phase = 'predicting';
-  const sampler = setInterval(() => (rss[phase] = Math.max(rss[phase], process.memoryUsage().rss)), 100);
+  const sampler = setInterval(() => {
+    const m = process.memoryUsage();
+    rss[phase] = Math.max(rss[phase], m.rss);
+    main.heapUsed = Math.max(main.heapUsed, m.heapUsed);
+    main.arrayBuffers = Math.max(main.arrayBuffers, m.arrayBuffers);
+  }, 100);
   const { run } = await predictSlide(slide, {
     onProgress: (p) => {
       if (p.tilesDone === p.tilesTotal) phase = 'writing';
@@ -118,7 +130,7 @@ async function child() {
   clearInterval(sampler);
   const wall = run.timings.wallMs;
   const result = {
-    size: run.width,
+    size: run.width === run.height ? run.width : `${run.width}x${run.height}`,
     workers,
     engine: run.engine,
     tiles: run.tilesPredicted,
@@ -127,6 +139,8 @@ async function child() {
     peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
     rssPredictingMB: Math.round(rss.predicting / 1e6),
     rssWritingMB: Math.round(rss.writing / 1e6),
+    mainHeapMB: Math.round(main.heapUsed / 1e6),
+    mainArrayBuffersMB: Math.round(main.arrayBuffers / 1e6),
     peakMergerRows: run.peakRows,
     outsideInference: +(1 - run.timings.inferMs / workers / wall).toFixed(3),
     readSecondsAllWorkers: +(run.timings.readMs / 1000).toFixed(2),
@@ -136,7 +150,7 @@ async function child() {
 }
 
 async function main() {
-  const sizes = arg('sizes', '40000,20000').split(',').map(Number);
+  const sizes = arg('sizes', '40000,20000').split(',');
   const workerCounts = arg('workers', '1,2').split(',').map(Number);
   const dir = await mkdtemp(join(tmpdir(), 'tessera-bench-'));
   try {

@@ -91,6 +91,16 @@ export function buildProgram(): Command {
       .requiredOption('--out <dir>', 'output folder')
       .option('--probabilities', 'also write one 8-bit probability map per class')
       .option('--overlay', 'also write a colour overlay of the label map on the image')
+      .option(
+        '--geojson',
+        'also write <stem>_polygons.geojson: one polygon per region of each class but the first, in level-0 ' +
+          'pixels, for QuPath (File > Import objects)',
+      )
+      .option(
+        '--geojson-min-area <px>',
+        'leave regions of fewer label-map pixels out of the GeoJSON (implies --geojson; default 0)',
+        float,
+      )
       .option('--tile <px>', 'predict in overlapping windows of this size', int)
       .option('--overlap <px>', 'overlap of the windows', int)
       .option('--workers <n>', 'whole slides: worker threads (default: CPU cores, at most 8)', int)

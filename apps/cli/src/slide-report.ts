@@ -53,6 +53,11 @@ export async function writeSlideReport(
     ],
     ['outputs', [outputs.labels, outputs.areasCsv, ...outputs.probabilities].map((p) => basename(p)).join(', ')],
   ];
+  if (outputs.polygons) {
+    const p = outputs.polygons;
+    const counts = p.classes.map((c) => `${c.polygons} ${c.name}${c.dropped ? ` (${c.dropped} dropped)` : ''}`);
+    rows.push(['polygons', `${basename(p.path)}: ${counts.join(', ')}; traced in ${(p.ms / 1000).toFixed(2)} s`]);
+  }
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Tessera slide report: ${escape(basename(s.path))}</title>
 <style>

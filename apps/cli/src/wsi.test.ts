@@ -206,3 +206,72 @@ describe('interrupted whole-slide prediction', () => {
     }
   });
 });
+
+describe('GeoJSON polygons for QuPath', () => {
+  /** Area per class of a FeatureCollection: exterior minus holes (shoelace), rings closed and wound as RFC 7946 says. */
+  function areasOf(
+    features: {
+      geometry: { coordinates: number[][][] };
+      properties: { objectType: string; classification: { name: string } };
+    }[],
+  ) {
+    const areas: Record<string, number> = {};
+    for (const { geometry, properties } of features) {
+      expect(properties.objectType).toBe('annotation');
+      geometry.coordinates.forEach((ring, r) => {
+        expect(ring[0]).toEqual(ring[ring.length - 1]);
+        let a = 0;
+        for (let i = 0; i + 1 < ring.length; i++) a += (ring[i][0] * ring[i + 1][1] - ring[i + 1][0] * ring[i][1]) / 2;
+        expect(r === 0 ? a > 0 : a < 0).toBe(true);
+        const name = properties.classification.name;
+        areas[name] = (areas[name] ?? 0) + a;
+      });
+    }
+    return areas;
+  }
+
+  it('--geojson writes polygons of slides and images whose areas match the areas of the label maps', async () => {
+    const slide = join(root, 'geo-crop.tif');
+    await sharp(CMU)
+      .extract({ left: 900, top: 1200, width: 512, height: 384 })
+      .tiff({ tile: true, tileWidth: 256, tileHeight: 256, pyramid: true, compression: 'jpeg' })
+      .toFile(slide);
+    const image = join(root, 'geo-image.png');
+    await sharp(CMU).extract({ left: 300, top: 300, width: 160, height: 120 }).png().toFile(image);
+    const out = join(root, 'geo');
+    const args = ['predict', slide, image, '--model', model, '--out', out, '--workers', '1', '--geojson', '--json'];
+    const { code, stdout, stderr } = run(process.execPath, [BIN, ...args]);
+    expect(stderr).not.toMatch(/error/);
+    expect(code).toBe(0);
+    const [slideRecord, imageRecord] = JSON.parse(stdout).outputs;
+    expect(slideRecord.polygons.nucleus).toBeGreaterThan(100); // the untrained model's specks
+    expect(imageRecord.polygons.nucleus).toBeGreaterThan(10);
+    expect(slideRecord.geojson).toBe(join(out, 'geo-crop_polygons.geojson'));
+    expect(imageRecord.geojson).toBe(join(out, 'geo-image_polygons.geojson'));
+    expect(stderr).toContain(`polygons: ${slideRecord.geojson} (${slideRecord.polygons.nucleus} nucleus; `);
+    const collection = JSON.parse(await readFile(slideRecord.geojson, 'utf8'));
+    expect(collection.type).toBe('FeatureCollection');
+    expect(collection.features).toHaveLength(slideRecord.polygons.nucleus);
+    expect(collection.features[0].properties.classification).toEqual({ name: 'nucleus', color: [255, 0, 0] });
+    const areas = JSON.parse(await readFile(join(out, 'geo-crop_areas.json'), 'utf8'));
+    expect(areasOf(collection.features)).toEqual({ nucleus: areas.classes[1].pixels });
+    const imageFeatures = JSON.parse(await readFile(imageRecord.geojson, 'utf8')).features;
+    expect(areasOf(imageFeatures)).toEqual({ nucleus: imageRecord.classPixels.nucleus });
+    const report = await readFile(join(out, 'geo-crop_report.html'), 'utf8');
+    expect(report).toContain(`geo-crop_polygons.geojson: ${slideRecord.polygons.nucleus} nucleus`);
+
+    const bad = run(process.execPath, [
+      BIN,
+      'predict',
+      image,
+      '--model',
+      model,
+      '--out',
+      out,
+      '--geojson-min-area',
+      '-2',
+    ]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('Expected --geojson-min-area to be a number of pixels >= 0 but received -2.');
+  });
+});

@@ -164,27 +164,38 @@ export function partialDamaged(dir: string, reason: string): PartialWorkError {
 export class PredictionInterruptedError extends TesseraError {
   /** The partial work folder, or `null` when no row was finished (nothing is kept). */
   readonly partial: string | null;
-  /** Output rows finished and kept, of `height`. */
+  /** Output rows finished and kept, of `height`, in stripe `stripe` (0-based; earlier stripes are finished). */
   readonly rows: number;
   readonly height: number;
+  readonly stripe: number;
+  readonly stripes: number;
 
-  constructor(slide: string, partial: string | null, rows: number, height: number) {
+  constructor(
+    slide: string,
+    partial: string | null,
+    rows: number,
+    height: number,
+    { stripe = 0, stripes = 1 }: { stripe?: number; stripes?: number } = {},
+  ) {
+    const where = stripes > 1 ? ` of stripe ${stripe + 1} of ${stripes}` : '';
     super(
       'E_INTERRUPTED',
       partial === null
         ? `Prediction of "${slide}" was interrupted before any row of the output was finished; nothing was kept.`
-        : `Prediction of "${slide}" was interrupted after ${rows} of ${height} output rows; the finished rows are ` +
-            `kept in "${partial}".`,
+        : `Prediction of "${slide}" was interrupted after ${rows} of ${height} output rows${where}; the finished ` +
+            `rows are kept in "${partial}".`,
       {
         exitCode: 130,
         hint:
           partial === null
             ? 'Run the same command again.'
-            : `Run the same command with --resume to continue from row ${rows}.`,
+            : `Run the same command with --resume to continue from row ${rows}${where}.`,
       },
     );
     this.partial = partial;
     this.rows = rows;
     this.height = height;
+    this.stripe = stripe;
+    this.stripes = stripes;
   }
 }

@@ -23,7 +23,9 @@ export {
   markTissue,
   otsuThreshold,
   splitLevel,
+  splitStripes,
   tissueMask,
+  type Stripe,
   type SplitOptions,
   type TileLocation,
   type TilePlan,
@@ -38,6 +40,14 @@ export {
   type SlideOutputOptions,
   type SlideOutputs,
 } from './writer.js';
+export { Polygonizer, type LabelPolygon, type PolygonizerOptions } from './polygons.js';
+export {
+  writePolygonsGeoJson,
+  type ClassPolygons,
+  type GeoJsonClass,
+  type PolygonsGeoJson,
+  type PolygonsGeoJsonOptions,
+} from './geojson.js';
 export {
   predictSlide,
   resolveTilerOptions,
@@ -46,6 +56,7 @@ export {
   type BandSink,
   type OutputGeometry,
   type PredictSlideOptions,
+  type ResumePoint,
   type ResolvedTilerOptions,
   type TilerOptions,
   type TilerProgress,

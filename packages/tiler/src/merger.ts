@@ -10,6 +10,10 @@ import type { TileLocation, TilePlan } from './splitter.js';
 export interface Band {
   /** First image row of the band. */
   y: number;
+  /** First image column of the band: 0, or where its stripe starts when the slide is cut into stripes. */
+  x: number;
+  /** Index of the band's stripe (0 when the slide is not cut into stripes). */
+  stripe: number;
   height: number;
   width: number;
   /** Blended class probabilities, `[height, width, numClasses]`; all zero where no tile was predicted. */
@@ -31,6 +35,11 @@ export interface MergerOptions {
    * and the first band starts here. Default 0.
    */
   startRow?: number;
+  /** Image column of the plan's column 0 and the stripe index, copied to every band. Default 0 and 0. */
+  x?: number;
+  stripe?: number;
+  /** Most rows in one band (finished rows are handed out in bands of at most this many). Default 64. */
+  maxBandRows?: number;
   /** Receives finished bands, top to bottom, each exactly once. */
   onBand: (band: Band) => void;
 }
@@ -64,6 +73,11 @@ export class BandMerger {
   private readonly k: number;
   private readonly weights: Float32Array;
   private readonly rows = new Map<number, RowAccumulator>();
+  /** Accumulators of emitted rows, reused (allocating and zeroing fresh ones row by row is slow). */
+  private readonly spare: RowAccumulator[] = [];
+  private readonly maxBandRows: number;
+  private readonly x: number;
+  private readonly stripe: number;
   private readonly doneInRow: number[];
   private readonly keptFrom: number[];
   private readonly fallback: number;
@@ -88,6 +102,14 @@ export class BandMerger {
       throw new RangeError(`BandMerger: expected startRow between 0 and ${plan.height} but received ${this.startRow}`);
     }
     this.emitted = this.startRow;
+    this.maxBandRows = options.maxBandRows ?? 64;
+    this.x = options.x ?? 0;
+    this.stripe = options.stripe ?? 0;
+    if (!(Number.isInteger(this.maxBandRows) && this.maxBandRows > 0)) {
+      throw new RangeError(
+        `BandMerger: expected maxBandRows to be a positive integer but received ${this.maxBandRows}`,
+      );
+    }
     const { tileWidth: tw, tileHeight: th } = plan;
     if (options.blend === 'constant') this.weights = new Float32Array(tw * th).fill(1);
     else if (tw === th) this.weights = blendWeights(tw);
@@ -107,7 +129,11 @@ export class BandMerger {
   private row(y: number): RowAccumulator {
     let acc = this.rows.get(y);
     if (!acc) {
-      acc = { sum: new Float32Array(this.plan.width * this.k), weight: new Float32Array(this.plan.width) };
+      acc = this.spare.pop();
+      if (acc) {
+        acc.sum.fill(0);
+        acc.weight.fill(0);
+      } else acc = { sum: new Float32Array(this.plan.width * this.k), weight: new Float32Array(this.plan.width) };
       this.rows.set(y, acc);
       this.peakRows = Math.max(this.peakRows, this.rows.size);
     }
@@ -145,17 +171,29 @@ export class BandMerger {
   private add(tile: TileLocation, probabilities: Float32Array): void {
     const { tileWidth: tw, tileHeight: th, width, height } = this.plan;
     const k = this.k;
+    const weights = this.weights;
     const y1 = Math.min(th - tile.trim.bottom, height - tile.y);
+    const x0 = Math.max(tile.trim.left, -tile.x); // a stripe's tiles may start left of it
     const x1 = Math.min(tw - tile.trim.right, width - tile.x);
     for (let ty = Math.max(tile.trim.top, this.startRow - tile.y); ty < y1; ty++) {
-      const acc = this.row(tile.y + ty);
-      for (let tx = tile.trim.left; tx < x1; tx++) {
-        const w = this.weights[ty * tw + tx];
-        const p = tile.x + tx;
-        acc.weight[p] += w;
-        const src = (ty * tw + tx) * k;
-        const dst = p * k;
-        for (let q = 0; q < k; q++) acc.sum[dst + q] += w * probabilities[src + q];
+      const { sum, weight } = this.row(tile.y + ty);
+      const wRow = ty * tw;
+      const offset = tile.x - wRow; // image column of weight index i: i + offset
+      if (k === 2) {
+        for (let i = wRow + x0, end = wRow + x1; i < end; i++) {
+          const w = weights[i];
+          const p = i + offset;
+          weight[p] += w;
+          sum[2 * p] += w * probabilities[2 * i];
+          sum[2 * p + 1] += w * probabilities[2 * i + 1];
+        }
+      } else {
+        for (let i = wRow + x0, end = wRow + x1; i < end; i++) {
+          const w = weights[i];
+          const p = i + offset;
+          weight[p] += w;
+          for (let q = 0, src = i * k, dst = p * k; q < k; q++) sum[dst + q] += w * probabilities[src + q];
+        }
       }
     }
   }
@@ -173,36 +211,45 @@ export class BandMerger {
   }
 
   private emit(limit: number): void {
+    while (this.emitted < limit) {
+      const height = Math.min(limit - this.emitted, this.maxBandRows);
+      const band = this.blend(this.emitted, height);
+      this.emitted += height;
+      this.onBand(band);
+    }
+  }
+
+  /** Divides the sums of rows `y0..y0+height-1` by their weights, takes the arg-max and frees the rows. */
+  private blend(y0: number, height: number): Band {
     const { width } = this.plan;
     const k = this.k;
-    const height = limit - this.emitted;
     const probabilities = new Float32Array(height * width * k);
     const labels = new Uint8Array(height * width).fill(this.fallback);
     for (let r = 0; r < height; r++) {
-      const y = this.emitted + r;
-      const acc = this.rows.get(y);
+      const acc = this.rows.get(y0 + r);
       if (!acc) continue;
+      const { sum, weight } = acc;
+      const rowBase = r * width;
       for (let x = 0; x < width; x++) {
-        const w = acc.weight[x];
+        const w = weight[x];
         if (w === 0) continue;
-        const base = (r * width + x) * k;
+        const base = (rowBase + x) * k;
         let best = 0;
         let bestValue = -Infinity;
         for (let q = 0; q < k; q++) {
-          const v = acc.sum[x * k + q] / w;
+          const v = sum[x * k + q] / w;
           probabilities[base + q] = v;
           if (v > bestValue) {
             bestValue = v;
             best = q;
           }
         }
-        labels[r * width + x] = best;
+        labels[rowBase + x] = best;
       }
-      this.rows.delete(y);
+      this.rows.delete(y0 + r);
+      this.spare.push(acc);
     }
-    const band: Band = { y: this.emitted, height, width, probabilities, labels };
-    this.emitted = limit;
-    this.onBand(band);
+    return { y: y0, x: this.x, stripe: this.stripe, height, width, probabilities, labels };
   }
 
   /** Whether every row has been emitted. */

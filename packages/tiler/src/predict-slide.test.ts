@@ -38,10 +38,18 @@ afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function tiled(tile: number, overlap: number, workers: number, runtime: 'tfjs' | 'onnx' = 'tfjs', batchSize = 3) {
+async function tiled(
+  tile: number,
+  overlap: number,
+  workers: number,
+  runtime: 'tfjs' | 'onnx' = 'tfjs',
+  batchSize = 3,
+  stripeWidth?: number,
+) {
   const probabilities = new Float32Array(W * H * K);
   const labels = new Uint8Array(W * H);
-  let rows = 0;
+  let pixels = 0;
+  let next = { stripe: 0, y: 0, x: 0 };
   const run = await streamSlidePrediction(
     imagePath,
     {
@@ -53,17 +61,27 @@ async function tiled(tile: number, overlap: number, workers: number, runtime: 't
       backend: 'cpu',
       tissue: false,
       onnx: runtime === 'onnx' ? { file: join(modelDir, 'model.onnx') } : undefined,
+      stripeWidth,
     },
     {
       band: (band) => {
-        expect(band.y).toBe(rows);
-        probabilities.set(band.probabilities, band.y * W * K);
-        labels.set(band.labels, band.y * W);
-        rows += band.height;
+        // Stripes left to right, each top to bottom.
+        if (next.y === H) next = { stripe: next.stripe + 1, y: 0, x: next.x };
+        expect([band.stripe, band.y]).toEqual([next.stripe, next.y]);
+        if (band.y === 0) expect(band.x).toBe(next.stripe === 0 ? 0 : next.x);
+        for (let r = 0; r < band.height; r++) {
+          const from = r * band.width;
+          const to = (band.y + r) * W + band.x;
+          labels.set(band.labels.subarray(from, from + band.width), to);
+          probabilities.set(band.probabilities.subarray(from * K, (from + band.width) * K), to * K);
+        }
+        next = { stripe: band.stripe, y: band.y + band.height, x: band.x + band.width };
+        pixels += band.height * band.width;
       },
     },
   );
-  expect(rows).toBe(H);
+  expect(pixels).toBe(W * H);
+  expect(next.x).toBe(W);
   return { probabilities, labels, run };
 }
 
@@ -109,6 +127,24 @@ describe('tile invariance', () => {
         `onnx tile ${tile} overlap ${overlap} workers ${workers} batch ${batch}: max |dp| ${maxDiff.toExponential(2)}`,
       );
       expect(run.engine).toMatch(/^onnxruntime-node/);
+      expect(maxDiff).toBeLessThan(1e-4);
+      expect(disagreement).toBeLessThan(1e-3);
+    },
+  );
+
+  it.each([
+    [64, 48, 2, 'tfjs', 70],
+    [96, 56, 1, 'onnx', 100],
+    [64, 48, 2, 'onnx', 1],
+  ] as const)(
+    'cut into stripes: tile %i, overlap %i, %i worker(s), %s, stripes of at most %i px match the whole image',
+    async (tile, overlap, workers, runtime, stripeWidth) => {
+      const { probabilities, labels, run } = await tiled(tile, overlap, workers, runtime, 3, stripeWidth);
+      const { maxDiff, disagreement } = compare(probabilities, labels);
+      console.log(`stripes ${run.stripes} (${stripeWidth} px) tile ${tile}: max |dp| ${maxDiff.toExponential(2)}`);
+      expect(run.stripes).toBeGreaterThan(1);
+      // Tiles along a stripe boundary are predicted for both stripes.
+      expect(run.tilesPredicted).toBeGreaterThan(run.plan.rows * run.plan.columns);
       expect(maxDiff).toBeLessThan(1e-4);
       expect(disagreement).toBeLessThan(1e-3);
     },
@@ -248,6 +284,41 @@ describe('resume', () => {
       expect(b.equals(a), name).toBe(true);
     }
     expect(resumed.outputs.areas).toEqual(full.outputs.areas);
+  });
+
+  it('continues an interrupted prediction in a later stripe to the same bytes', async () => {
+    const striped = { ...settings, stripeWidth: 70 };
+    const straight = join(tmp, 'straight-striped');
+    const full = await predictSlide(imagePath, { model: modelDir, out: straight, ...striped });
+    expect(full.run.stripes).toBeGreaterThanOrEqual(3);
+
+    const out = join(tmp, 'resumed-striped');
+    const controller = new AbortController();
+    const stopped = (await predictSlide(imagePath, {
+      model: modelDir,
+      out,
+      ...striped,
+      maxInFlight: 1,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.pixelsDone >= p.pixelsTotal / 2) controller.abort();
+      },
+    }).catch((e: unknown) => e)) as PredictionInterruptedError;
+    expect(stopped).toBeInstanceOf(PredictionInterruptedError);
+    expect(stopped.stripe).toBeGreaterThanOrEqual(1);
+    expect(stopped.message).toContain(`of stripe ${stopped.stripe + 1} of ${full.run.stripes}`);
+    const journal = JSON.parse(await readFile(join(stopped.partial!, 'journal.json'), 'utf8'));
+    expect([journal.stripe, journal.rows]).toEqual([stopped.stripe, stopped.rows]);
+
+    const resumed = await predictSlide(imagePath, { model: modelDir, out, ...striped, workers: 1, resume: true });
+    expect([resumed.run.resumedStripe, resumed.run.resumedRows]).toEqual([stopped.stripe, stopped.rows]);
+    expect(resumed.run.tilesPredicted).toBeLessThan(full.run.tilesPredicted);
+    for (const name of finals) {
+      const [a, b] = [await readFile(join(straight, name)), await readFile(join(out, name))];
+      expect(b.equals(a), name).toBe(true);
+    }
+    const other = predictSlide(imagePath, { model: modelDir, out: join(tmp, 'x'), ...striped, stripeWidth: 0 });
+    await expect(other).rejects.toThrow(/Expected stripeWidth to be a positive integer but received 0/);
   });
 
   it('refuses partial work made with other settings, and replaces it without resume', async () => {

@@ -11,8 +11,19 @@ import { Piscina } from 'piscina';
 import { imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { BandMerger, type Band } from './merger.js';
+import { checkMinArea } from './polygons.js';
 import { chooseLevel, openSlide, readThumbnail, type SlideInfo } from './slide.js';
-import { checkTileOptions, defaultOverlap, markTissue, splitLevel, tissueMask, type TilePlan } from './splitter.js';
+import {
+  checkTileOptions,
+  defaultOverlap,
+  markTissue,
+  splitLevel,
+  splitStripes,
+  tissueMask,
+  type Stripe,
+  type TileLocation,
+  type TilePlan,
+} from './splitter.js';
 import { rethrowFailure, type InitResult, type PredictResult, type PredictTask, type TaskFailure } from './worker.js';
 import { SlideOutputWriter, type SlideOutputs } from './writer.js';
 
@@ -46,6 +57,12 @@ export interface TilerOptions {
    * per worker (default: the cores divided between the workers).
    */
   onnx?: { file: string; threads?: number; device?: string };
+  /**
+   * Widest output stripe in pixels: a wider output is predicted in vertical stripes one after the other, so memory
+   * does not grow with the slide's width (the tiles along a stripe boundary are predicted for both stripes).
+   * Default 16384.
+   */
+  stripeWidth?: number;
   /** Batches in flight at once (backpressure). Default `2 * workers`. */
   maxInFlight?: number;
   /**
@@ -89,8 +106,16 @@ export interface TilerRun {
   /** Tiles run through the network by this run, and tiles skipped as background. */
   tilesPredicted: number;
   tilesSkipped: number;
-  /** Rows at the top that an interrupted run had finished and this one kept (0 for a fresh run). */
+  /**
+   * Where this run started: the stripe, and the rows at its top, that an interrupted run had finished (0 and 0 for
+   * a fresh run). Earlier stripes were finished too.
+   */
   resumedRows: number;
+  resumedStripe: number;
+  /** Output pixels that the interrupted run had finished. */
+  resumedPixels: number;
+  /** Stripes the output was cut into (1 unless wider than `stripeWidth`). */
+  stripes: number;
   engine: string;
   /** Wall time, and time summed over workers reading tiles and running the network. */
   timings: { wallMs: number; readMs: number; inferMs: number; mergeMs: number };
@@ -110,21 +135,33 @@ export interface OutputGeometry {
   options: ResolvedTilerOptions;
   /** The engine the workers run (`wasm`, `tfjs-node`...). */
   engine: string;
+  /**
+   * The vertical stripes the output is cut into, left to right (one unless wider than `stripeWidth`): bands of a
+   * stripe come top to bottom, stripe after stripe.
+   */
+  stripes: { x: number; width: number }[];
 }
 
 /** Receives a run's output: `start` once, then every band top to bottom. */
 export interface BandSink {
   /**
-   * Called once, before the first band. May return the number of rows at the top of the output that are finished
-   * already (by an interrupted run with the same settings): bands then start at that row, and only the tiles that
-   * reach below it are predicted. Default 0.
+   * Called once, before the first band. May return where an interrupted run with the same settings stopped: the
+   * stripe and the finished rows at its top (a number: rows of stripe 0). Bands then start there, and only the tiles
+   * that reach below those rows, and those of later stripes, are predicted. Default: the start.
    */
-  start?: (geometry: OutputGeometry) => void | number | Promise<void | number>;
+  start?: (geometry: OutputGeometry) => void | number | ResumePoint | Promise<void | number | ResumePoint>;
   band: (band: Band) => void | Promise<void>;
 }
 
 /** Defaults of {@link TilerOptions}. */
-export const TILER_DEFAULTS = { batchSize: 4, tile: 512, tissue: true, blend: 'gaussian', maxWorkers: 8 } as const;
+export const TILER_DEFAULTS = {
+  batchSize: 4,
+  tile: 512,
+  tissue: true,
+  blend: 'gaussian',
+  maxWorkers: 8,
+  stripeWidth: 16384,
+} as const;
 
 function positiveInteger(value: unknown, flag: string, hint: string): void {
   if (!(Number.isInteger(value) && (value as number) > 0)) {
@@ -155,6 +192,8 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
   if (options.mpp !== undefined && !(options.mpp > 0)) {
     throw new TilerOptionError(`Expected --mpp to be a positive number but received ${options.mpp}.`);
   }
+  const stripeWidth = options.stripeWidth ?? TILER_DEFAULTS.stripeWidth;
+  positiveInteger(stripeWidth, 'stripeWidth', 'Use a stripe width of at least the tile size, e.g. 16384.');
   const maxInFlight = options.maxInFlight ?? 2 * workers;
   positiveInteger(maxInFlight, 'maxInFlight', 'Allow at least one batch in flight.');
   if (options.blend !== undefined && options.blend !== 'gaussian' && options.blend !== 'constant') {
@@ -176,6 +215,7 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
       threads: options.onnx.threads ?? Math.max(1, Math.floor(availableParallelism() / workers)),
     },
     maxInFlight,
+    stripeWidth,
   };
 }
 
@@ -224,6 +264,7 @@ export async function streamSlidePrediction(
     const thumbnail = await readThumbnail(slide, 1024);
     markTissue(plan, tissueMask(thumbnail), thumbnail.width, thumbnail.height);
   }
+  const stripes = splitStripes(plan, resolved.stripeWidth);
   const k = manifest.classes.length;
   const pool = new Piscina({
     filename: workerFile(),
@@ -239,7 +280,7 @@ export async function streamSlidePrediction(
   let tilesTotal = 0;
   let pixelsDone = 0;
   let engine = '';
-  let startRow = 0;
+  let resumed: ResumePoint = { stripe: 0, row: 0 };
   let tilesPredicted = 0;
   let peakRows = 0;
   // Bands go to the sink one at a time, in order, even when batches finish together.
@@ -253,89 +294,108 @@ export async function streamSlidePrediction(
     );
     signal?.throwIfAborted();
     engine = init.engine;
-    const geometry = { width, height, mpp, level, scale, numClasses: k, options: resolved, engine };
-    startRow = (await sink.start?.(geometry)) ?? 0;
-    if (!(Number.isInteger(startRow) && startRow >= 0 && startRow <= height)) {
-      throw new TilerOptionError(`Expected the first unfinished row between 0 and ${height} but received ${startRow}.`);
-    }
-    const merger = new BandMerger({
-      plan,
+    const geometry = {
+      width,
+      height,
+      mpp,
+      level,
+      scale,
       numClasses: k,
-      blend: resolved.blend,
-      startRow,
-      onBand: (band) => {
-        pixelsDone += band.height * band.width;
-        writing = writing.then(() => sink.band(band));
-        writing.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
-      },
-    });
-    // A tile is needed when it keeps rows below the finished ones. Batches are cut as in a fresh run and sent when
-    // any of their tiles is needed, so every tile is predicted in the same company (the same bits on any engine).
-    const needed = (tile: (typeof plan.tiles)[number]) => plan.keptRowEnds[tile.row] > startRow;
-    const tissueTiles = plan.tiles.filter((t) => t.tissue);
-    const batches: (typeof plan.tiles)[] = [];
-    for (let i = 0; i < tissueTiles.length; i += resolved.batchSize) {
-      const batch = tissueTiles.slice(i, i + resolved.batchSize);
-      if (batch.some(needed)) batches.push(batch);
-      else batch.forEach((tile) => merger.skip(tile));
-    }
-    tilesTotal = plan.tiles.filter(needed).length;
-    for (const tile of plan.tiles) {
-      if (!tile.tissue) {
-        merger.skip(tile);
-        if (needed(tile)) tilesDone++;
-      }
-    }
-    const inFlight: Promise<void>[] = [];
+      options: resolved,
+      engine,
+      stripes: stripes.map((stripe) => ({ x: stripe.x, width: stripe.width })),
+    };
+    const resumeAt = toResumePoint(await sink.start?.(geometry), stripes.length, height);
+    resumed = resumeAt;
+    // Tiles left to do, for progress: the rest of the stripe resumed in and every later stripe.
+    const neededIn = (stripe: Stripe) => (tile: TileLocation) =>
+      stripe.index > resumeAt.stripe || stripe.plan.keptRowEnds[tile.row] > resumeAt.row;
+    for (const stripe of stripes.slice(resumeAt.stripe))
+      tilesTotal += stripe.plan.tiles.filter(neededIn(stripe)).length;
     const bounds = { width, height };
-    for (const batch of batches) {
+    for (const stripe of stripes.slice(resumeAt.stripe)) {
       if (signal?.aborted) break;
-      const task: PredictTask = {
-        model: resolved.model,
-        backend: resolved.backend,
-        plugins: resolved.plugins,
-        onnx: resolved.onnx,
-        slide,
-        level,
-        scale,
-        bounds,
-        tileWidth: plan.tileWidth,
-        tileHeight: plan.tileHeight,
-        tiles: batch.map((t) => ({ x: t.x, y: t.y })),
-      };
-      tilesPredicted += batch.length;
-      const run = pool.run(task, { name: 'predict' }) as Promise<PredictResult | TaskFailure>;
-      const promise = run.then(async (outcome) => {
-        const result = rethrowFailure(outcome);
-        const mergeStart = performance.now();
-        const per = plan.tileWidth * plan.tileHeight * k;
-        batch.forEach((tile, j) => {
-          if (!needed(tile)) return merger.skip(tile);
-          merger.aggregate(tile, result.probabilities.subarray(j * per, (j + 1) * per));
-          tilesDone++;
-        });
-        timings.readMs += result.readMs;
-        timings.inferMs += result.inferMs;
-        await writing;
-        timings.mergeMs += performance.now() - mergeStart;
-        options.onProgress?.({
-          tilesDone,
-          tilesTotal,
-          pixelsDone,
-          pixelsTotal: width * (height - startRow),
-          elapsedMs: performance.now() - started,
-        });
+      const startRow = stripe.index === resumeAt.stripe ? resumeAt.row : 0;
+      const merger = new BandMerger({
+        plan: stripe.plan,
+        numClasses: k,
+        blend: resolved.blend,
+        startRow,
+        x: stripe.x,
+        stripe: stripe.index,
+        onBand: (band) => {
+          pixelsDone += band.height * band.width;
+          writing = writing.then(() => sink.band(band));
+          writing.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
+        },
       });
-      promise.catch(() => undefined); // awaited in order below
-      inFlight.push(promise);
-      // Oldest first: the merger adds tiles in plan order, so later batches wait for it anyway.
-      while (inFlight.length >= resolved.maxInFlight) await inFlight.shift();
+      // A tile is needed when it keeps rows below the finished ones. Batches are cut as in a fresh run and sent when
+      // any of their tiles is needed, so every tile is predicted in the same company (the same bits on any engine).
+      const needed = neededIn(stripe);
+      const tissueTiles = stripe.plan.tiles.filter((t) => t.tissue);
+      const batches: TileLocation[][] = [];
+      for (let i = 0; i < tissueTiles.length; i += resolved.batchSize) {
+        const batch = tissueTiles.slice(i, i + resolved.batchSize);
+        if (batch.some(needed)) batches.push(batch);
+        else batch.forEach((tile) => merger.skip(tile));
+      }
+      for (const tile of stripe.plan.tiles) {
+        if (!tile.tissue) {
+          merger.skip(tile);
+          if (needed(tile)) tilesDone++;
+        }
+      }
+      const inFlight: Promise<void>[] = [];
+      for (const batch of batches) {
+        if (signal?.aborted) break;
+        const task: PredictTask = {
+          model: resolved.model,
+          backend: resolved.backend,
+          plugins: resolved.plugins,
+          onnx: resolved.onnx,
+          slide,
+          level,
+          scale,
+          bounds,
+          tileWidth: plan.tileWidth,
+          tileHeight: plan.tileHeight,
+          tiles: batch.map((t) => ({ x: stripe.tiles[t.index].x, y: t.y })),
+        };
+        tilesPredicted += batch.length;
+        const run = pool.run(task, { name: 'predict' }) as Promise<PredictResult | TaskFailure>;
+        const promise = run.then(async (outcome) => {
+          const result = rethrowFailure(outcome);
+          const mergeStart = performance.now();
+          const per = plan.tileWidth * plan.tileHeight * k;
+          batch.forEach((tile, j) => {
+            if (!needed(tile)) return merger.skip(tile);
+            merger.aggregate(tile, result.probabilities.subarray(j * per, (j + 1) * per));
+            tilesDone++;
+          });
+          timings.readMs += result.readMs;
+          timings.inferMs += result.inferMs;
+          await writing;
+          timings.mergeMs += performance.now() - mergeStart;
+          options.onProgress?.({
+            tilesDone,
+            tilesTotal,
+            pixelsDone,
+            pixelsTotal: width * height - resumedPixels(resumeAt, stripes, height),
+            elapsedMs: performance.now() - started,
+          });
+        });
+        promise.catch(() => undefined); // awaited in order below
+        inFlight.push(promise);
+        // Oldest first: the merger adds tiles in plan order, so later batches wait for it anyway.
+        while (inFlight.length >= resolved.maxInFlight) await inFlight.shift();
+      }
+      while (inFlight.length) await inFlight.shift();
+      await writing;
+      signal?.throwIfAborted();
+      peakRows = Math.max(peakRows, merger.peakRows);
+      if (!merger.complete) throw new Error(`internal: stripe ${stripe.index} incomplete after ${tilesDone} tiles`);
     }
-    while (inFlight.length) await inFlight.shift();
-    await writing;
     signal?.throwIfAborted();
-    peakRows = merger.peakRows;
-    if (!merger.complete) throw new Error(`internal: merger incomplete after ${tilesDone} tiles`);
   } finally {
     await writing.catch(() => undefined); // the sink has every band emitted so far, also when stopped
     await pool.destroy();
@@ -353,12 +413,45 @@ export async function streamSlidePrediction(
     plan: planSummary,
     tilesPredicted,
     tilesSkipped: plan.tiles.filter((t) => !t.tissue).length,
-    resumedRows: startRow,
+    resumedRows: resumed.row,
+    resumedStripe: resumed.stripe,
+    resumedPixels: resumedPixels(resumed, stripes, height),
     engine,
     timings,
     peakRows,
+    stripes: stripes.length,
   };
 }
+
+/** Where a run starts: the stripe, and the finished rows at its top. */
+export interface ResumePoint {
+  stripe: number;
+  row: number;
+}
+
+function toResumePoint(value: unknown, stripes: number, height: number): ResumePoint {
+  const point = value === undefined || value === null ? { stripe: 0, row: 0 } : value;
+  const { stripe, row } = typeof point === 'number' ? { stripe: 0, row: point } : (point as ResumePoint);
+  if (!(Number.isInteger(stripe) && stripe >= 0 && stripe < stripes && Number.isInteger(row) && row >= 0)) {
+    throw new TilerOptionError(
+      `Expected the first unfinished stripe and row within ${stripes} stripes and ${height} rows but received ` +
+        `${JSON.stringify(point)}.`,
+    );
+  }
+  if (row > height)
+    throw new TilerOptionError(`Expected the first unfinished row between 0 and ${height} but received ${row}.`);
+  return { stripe, row };
+}
+
+/** Output pixels finished before `point`. */
+function resumedPixels(point: ResumePoint, stripes: { width: number }[], height: number): number {
+  let pixels = point.row * stripes[point.stripe].width;
+  for (let s = 0; s < point.stripe; s++) pixels += stripes[s].width * height;
+  return pixels;
+}
+
+/** Least time between two journal entries of a slide prediction (each syncs the maps to the disk). */
+const JOURNAL_INTERVAL_MS = 1000;
 
 /** Options of {@link predictSlide}. */
 export interface PredictSlideOptions extends TilerOptions {
@@ -373,15 +466,24 @@ export interface PredictSlideOptions extends TilerOptions {
    * `resume` (the default), a partial work folder is replaced.
    */
   resume?: boolean;
+  /**
+   * Also write `<stem>_polygons.geojson`: a GeoJSON FeatureCollection that QuPath imports as annotations, one
+   * polygon (with holes) per 4-connected region of every class but the first, in level-0 pixel coordinates of the
+   * slide. `minArea`: regions of fewer pixels of the label map are left out (default 0: every region is kept, and the
+   * polygon areas per class add up to `<stem>_areas.json`'s pixels). Default false.
+   */
+  geojson?: boolean | { minArea?: number };
 }
 
 /** What a partial work folder holds besides the maps: the settings it was made with and how far it got. */
 interface PartialJournal {
   format: 'tessera-slide-partial';
-  version: 1;
+  version: 2;
   settings: PartialSettings;
-  /** Output rows finished and flushed to the maps, and their pixels per class. */
+  /** The stripe being written and its rows finished and flushed to the maps (earlier stripes are complete). */
+  stripe: number;
   rows: number;
+  /** Pixels per class of everything finished. */
   counts: number[];
 }
 
@@ -405,6 +507,7 @@ interface PartialSettings {
   tissue: boolean;
   engine: string;
   probabilities: boolean;
+  stripeWidth: number;
 }
 
 /** How each setting is named in messages. */
@@ -427,6 +530,7 @@ const SETTING_NAMES: Record<keyof PartialSettings, string> = {
   tissue: 'tissue detection',
   engine: 'engine',
   probabilities: '--probabilities',
+  stripeWidth: 'stripe width',
 };
 
 /** The partial work folder of a slide's prediction into `out`: `<out>/.<stem>.partial`. */
@@ -451,7 +555,12 @@ async function writeDurably(path: string, text: string): Promise<void> {
  * The journal of a partial work folder made with `settings`, `null` when there is none to resume.
  * @throws {@link PartialWorkError} when the folder was made with other settings or its journal is unreadable.
  */
-async function readJournal(dir: string, settings: PartialSettings, numClasses: number): Promise<PartialJournal | null> {
+async function readJournal(
+  dir: string,
+  settings: PartialSettings,
+  numClasses: number,
+  stripes: { width: number }[],
+): Promise<PartialJournal | null> {
   let text: string;
   try {
     text = await readFile(join(dir, 'journal.json'), 'utf8');
@@ -465,31 +574,38 @@ async function readJournal(dir: string, settings: PartialSettings, numClasses: n
   } catch (error) {
     throw partialDamaged(dir, `its journal.json is not JSON (${(error as Error).message})`);
   }
-  if (journal?.format !== 'tessera-slide-partial' || journal.version !== 1 || typeof journal.settings !== 'object') {
-    throw partialDamaged(dir, 'its journal.json is not a version 1 journal of tessera predict');
+  if (journal?.format !== 'tessera-slide-partial' || journal.version !== 2 || typeof journal.settings !== 'object') {
+    throw partialDamaged(dir, 'its journal.json is not a version 2 journal of tessera predict');
   }
   for (const key of Object.keys(settings) as (keyof PartialSettings)[]) {
     if (JSON.stringify(journal.settings[key]) !== JSON.stringify(settings[key])) {
       throw partialMismatch(dir, SETTING_NAMES[key], journal.settings[key], settings[key]);
     }
   }
-  const { rows, counts } = journal;
+  const { stripe, rows, counts } = journal;
   const valid =
+    Number.isInteger(stripe) &&
+    stripe >= 0 &&
+    stripe < stripes.length &&
     Number.isInteger(rows) &&
     rows >= 0 &&
     rows <= settings.height &&
     Array.isArray(counts) &&
     counts.length === numClasses &&
-    counts.reduce((sum, n) => sum + n, 0) === rows * settings.width;
-  if (!valid)
-    throw partialDamaged(dir, `its journal.json says ${String(rows)} rows with pixel counts that do not add up`);
+    counts.reduce((sum, n) => sum + n, 0) === resumedPixels({ stripe, row: rows }, stripes, settings.height);
+  if (!valid) {
+    throw partialDamaged(
+      dir,
+      `its journal.json says ${String(rows)} rows of stripe ${String(stripe)} with pixel counts that do not add up`,
+    );
+  }
   return journal;
 }
 
 /**
  * Predicts a whole slide and writes `<stem>_labels.tif` (tiled pyramidal TIFF of class values with the slide's
- * geometry and µm/px), `<stem>_overlay.png`, `<stem>_areas.json`/`.csv` and, with `probabilities`,
- * `<stem>_prob_<class>.tif`. Files appear only when complete. Meanwhile the finished rows are journaled in
+ * geometry and µm/px), `<stem>_overlay.png`, `<stem>_areas.json`/`.csv`, with `probabilities`
+ * `<stem>_prob_<class>.tif` and with `geojson` `<stem>_polygons.geojson`. Files appear only when complete. Meanwhile the finished rows are journaled in
  * `<out>/.<stem>.partial/`, which an interrupted run (`signal`, or a killed process) leaves behind and a run with
  * `resume` continues from; it is removed on success.
  * @throws as {@link streamSlidePrediction}, core's `OutputError` when `out` cannot be written,
@@ -503,6 +619,13 @@ export async function predictSlide(
   options: PredictSlideOptions,
 ): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
   const manifest = await readManifest(options.model);
+  if (typeof options.geojson === 'object') checkMinArea(options.geojson.minArea, '--geojson-min-area');
+  // Polygons are written in level-0 pixels: the output may be of a reduced level or scale.
+  const geojsonOutput = async (geometry: OutputGeometry) => {
+    const slide = await openSlide(slidePath);
+    const scale = { x: slide.width / geometry.width, y: slide.height / geometry.height };
+    return { scale, minArea: typeof options.geojson === 'object' ? options.geojson.minArea : undefined };
+  };
   try {
     await mkdir(options.out, { recursive: true });
   } catch (error) {
@@ -516,19 +639,23 @@ export async function predictSlide(
   const stem = imageStem(basename(slidePath)).replace(/\.ome$/i, '');
   const partial = partialWorkDir(options.out, stem);
   let ownsPartial = false;
-  let journaledRows = 0;
+  let journaled: ResumePoint = { stripe: 0, row: 0 };
+  let journaledAt = 0;
   let height = 0;
+  let stripeCount = 1;
+  let settings: PartialSettings;
+  const journal = async () => {
+    const { stripe, rows, counts } = writer!.checkpoint();
+    const record: PartialJournal = { format: 'tessera-slide-partial', version: 2, settings, stripe, rows, counts };
+    await writeDurably(join(partial, 'journal.json'), JSON.stringify(record, null, 2) + '\n');
+    journaled = { stripe, row: rows };
+    journaledAt = performance.now();
+  };
   try {
-    let settings: PartialSettings;
-    const journal = async () => {
-      const { rows, counts } = writer!.checkpoint();
-      const record: PartialJournal = { format: 'tessera-slide-partial', version: 1, settings, rows, counts };
-      await writeDurably(join(partial, 'journal.json'), JSON.stringify(record, null, 2) + '\n');
-      journaledRows = rows;
-    };
     const run = await streamSlidePrediction(slidePath, options, {
       start: async (geometry) => {
         height = geometry.height;
+        stripeCount = geometry.stripes.length;
         const file = await stat(slidePath);
         const o = geometry.options;
         settings = {
@@ -550,8 +677,11 @@ export async function predictSlide(
           tissue: o.tissue,
           engine: geometry.engine,
           probabilities: !!options.probabilities,
+          stripeWidth: o.stripeWidth,
         };
-        const kept = options.resume ? await readJournal(partial, settings, manifest.classes.length) : null;
+        const kept = options.resume
+          ? await readJournal(partial, settings, manifest.classes.length, geometry.stripes)
+          : null;
         try {
           if (!kept) {
             await rm(partial, { recursive: true, force: true });
@@ -574,16 +704,20 @@ export async function predictSlide(
           mpp: geometry.mpp === null ? null : { x: geometry.mpp, y: geometry.mpp },
           probabilities: options.probabilities,
           workDir: partial,
-          resume: kept ? { rows: kept.rows, counts: kept.counts } : undefined,
+          stripes: geometry.stripes,
+          resume: kept ? { stripe: kept.stripe, rows: kept.rows, counts: kept.counts } : undefined,
+          geojson: options.geojson ? await geojsonOutput(geometry) : undefined,
         });
         ownsPartial = true;
-        journaledRows = kept?.rows ?? 0;
         await journal();
-        return journaledRows;
+        return journaled;
       },
       band: async (band) => {
         writer!.write(band);
-        await journal();
+        // Syncing the maps costs a few ms: journal about once a second (and when stopped, below).
+        if (performance.now() - journaledAt >= JOURNAL_INTERVAL_MS || band.y + band.height === height) {
+          await journal();
+        }
       },
     });
     options.signal?.throwIfAborted();
@@ -592,11 +726,18 @@ export async function predictSlide(
     await rm(partial, { recursive: true, force: true });
     return { run, outputs };
   } catch (error) {
+    if (options.signal?.aborted && writer && ownsPartial) {
+      // Every band handed out so far is written: record them, so --resume starts after the last one.
+      await journal().catch(() => undefined);
+    }
     await writer?.abort();
-    const kept = ownsPartial && journaledRows > 0;
+    const kept = ownsPartial && (journaled.stripe > 0 || journaled.row > 0);
     if (ownsPartial && !kept) await rm(partial, { recursive: true, force: true });
     if (options.signal?.aborted) {
-      throw new PredictionInterruptedError(slidePath, kept ? partial : null, journaledRows, height);
+      throw new PredictionInterruptedError(slidePath, kept ? partial : null, journaled.row, height, {
+        stripe: journaled.stripe,
+        stripes: stripeCount,
+      });
     }
     throw error;
   }

@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { BandMerger, type Band } from './merger.js';
-import { checkTileOptions, defaultOverlap, markTissue, otsuThreshold, splitLevel, tissueMask } from './splitter.js';
+import {
+  checkTileOptions,
+  defaultOverlap,
+  markTissue,
+  otsuThreshold,
+  splitLevel,
+  splitStripes,
+  tissueMask,
+} from './splitter.js';
 
 describe('splitLevel', () => {
   it('aligns tiles to the input multiple and keeps each pixel exactly once when overlap = 2 * context', () => {
@@ -96,9 +104,9 @@ describe('BandMerger order and resumption', () => {
     return values;
   });
 
-  function merge(order: number[], startRow = 0) {
+  function merge(order: number[], startRow = 0, maxBandRows?: number) {
     const bands: Band[] = [];
-    const merger = new BandMerger({ plan, numClasses: 3, startRow, onBand: (b) => bands.push(b) });
+    const merger = new BandMerger({ plan, numClasses: 3, startRow, maxBandRows, onBand: (b) => bands.push(b) });
     for (const i of order) merger.aggregate(plan.tiles[i], tileProbabilities[i]);
     expect(merger.complete).toBe(true);
     const rows = 170 - startRow;
@@ -124,6 +132,28 @@ describe('BandMerger order and resumption', () => {
     expect(Buffer.from(outOfOrder.labels).equals(Buffer.from(inOrder.labels))).toBe(true);
   });
 
+  it('hands out the same rows in bands of at most maxBandRows', () => {
+    const whole = merge(
+      plan.tiles.map((t) => t.index),
+      0,
+      1000,
+    );
+    const bands: Band[] = [];
+    const merger = new BandMerger({ plan, numClasses: 3, maxBandRows: 7, onBand: (b) => bands.push(b) });
+    for (const tile of plan.tiles) merger.aggregate(tile, tileProbabilities[tile.index]);
+    expect(Math.max(...bands.map((b) => b.height))).toBe(7);
+    const small = merge(
+      plan.tiles.map((t) => t.index),
+      0,
+      7,
+    );
+    expect(Buffer.from(small.probabilities.buffer).equals(Buffer.from(whole.probabilities.buffer))).toBe(true);
+    expect(Buffer.from(small.labels).equals(Buffer.from(whole.labels))).toBe(true);
+    expect(() => new BandMerger({ plan, numClasses: 3, maxBandRows: 0, onBand: () => {} })).toThrow(
+      /expected maxBandRows to be a positive integer but received 0/,
+    );
+  });
+
   it('starts at a finished row given only the tiles that reach below it, with the same bits', () => {
     const full = merge(plan.tiles.map((t) => t.index));
     const startRow = plan.keptRowEnds[3] + 5; // inside tile row 4's kept rows
@@ -144,4 +174,36 @@ describe('BandMerger order and resumption', () => {
       /expected startRow between 0 and 170 but received 171/,
     );
   });
+});
+
+describe('splitStripes', () => {
+  it.each([1, 100, 333, 1000, 5000])(
+    'cuts a plan into stripes of at most %i px that cover every column once',
+    (max) => {
+      const plan = splitLevel({ width: 2500, height: 300, tile: 256, overlap: 64, multiple: 8, context: 24 });
+      const stripes = splitStripes(plan, max);
+      expect(stripes[0].x).toBe(0);
+      for (const [i, stripe] of stripes.entries()) {
+        expect(stripe.index).toBe(i);
+        if (i > 0) expect(stripe.x).toBe(stripes[i - 1].x + stripes[i - 1].width);
+        // At most max wide, unless one tile column's kept pixels are wider.
+        if (stripe.width > max) expect(stripe.plan.columns).toBeLessThanOrEqual(2);
+        expect(stripe.plan.width).toBe(stripe.width);
+        expect(stripe.plan.tiles).toHaveLength(stripe.plan.columns * plan.rows);
+        // Exactly the tiles whose kept columns reach into the stripe, with x relative to it.
+        const reaching = plan.tiles.filter(
+          (t) => t.x + t.trim.left < stripe.x + stripe.width && t.x + plan.tileWidth - t.trim.right > stripe.x,
+        );
+        expect(stripe.tiles).toEqual(reaching);
+        stripe.plan.tiles.forEach((t, j) => {
+          expect(t.index).toBe(j);
+          expect(t.x).toBe(stripe.tiles[j].x - stripe.x);
+        });
+      }
+      const last = stripes[stripes.length - 1];
+      expect(last.x + last.width).toBe(2500);
+      if (max >= 2500) expect(stripes).toHaveLength(1);
+      expect(() => splitStripes(plan, 0)).toThrow(/Expected a stripe width that is a positive integer but received 0/);
+    },
+  );
 });

@@ -154,6 +154,70 @@ export function splitLevel(options: SplitOptions): TilePlan {
   };
 }
 
+/** A vertical stripe of a plan: the image columns it outputs and the tiles that blend into them. */
+export interface Stripe {
+  /** Index of the stripe, left to right. */
+  index: number;
+  /** First image column the stripe outputs, and its width. */
+  x: number;
+  width: number;
+  /**
+   * The plan of the stripe for the merger: its tiles (plan order, indices from 0) with `x` relative to the stripe,
+   * so a tile that starts left of it has a negative `x`; only the columns inside the stripe are blended.
+   */
+  plan: TilePlan;
+  /** The same tiles as in the full plan (where to read them), by the stripe plan's tile index. */
+  tiles: TileLocation[];
+}
+
+/**
+ * Cuts a plan into vertical stripes of at most `maxWidth` image columns (at least one tile column each), processed
+ * one after the other, so the merger holds a few tile rows of one stripe, not of the whole width: memory no longer
+ * grows with the slide's width. A stripe's boundary lies where a tile column's kept pixels start; the tiles of the
+ * column left of it also reach into the stripe and are predicted for both stripes (the same bits each time, so the
+ * output does not depend on the stripe width, apart from the tiles' company in a batch).
+ * @example
+ * for (const stripe of splitStripes(plan, 16384)) predict(stripe.tiles); // merge with stripe.plan
+ */
+export function splitStripes(plan: TilePlan, maxWidth: number): Stripe[] {
+  if (!(Number.isInteger(maxWidth) && maxWidth > 0)) {
+    throw new TilerOptionError(
+      `Expected a stripe width that is a positive integer but received ${maxWidth}.`,
+      'Use a stripe width of at least the tile size, e.g. 16384.',
+    );
+  }
+  const firstRow = plan.tiles.slice(0, plan.columns);
+  const keptStart = firstRow.map((t) => t.x + t.trim.left);
+  const keptEnd = firstRow.map((t) => Math.min(plan.width, t.x + plan.tileWidth - t.trim.right));
+  // Stripe boundaries at kept starts of tile columns: as many columns as fit in maxWidth, at least one.
+  const endOf = (c: number) => (c < plan.columns ? keptStart[c] : plan.width);
+  const bounds = [0];
+  for (let column = 0; column < plan.columns; ) {
+    let next = column + 1;
+    while (next < plan.columns && endOf(next + 1) - keptStart[column] <= maxWidth) next++;
+    bounds.push(next);
+    column = next;
+  }
+  const stripes: Stripe[] = [];
+  for (let s = 0; s + 1 < bounds.length; s++) {
+    const x = keptStart[bounds[s]];
+    const end = endOf(bounds[s + 1]);
+    // Tile columns whose kept pixels reach into [x, end).
+    const columns: number[] = [];
+    for (let c = 0; c < plan.columns; c++) if (keptStart[c] < end && keptEnd[c] > x) columns.push(c);
+    const tiles = plan.tiles.filter((t) => columns.includes(t.column));
+    const local = tiles.map((t, index) => ({ ...t, index, column: t.column - columns[0], x: t.x - x }));
+    stripes.push({
+      index: s,
+      x,
+      width: end - x,
+      plan: { ...plan, width: end - x, columns: columns.length, tiles: local },
+      tiles,
+    });
+  }
+  return stripes;
+}
+
 /** Otsu's threshold of 8-bit values: the level that maximises the between-class variance. */
 export function otsuThreshold(values: ArrayLike<number>): number {
   const histogram = new Float64Array(256);

@@ -53,7 +53,15 @@ describe('SlideOutputWriter', () => {
     for (let y = 0; y < height; y += 100) {
       const labels = new Uint8Array(100 * width);
       for (let i = 0; i < labels.length; i++) labels[i] = i % width < 300 ? 1 : 0;
-      writer.write({ y, height: 100, width, labels, probabilities: new Float32Array(100 * width * 2) });
+      writer.write({
+        y,
+        x: 0,
+        stripe: 0,
+        height: 100,
+        width,
+        labels,
+        probabilities: new Float32Array(100 * width * 2),
+      });
     }
     const outputs = await writer.finish({
       data: new Uint8Array(120 * 70 * 3).fill(200),
@@ -89,7 +97,15 @@ describe('SlideOutputWriter', () => {
       mpp: null,
       probabilities: true,
     });
-    writer.write({ y: 0, height: 5, width: 10, labels: new Uint8Array(50), probabilities: new Float32Array(100) });
+    writer.write({
+      y: 0,
+      x: 0,
+      stripe: 0,
+      height: 5,
+      width: 10,
+      labels: new Uint8Array(50),
+      probabilities: new Float32Array(100),
+    });
     await writer.abort();
     expect(await readdir(dir)).toEqual([]);
   });
@@ -116,7 +132,15 @@ describe('label pyramid', () => {
     for (let y = 0; y < height; y += 50) {
       const rows = Math.min(50, height - y);
       const band = labels.slice(y * width, (y + rows) * width);
-      writer.write({ y, height: rows, width, labels: band, probabilities: new Float32Array(rows * width * 3) });
+      writer.write({
+        y,
+        x: 0,
+        stripe: 0,
+        height: rows,
+        width,
+        labels: band,
+        probabilities: new Float32Array(rows * width * 3),
+      });
     }
     const outputs = await writer.finish({ data: new Uint8Array(30 * 20 * 3), width: 30, height: 20, channels: 3 });
     const sizes = pyramidLevels(width, height, 64);

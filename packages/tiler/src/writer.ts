@@ -13,6 +13,7 @@ import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { OutputError, renderOverlay, writeFileAtomic, writePng, type RasterImage } from '@tessera/core';
 import { partialDamaged } from './errors.js';
+import { writePolygonsGeoJson, type PolygonsGeoJson } from './geojson.js';
 import type { Band } from './merger.js';
 
 /** Magic number of a VIPS file written little-endian (`VIPS_MAGIC_INTEL`), stored big-endian. */
@@ -46,7 +47,8 @@ export class VipsFileWriter {
 
   /**
    * Creates the file, or with `resumeRows` reopens a file written before and keeps its first `resumeRows` rows
-   * (anything after them is cut off).
+   * (anything after them is cut off). With `reserve`, the file is made its full size at once (sparse on most file
+   * systems) for {@link VipsFileWriter.writeRegion}, and reopening keeps all of it.
    * @throws {@link PartialWorkError} when the file to reopen is missing, of another size, or shorter than that.
    */
   constructor(
@@ -56,10 +58,13 @@ export class VipsFileWriter {
     readonly bands: number,
     pixelsPerMm = 1,
     resumeRows = 0,
+    private readonly reserve = false,
   ) {
+    const fullSize = 64 + width * height * bands;
     if (resumeRows === 0) {
       this.fd = openSync(path, 'w');
       writeSync(this.fd, vipsHeader(width, height, bands, pixelsPerMm));
+      if (reserve) ftruncateSync(this.fd, fullSize);
       return;
     }
     const fail = (reason: string) => partialDamaged(dirname(path), `${basename(path)} ${reason}`);
@@ -73,10 +78,13 @@ export class VipsFileWriter {
     readSync(fd, header, 0, 64, 0);
     const size = [header.readInt32LE(4), header.readInt32LE(8), header.readInt32LE(12)];
     const rowBytes = width * bands;
-    const kept = Math.floor((fstatSync(fd).size - 64) / rowBytes);
+    const bytes = fstatSync(fd).size;
+    const kept = reserve ? height : Math.floor((bytes - 64) / rowBytes);
     let reason = '';
     if (header.readUInt32BE(0) !== VIPS_MAGIC_INTEL || size.join() !== [width, height, bands].join()) {
       reason = `is not a ${width}x${height} ${bands}-band VIPS file`;
+    } else if (reserve && bytes !== fullSize) {
+      reason = `is ${bytes} bytes long, not ${fullSize}`;
     } else if (kept < resumeRows)
       reason = `holds ${Math.max(0, kept)} finished rows, but the journal says ${resumeRows}`;
     if (reason) {
@@ -86,7 +94,7 @@ export class VipsFileWriter {
     this.fd = fd;
     this.rows = resumeRows;
     this.position = 64 + resumeRows * rowBytes;
-    ftruncateSync(fd, this.position);
+    if (!reserve) ftruncateSync(fd, this.position);
   }
 
   /** Rows written so far (kept rows included). */
@@ -104,15 +112,35 @@ export class VipsFileWriter {
     this.rows += data.length / (this.width * this.bands);
   }
 
+  /**
+   * Writes `data`, rows of `regionWidth` pixels, at column `x` and row `y` of a file made with `reserve`; anything
+   * else in the file stays as it is.
+   */
+  writeRegion(x: number, y: number, regionWidth: number, data: Uint8Array): void {
+    const rowBytes = regionWidth * this.bands;
+    const rows = data.length / rowBytes;
+    if (!this.reserve || !Number.isInteger(rows) || x < 0 || x + regionWidth > this.width || y + rows > this.height) {
+      throw new RangeError(`${this.path}: cannot write ${regionWidth}x${rows} pixels at ${x},${y}`);
+    }
+    const full = regionWidth === this.width;
+    for (let r = 0; r < (full ? 1 : rows); r++) {
+      const chunk = full ? data : data.subarray(r * rowBytes, (r + 1) * rowBytes);
+      const at = 64 + ((y + r) * this.width + x) * this.bands;
+      for (let offset = 0; offset < chunk.length; ) {
+        offset += writeSync(this.fd, chunk, offset, chunk.length - offset, at + offset);
+      }
+    }
+  }
+
   /** Flushes the rows written so far to the disk (`fsync`), so they survive a crash. */
   sync(): void {
     fsyncSync(this.fd);
   }
 
-  /** Closes the file; throws when fewer or more rows than `height` were written. */
+  /** Closes the file; throws when fewer or more rows than `height` were appended (not for `reserve`). */
   close(): void {
     closeSync(this.fd);
-    if (this.rows !== this.height) {
+    if (!this.reserve && this.rows !== this.height) {
       throw new OutputError(`${this.path}: wrote ${this.rows} rows, expected ${this.height}.`);
     }
   }
@@ -139,6 +167,12 @@ export interface SlideOutputOptions {
   mpp: { x: number; y: number } | null;
   /** Also write one 8-bit probability pyramid per class. Default false. */
   probabilities?: boolean;
+  /**
+   * Also write `<stem>_polygons.geojson`: one polygon per 4-connected region of every class but the first, in
+   * level-0 pixel coordinates (see {@link writePolygonsGeoJson}). `scale`: level-0 pixels per output pixel (default
+   * 1); `minArea`: regions of fewer output pixels are left out (default 0). Default: no GeoJSON.
+   */
+  geojson?: { scale?: { x: number; y: number }; minArea?: number };
   /** Tile size of the TIFFs. Default 256. */
   tileSize?: number;
   /**
@@ -147,8 +181,16 @@ export interface SlideOutputOptions {
    * `dir`, removed on abort.
    */
   workDir?: string;
-  /** Continue the maps in `workDir` after their first `rows` rows, whose per-class pixel counts are `counts`. */
-  resume?: { rows: number; counts: number[] };
+  /**
+   * The vertical stripes the bands come in, left to right, each top to bottom (see the tiler's `stripeWidth`).
+   * Default: one stripe of the full width.
+   */
+  stripes?: { x: number; width: number }[];
+  /**
+   * Continue the maps in `workDir` after the first `rows` rows of stripe `stripe` (default 0; earlier stripes are
+   * complete), whose per-class pixel counts (all stripes) are `counts`.
+   */
+  resume?: { stripe?: number; rows: number; counts: number[] };
 }
 
 /** Per-class area of the label map. */
@@ -170,6 +212,8 @@ export interface SlideOutputs {
   areasCsv: string;
   probabilities: string[];
   areas: ClassArea[];
+  /** With the `geojson` option: the GeoJSON file, its polygons per class and the time spent tracing them. */
+  polygons?: PolygonsGeoJson;
 }
 
 function tmpName(path: string): string {
@@ -190,6 +234,9 @@ export class SlideOutputWriter {
   private readonly maps: VipsFileWriter[] = [];
   private readonly counts: number[];
   private readonly lookup: Uint8Array;
+  private readonly stripes: { x: number; width: number }[];
+  /** The next band's stripe and first row. */
+  private position: { stripe: number; row: number };
   private finished = false;
 
   /**
@@ -199,13 +246,18 @@ export class SlideOutputWriter {
   constructor(private readonly options: SlideOutputOptions) {
     const { dir, stem, width, height, classes, mpp, workDir, resume } = options;
     const pixelsPerMm = mpp ? 1000 / mpp.x : 1;
-    const rows = resume?.rows ?? 0;
+    this.stripes = options.stripes ?? [{ x: 0, width }];
+    this.position = { stripe: resume?.stripe ?? 0, row: resume?.rows ?? 0 };
+    // Reopened maps keep all they hold: rows of earlier stripes lie below the resumed row too.
+    const rows = resume ? Math.max(1, this.position.row) : 0;
     const path = (name: string) => (workDir ? join(workDir, `${name}.v`) : tmpName(join(dir, `${stem}_${name}.v`)));
     const files: VipsFileWriter[] = [];
     try {
-      files.push(new VipsFileWriter(path('labels'), width, height, 1, pixelsPerMm, rows));
+      files.push(new VipsFileWriter(path('labels'), width, height, 1, pixelsPerMm, rows, true));
       if (options.probabilities) {
-        for (const c of classes) files.push(new VipsFileWriter(path(`prob_${c.name}`), width, height, 1, 1, rows));
+        for (const c of classes) {
+          files.push(new VipsFileWriter(path(`prob_${c.name}`), width, height, 1, 1, rows, true));
+        }
       }
     } catch (error) {
       for (const file of files) closeQuietly(file);
@@ -221,8 +273,19 @@ export class SlideOutputWriter {
     this.lookup = Uint8Array.from(classes.map((c) => c.value));
   }
 
-  /** Appends a band (rows in order, top to bottom). */
+  /** Writes the next band: rows of a stripe top to bottom, stripe after stripe. */
   write(band: Band): void {
+    const { height } = this.options;
+    let { stripe, row } = this.position;
+    if (row === height && band.stripe === stripe + 1) [stripe, row] = [stripe + 1, 0];
+    const expected = this.stripes[stripe];
+    if (band.stripe !== stripe || band.y !== row || band.x !== expected?.x || band.width !== expected.width) {
+      throw new Error(
+        `SlideOutputWriter: expected rows from ${row} of stripe ${stripe} but received rows from ${band.y} of ` +
+          `stripe ${band.stripe}`,
+      );
+    }
+    this.position = { stripe, row: row + band.height };
     const k = this.options.classes.length;
     const values = new Uint8Array(band.labels.length);
     for (let i = 0; i < values.length; i++) {
@@ -230,21 +293,21 @@ export class SlideOutputWriter {
       values[i] = this.lookup[label];
       this.counts[label]++;
     }
-    this.labels.append(values);
+    this.labels.writeRegion(band.x, band.y, band.width, values);
     this.maps.forEach((map, c) => {
       const bytes = new Uint8Array(band.labels.length);
       for (let i = 0; i < bytes.length; i++) bytes[i] = Math.round(band.probabilities[i * k + c] * 255);
-      map.append(bytes);
+      map.writeRegion(band.x, band.y, band.width, bytes);
     });
   }
 
   /**
-   * Flushes the maps to the disk and returns what they hold: rows written and per-class pixel counts of those rows,
-   * the state a later writer resumes from.
+   * Flushes the maps to the disk and returns what they hold: the stripe being written and its rows written (earlier
+   * stripes are complete), and the per-class pixel counts of all that, the state a later writer resumes from.
    */
-  checkpoint(): { rows: number; counts: number[] } {
+  checkpoint(): { stripe: number; rows: number; counts: number[] } {
     for (const file of [this.labels, ...this.maps]) file.sync();
-    return { rows: this.labels.rowsWritten, counts: [...this.counts] };
+    return { stripe: this.position.stripe, rows: this.position.row, counts: [...this.counts] };
   }
 
   /** A temporary name for `target`: in `workDir` when there is one (removed with it), else beside `target`. */
@@ -281,7 +344,8 @@ export class SlideOutputWriter {
 
   /**
    * Closes the streams and writes the final files: `<stem>_labels.tif`, `<stem>_prob_<class>.tif` (with
-   * probabilities), `<stem>_overlay.png` (the label colours over `thumbnail`), `<stem>_areas.json` and `.csv`.
+   * probabilities), `<stem>_overlay.png` (the label colours over `thumbnail`), `<stem>_areas.json` and `.csv`, and
+   * with `geojson` `<stem>_polygons.geojson`, traced from the label map read back row by row (bounded memory).
    * Removes the maps when done, and on failure unless they are in `workDir`.
    * @param thumbnail - an RGB overview of the slide, any size with the slide's aspect ratio.
    * @param signal - stops between tile rows of the label map and between files; no final file is left half-written.
@@ -293,6 +357,13 @@ export class SlideOutputWriter {
     try {
       this.labels.close();
       this.maps.forEach((m) => m.close());
+      const { stripe, row } = this.position;
+      if (stripe !== this.stripes.length - 1 || row !== height) {
+        throw new OutputError(
+          `${this.labels.path}: the maps end at row ${row} of stripe ${stripe + 1} of ${this.stripes.length}, ` +
+            `not at row ${height} of the last stripe.`,
+        );
+      }
       const labels = join(dir, `${stem}_labels.tif`);
       const resolution = mpp ? { x: 1e4 / mpp.x, y: 1e4 / mpp.y } : null;
       const tmp = this.tmpFor(labels);
@@ -325,11 +396,42 @@ export class SlideOutputWriter {
         .concat(areas.map((a) => `${a.name},${a.value},${a.pixels},${a.fraction.toFixed(6)},${a.areaUm2 ?? ''}`))
         .join('\n');
       await writeFileAtomic(areasCsv, csv + '\n');
+      const polygons = this.options.geojson && (await this.polygons(signal));
       done = true;
-      return { labels, overlay, areasJson, areasCsv, probabilities, areas };
+      return { labels, overlay, areasJson, areasCsv, probabilities, areas, ...(polygons ? { polygons } : {}) };
     } finally {
       if (done || !this.options.workDir) await this.removeMaps();
     }
+  }
+
+  /** Traces the label map, read back from its VIPS file in chunks of rows, into `<stem>_polygons.geojson`. */
+  private async polygons(signal?: AbortSignal): Promise<PolygonsGeoJson> {
+    const { dir, stem, width, height, classes, geojson } = this.options;
+    const path = join(dir, `${stem}_polygons.geojson`);
+    const source = this.labels.path;
+    async function* rows(): AsyncGenerator<Uint8Array> {
+      const input = await open(source, 'r');
+      try {
+        const chunkRows = Math.max(1, Math.min(height, Math.floor((4 << 20) / width)));
+        const chunk = Buffer.alloc(chunkRows * width);
+        for (let y = 0; y < height; y += chunkRows) {
+          const n = Math.min(chunkRows, height - y);
+          const { bytesRead } = await input.read(chunk, 0, n * width, 64 + y * width);
+          if (bytesRead !== n * width) throw new Error(`${source} ends at row ${y + Math.floor(bytesRead / width)}`);
+          yield chunk.subarray(0, n * width);
+        }
+      } finally {
+        await input.close();
+      }
+    }
+    return writePolygonsGeoJson(path, rows(), {
+      width,
+      classes,
+      minArea: geojson?.minArea,
+      scale: geojson?.scale,
+      tmp: this.tmpFor(path),
+      signal,
+    });
   }
 
   private async overlay(thumbnail: RasterImage): Promise<RasterImage> {

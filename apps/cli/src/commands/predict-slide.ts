@@ -1,5 +1,5 @@
 import { readManifest } from '@tessera/core';
-import type { SlideInfo } from '@tessera/tiler';
+import type { PolygonsGeoJson, SlideInfo } from '@tessera/tiler';
 import { writeSlideReport } from '../slide-report.js';
 import { info, ProgressBar, type OutputOptions } from '../progress.js';
 import { importTiler, requireTiler } from '../tiler.js';
@@ -25,6 +25,9 @@ export interface SlidePredictCliOptions {
   threads?: number;
   /** Continue an interrupted prediction from its partial work folder in `out`. */
   resume?: boolean;
+  /** Also write `<stem>_polygons.geojson` (implied by `geojsonMinArea`). */
+  geojson?: boolean;
+  geojsonMinArea?: number;
 }
 
 /** Whether a slide goes to the tiler: SVS, OME-TIFF, tiled or pyramidal TIFF, or any image over 4096 x 4096. */
@@ -52,6 +55,27 @@ export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
     if (code === 'E_SLIDE_FORMAT' && /\.(svs|btf)$/i.test(path)) throw error;
     return null; // ordinary image path reports the error
   }
+}
+
+/** The `geojson` option of `predictSlide` for `--geojson` and `--geojson-min-area`. */
+export function geojsonOption(opts: SlidePredictCliOptions): { minArea?: number } | undefined {
+  if (!opts.geojson && opts.geojsonMinArea === undefined) return undefined;
+  return { minArea: opts.geojsonMinArea };
+}
+
+/** One line about a GeoJSON file: where it is, polygons per class, the time taken. */
+export function describePolygons(polygons: PolygonsGeoJson): string {
+  const counts = polygons.classes.map((c) => `${c.polygons} ${c.name}${c.dropped ? ` (+${c.dropped} dropped)` : ''}`);
+  return `${polygons.path} (${counts.join(', ')}; ${(polygons.ms / 1000).toFixed(2)} s)`;
+}
+
+/** The JSON record's fields for a GeoJSON file. */
+export function polygonsRecord(polygons: PolygonsGeoJson | undefined) {
+  if (!polygons) return {};
+  return {
+    geojson: polygons.path,
+    polygons: Object.fromEntries(polygons.classes.map((c) => [c.name, c.polygons])),
+  };
 }
 
 /** Predicts one whole slide with a progress bar (tiles, Mpx/s, ETA); returns the JSON record. */
@@ -89,6 +113,7 @@ export async function predictWholeSlide(
     backend: opts.backend,
     plugins,
     resume: opts.resume,
+    geojson: geojsonOption(opts),
     signal: controller.signal,
     onProgress: (p) => {
       bar ??= new ProgressBar('slide', p.tilesTotal, out, 'tile');
@@ -105,18 +130,20 @@ export async function predictWholeSlide(
   if (opts.resume) {
     info(
       out,
-      run.resumedRows > 0
-        ? `${path}: resumed at row ${run.resumedRows} of ${run.height} from the partial work in ${opts.out}`
+      run.resumedPixels > 0
+        ? `${path}: resumed at row ${run.resumedRows} of ${run.height}` +
+            `${run.stripes > 1 ? ` in stripe ${run.resumedStripe + 1} of ${run.stripes}` : ''} from the partial work in ${opts.out}`
         : `${path}: no partial work to resume in ${opts.out}, predicted from the first row`,
     );
   }
-  const pixels = run.width * (run.height - run.resumedRows);
+  const pixels = run.width * run.height - run.resumedPixels;
   info(
     out,
     `${path}: ${run.width} x ${run.height} px (level ${run.level}${run.scale !== 1 ? `, scale ${run.scale.toFixed(3)}` : ''}), ` +
       `${run.tilesPredicted} tiles predicted, ${run.tilesSkipped} skipped as background, ` +
       `${(pixels / 1e6 / seconds).toFixed(2)} Mpx/s on ${run.options.workers} worker(s) (${run.engine})`,
   );
+  if (outputs.polygons) info(out, `polygons: ${describePolygons(outputs.polygons)}`);
   const report = await writeSlideReport(run, outputs, opts.model, await readManifest(opts.model));
   info(out, `report: ${report}`);
   return {
@@ -126,6 +153,7 @@ export async function predictWholeSlide(
     overlay: outputs.overlay,
     areas: outputs.areasJson,
     probabilities: outputs.probabilities.length ? outputs.probabilities : undefined,
+    ...polygonsRecord(outputs.polygons),
     classPixels: Object.fromEntries(outputs.areas.map((a) => [a.name, a.pixels])),
     wholeSlide: {
       width: run.width,

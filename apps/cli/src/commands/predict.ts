@@ -5,6 +5,7 @@ import {
   IMAGE_EXTENSIONS,
   imageStem,
   InputNotFoundError,
+  InvalidOptionError,
   normalizeImage,
   OutputError,
   predictProbabilities,
@@ -15,7 +16,8 @@ import {
 } from '@tessera/core';
 import { loadRegistry } from '../plugins.js';
 import { info, ProgressBar } from '../progress.js';
-import { predictWholeSlide, wholeSlideOf } from './predict-slide.js';
+import { requireTiler } from '../tiler.js';
+import { describePolygons, geojsonOption, polygonsRecord, predictWholeSlide, wholeSlideOf } from './predict-slide.js';
 import { startEngine } from './shared.js';
 import { openPredictor } from '../runtime.js';
 
@@ -43,6 +45,10 @@ export interface PredictCliOptions {
   tissue?: boolean;
   /** Continue interrupted whole-slide predictions from their partial work in `out`. */
   resume?: boolean;
+  /** Also write `<stem>_polygons.geojson` per image and slide (implied by `geojsonMinArea`). */
+  geojson?: boolean;
+  /** Regions of fewer label-map pixels are left out of the GeoJSON. Default 0. */
+  geojsonMinArea?: number;
 }
 
 /** Folder entries `predict` picks up: images, and whole-slide files. */
@@ -79,6 +85,13 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
  */
 export async function predictCommand(inputs: string[], opts: PredictCliOptions): Promise<void> {
   const out = { quiet: opts.quiet, json: opts.json };
+  const minArea = opts.geojsonMinArea;
+  if (minArea !== undefined && !(Number.isFinite(minArea) && minArea >= 0)) {
+    throw new InvalidOptionError(
+      `Expected --geojson-min-area to be a number of pixels >= 0 but received ${minArea}.`,
+      'Give the smallest region to keep in pixels of the label map, e.g. 20; 0 keeps every region.',
+    );
+  }
   const slides: string[] = [];
   const files: string[] = [];
   for (const file of await expandInputs(inputs)) ((await wholeSlideOf(file)) ? slides : files).push(file);
@@ -110,6 +123,8 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     labels: string;
     overlay?: string;
     probabilities?: string[];
+    geojson?: string;
+    polygons?: Record<string, number>;
     classPixels: Record<string, number>;
   }[] = [];
   for (const [index, file] of files.entries()) {
@@ -148,6 +163,18 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
       record.overlay = join(opts.out, `${stem}_overlay.png`);
       await writePng(record.overlay, renderOverlay(image, values, manifest.classes));
     }
+    const geojson = geojsonOption(opts);
+    if (geojson) {
+      const { writePolygonsGeoJson } = await requireTiler('--geojson');
+      const polygons = await writePolygonsGeoJson(join(opts.out, `${stem}_polygons.geojson`), [values], {
+        width: image.width,
+        classes: manifest.classes,
+        minArea: geojson.minArea,
+      });
+      Object.assign(record, polygonsRecord(polygons));
+      bar.clear();
+      info(out, `polygons: ${describePolygons(polygons)}`);
+    }
     written.push(record);
     bar.update(index + 1);
   }
@@ -179,6 +206,8 @@ async function writeResolved(opts: PredictCliOptions, inputs: string[], wholeSli
         resume: !!opts.resume,
         probabilities: !!opts.probabilities,
         overlay: !!opts.overlay,
+        geojson: !!geojsonOption(opts),
+        geojsonMinArea: opts.geojsonMinArea ?? null,
       },
       null,
       2,
