@@ -16,7 +16,10 @@ export interface Band {
   stripe: number;
   height: number;
   width: number;
-  /** Blended class probabilities, `[height, width, numClasses]`; all zero where no tile was predicted. */
+  /**
+   * Blended class probabilities, `[height, width, numClasses]`; all zero where no tile was predicted. Empty when the
+   * merger was made with `probabilities: false`.
+   */
   probabilities: Float32Array;
   /** Class index (0..numClasses-1) of the highest probability, `[height, width]`; `fallbackClass` where none. */
   labels: Uint8Array;
@@ -38,6 +41,8 @@ export interface MergerOptions {
   /** Image column of the plan's column 0 and the stripe index, copied to every band. Default 0 and 0. */
   x?: number;
   stripe?: number;
+  /** Whether bands carry the blended probabilities (else only class indices). Default true. */
+  probabilities?: boolean;
   /** Most rows in one band (finished rows are handed out in bands of at most this many). Default 64. */
   maxBandRows?: number;
   /** Receives finished bands, top to bottom, each exactly once. */
@@ -78,6 +83,7 @@ export class BandMerger {
   private readonly maxBandRows: number;
   private readonly x: number;
   private readonly stripe: number;
+  private readonly keepProbabilities: boolean;
   private readonly doneInRow: number[];
   private readonly keptFrom: number[];
   private readonly fallback: number;
@@ -105,6 +111,7 @@ export class BandMerger {
     this.maxBandRows = options.maxBandRows ?? 64;
     this.x = options.x ?? 0;
     this.stripe = options.stripe ?? 0;
+    this.keepProbabilities = options.probabilities ?? true;
     if (!(Number.isInteger(this.maxBandRows) && this.maxBandRows > 0)) {
       throw new RangeError(
         `BandMerger: expected maxBandRows to be a positive integer but received ${this.maxBandRows}`,
@@ -223,13 +230,31 @@ export class BandMerger {
   private blend(y0: number, height: number): Band {
     const { width } = this.plan;
     const k = this.k;
-    const probabilities = new Float32Array(height * width * k);
+    const keep = this.keepProbabilities;
+    const probabilities = new Float32Array(keep ? height * width * k : 0);
     const labels = new Uint8Array(height * width).fill(this.fallback);
     for (let r = 0; r < height; r++) {
       const acc = this.rows.get(y0 + r);
       if (!acc) continue;
       const { sum, weight } = acc;
       const rowBase = r * width;
+      if (k === 2) {
+        // The common two-class case, unrolled (the same values and ties as the loop below).
+        for (let x = 0, i = rowBase; x < width; x++, i++) {
+          const w = weight[x];
+          if (w === 0) continue;
+          const a = sum[2 * x] / w;
+          const b = sum[2 * x + 1] / w;
+          if (keep) {
+            probabilities[2 * i] = a;
+            probabilities[2 * i + 1] = b;
+          }
+          labels[i] = b > a ? 1 : 0;
+        }
+        this.rows.delete(y0 + r);
+        this.spare.push(acc);
+        continue;
+      }
       for (let x = 0; x < width; x++) {
         const w = weight[x];
         if (w === 0) continue;
@@ -238,7 +263,7 @@ export class BandMerger {
         let bestValue = -Infinity;
         for (let q = 0; q < k; q++) {
           const v = sum[x * k + q] / w;
-          probabilities[base + q] = v;
+          if (keep) probabilities[base + q] = v;
           if (v > bestValue) {
             bestValue = v;
             best = q;

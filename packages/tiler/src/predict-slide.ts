@@ -151,6 +151,8 @@ export interface BandSink {
    */
   start?: (geometry: OutputGeometry) => void | number | ResumePoint | Promise<void | number | ResumePoint>;
   band: (band: Band) => void | Promise<void>;
+  /** Whether the sink uses `band.probabilities` (else they are left empty, which saves time). Default true. */
+  probabilities?: boolean;
 }
 
 /** Defaults of {@link TilerOptions}. */
@@ -323,6 +325,7 @@ export async function streamSlidePrediction(
         startRow,
         x: stripe.x,
         stripe: stripe.index,
+        probabilities: sink.probabilities ?? true,
         onBand: (band) => {
           pixelsDone += band.height * band.width;
           writing = writing.then(() => sink.band(band));
@@ -712,6 +715,7 @@ export async function predictSlide(
         await journal();
         return journaled;
       },
+      probabilities: !!options.probabilities,
       band: async (band) => {
         writer!.write(band);
         // Syncing the maps costs a few ms: journal about once a second (and when stopped, below).

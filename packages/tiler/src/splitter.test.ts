@@ -84,6 +84,11 @@ describe('BandMerger', () => {
     expect(bands.map((b) => b.y)).toEqual(bands.map((_, i) => bands.slice(0, i).reduce((s, b) => s + b.height, 0)));
     expect(bands.reduce((s, b) => s + b.height, 0)).toBe(300);
     expect(merger.peakRows).toBeLessThanOrEqual(64);
+    for (const band of bands) {
+      for (let i = 0; i < band.labels.length; i++) {
+        expect(band.labels[i]).toBe(band.probabilities[2 * i + 1] > band.probabilities[2 * i] ? 1 : 0);
+      }
+    }
     const last = bands[bands.length - 1];
     const y = last.y + last.height - 1;
     expect(last.probabilities[((last.height - 1) * 100 + 50) * 2 + 1]).toBeCloseTo(y / 300, 6);
@@ -152,6 +157,19 @@ describe('BandMerger order and resumption', () => {
     expect(() => new BandMerger({ plan, numClasses: 3, maxBandRows: 0, onBand: () => {} })).toThrow(
       /expected maxBandRows to be a positive integer but received 0/,
     );
+  });
+
+  it('hands out the same labels without probabilities when asked to', () => {
+    const whole = merge(plan.tiles.map((t) => t.index));
+    const bands: Band[] = [];
+    const merger = new BandMerger({ plan, numClasses: 3, probabilities: false, onBand: (b) => bands.push(b) });
+    for (const tile of plan.tiles) merger.aggregate(tile, tileProbabilities[tile.index]);
+    const labels = new Uint8Array(170 * 90);
+    for (const band of bands) {
+      expect(band.probabilities).toHaveLength(0);
+      labels.set(band.labels, band.y * 90);
+    }
+    expect(Buffer.from(labels).equals(Buffer.from(whole.labels))).toBe(true);
   });
 
   it('starts at a finished row given only the tiles that reach below it, with the same bits', () => {
