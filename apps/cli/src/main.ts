@@ -107,6 +107,12 @@ export function buildProgram(): Command {
       .option('--batch <n>', 'whole slides: tiles per network call (default 4)', int)
       .option('--mpp <um>', "whole slides: µm per pixel to predict at (default: the model's)", float)
       .option('--no-tissue', 'whole slides: predict every tile, also background')
+      .option(
+        '--stripe-width <px>',
+        'whole slides: predict wider slides in vertical stripes of at most this width, so memory does not grow ' +
+          'with the width (default 16384)',
+        int,
+      )
       .option('--resume', 'whole slides: continue an interrupted prediction from its partial work in --out')
       .option('--runtime <name>', 'auto (ONNX where the model converts), onnx or tfjs', 'auto')
       .option('--device <name>', 'cpu, or cuda (ONNX runtime with its CUDA provider)', 'cpu')

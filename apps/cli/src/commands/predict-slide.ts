@@ -19,6 +19,7 @@ export interface SlidePredictCliOptions {
   batch?: number;
   mpp?: number;
   tissue?: boolean;
+  stripeWidth?: number;
   backend?: string;
   runtime?: string;
   device?: string;
@@ -110,6 +111,7 @@ export async function predictWholeSlide(
     batchSize: opts.batch,
     mpp: opts.mpp,
     tissue: opts.tissue,
+    stripeWidth: opts.stripeWidth,
     backend: opts.backend,
     plugins,
     resume: opts.resume,

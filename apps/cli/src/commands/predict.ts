@@ -43,6 +43,8 @@ export interface PredictCliOptions {
   batch?: number;
   mpp?: number;
   tissue?: boolean;
+  /** Widest output stripe of a whole slide, in pixels. */
+  stripeWidth?: number;
   /** Continue interrupted whole-slide predictions from their partial work in `out`. */
   resume?: boolean;
   /** Also write `<stem>_polygons.geojson` per image and slide (implied by `geojsonMinArea`). */
