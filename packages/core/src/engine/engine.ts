@@ -53,6 +53,7 @@ async function tryLoad(name: EngineName): Promise<{ ok: true; backend: string } 
         await import('@tensorflow/tfjs-backend-wasm');
         const { registerWasmGradientKernels } = await import('./wasm-gradients.js');
         registerWasmGradientKernels();
+        (await import('./wasm-kernels.js')).registerWasmKernels();
         return { ok: true, backend: 'wasm' };
       }
       case 'cpu':

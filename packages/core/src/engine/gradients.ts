@@ -1,10 +1,31 @@
 import * as tf from '@tensorflow/tfjs-core';
 
+// Kernels that `registerWasmKernels` (`wasm-kernels.ts`) adds to the wasm backend and the gradients below use there,
+// named here so that this module does not load the wasm backend.
+
+/** All five gradients of `FusedBatchNorm` in one pass: outputs `[dx, dmean, dvariance, dscale, doffset]`. */
+export const BATCH_NORM_GRAD = 'TesseraFusedBatchNormGrad';
+/** Gradient of `Sum` and `Mean`: inputs `dy`; attributes `shape` (of `x`), `axes` (reduced) and `divisor`. */
+export const REDUCE_GRAD = 'TesseraReduceGrad';
+/** Gradient of `ClipByValue`: inputs `dy`, `x`; attributes `clipValueMin`, `clipValueMax`. */
+export const CLIP_BY_VALUE_GRAD = 'TesseraClipByValueGrad';
+
+/** True when the active backend is wasm and has the Tessera kernel `kernelName`. */
+function onWasm(kernelName: string): boolean {
+  return tf.getBackend() === 'wasm' && tf.getKernel(kernelName, 'wasm') != null;
+}
+
+/** True for a float32 tensor (or none) holding `c` values along the last axis (shape `[c]` or `[1, 1, 1, c]`). */
+function channelVector(t: tf.Tensor | undefined, c: number): boolean {
+  return t == null || (t.dtype === 'float32' && t.shape[t.shape.length - 1] === c && t.size === c);
+}
+
 /**
  * Gradient of `FusedBatchNorm` (tfjs's batch normalisation kernel) using broadcasting instead of
  * tfjs-core's `tile` of the per-channel factors to the full activation shape, which cost a quarter of a
  * U-Net training step on the wasm engine. Same values; inputs `x [..., C]`, `mean`, `variance`, `scale`,
- * `offset` of shape `[C]` (or broadcastable to `x`).
+ * `offset` of shape `[C]` (or broadcastable to `x`). On the wasm engine with per-channel parameters, one
+ * {@link BATCH_NORM_GRAD} kernel computes all five gradients in one pass.
  */
 const fusedBatchNormGradient: tf.GradConfig = {
   kernelName: 'FusedBatchNorm',
@@ -13,6 +34,25 @@ const fusedBatchNormGradient: tf.GradConfig = {
     const { varianceEpsilon } = attrs as { varianceEpsilon: number };
     const [x, mean, variance, scale] = saved;
     const g = dy as tf.Tensor;
+    const c = x.shape[x.shape.length - 1];
+    if (
+      onWasm(BATCH_NORM_GRAD) &&
+      x.dtype === 'float32' &&
+      g.dtype === 'float32' &&
+      [mean, variance, scale].every((t) => channelVector(t, c))
+    ) {
+      const inputs: tf.NamedTensorMap = scale ? { x, mean, variance, scale, dy: g } : { x, mean, variance, dy: g };
+      const [dx, dMean, dVariance, dScale, dOffset] = tf
+        .engine()
+        .runKernel(BATCH_NORM_GRAD, inputs, { varianceEpsilon }) as tf.Tensor[];
+      return {
+        x: () => dx,
+        mean: () => tf.reshape(dMean, mean.shape),
+        variance: () => tf.reshape(dVariance, variance.shape),
+        scale: () => tf.reshape(dScale, scale ? scale.shape : mean.shape),
+        offset: () => tf.reshape(dOffset, mean.shape),
+      };
+    }
     const axes = tf.backend_util.getReductionAxes(mean.shape, x.shape);
     const reduce = (t: tf.Tensor) => tf.reshape(axes.length ? tf.sum(t, axes) : t, mean.shape);
     const scaleValue = scale ?? tf.scalar(1);
@@ -28,11 +68,60 @@ const fusedBatchNormGradient: tf.GradConfig = {
   },
 };
 
+type GradFunc = tf.GradConfig['gradFunc'];
+type Gradients = ReturnType<GradFunc>;
+
+/**
+ * Replaces the registered gradient of `kernelName` by `fast` where that returns a result (on the wasm engine),
+ * keeping the registered one (tfjs-core's) everywhere else. Does nothing when no gradient is registered.
+ */
+function overrideOnWasm(
+  kernelName: string,
+  fast: (dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedAttrMap) => Gradients | null,
+): void {
+  const original = tf.getGradient(kernelName);
+  if (original == null) return;
+  tf.registerGradient({
+    ...original,
+    gradFunc: (dy, saved, attrs) =>
+      (dy instanceof tf.Tensor && fast(dy, saved, attrs)) || original.gradFunc(dy, saved, attrs),
+  });
+}
+
+/**
+ * `Sum` and `Mean`: one {@link REDUCE_GRAD} pass instead of tfjs-core's `ones` (filled in JS and copied to the wasm
+ * heap), `mul` and, for `Mean`, `div`.
+ */
+function reduceGradient(kind: 'Sum' | 'Mean') {
+  return (dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedAttrMap): Gradients | null => {
+    const [x] = saved;
+    if (!onWasm(REDUCE_GRAD) || x.dtype !== 'float32' || dy.dtype !== 'float32') return null;
+    const axes = [...new Set(tf.util.parseAxisParam((attrs as { axis: number | number[] }).axis, x.shape))];
+    const divisor = kind === 'Mean' ? tf.util.sizeFromShape(axes.map((a) => x.shape[a])) : 1;
+    return { x: () => tf.engine().runKernel(REDUCE_GRAD, { dy }, { shape: x.shape, axes, divisor }) as tf.Tensor };
+  };
+}
+
+/** `ClipByValue` (ReLU6): one {@link CLIP_BY_VALUE_GRAD} pass instead of five full-size ops. */
+function clipByValueGradient(dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedAttrMap): Gradients | null {
+  const [x] = saved;
+  if (!onWasm(CLIP_BY_VALUE_GRAD) || x.dtype !== 'float32' || dy.dtype !== 'float32') return null;
+  const { clipValueMin, clipValueMax } = attrs as { clipValueMin: number; clipValueMax: number };
+  return { x: () => tf.engine().runKernel(CLIP_BY_VALUE_GRAD, { dy, x }, { clipValueMin, clipValueMax }) as tf.Tensor };
+}
+
 let registered = false;
 
-/** Registers Tessera's faster gradient functions (all engines). Idempotent. */
+/**
+ * Registers Tessera's faster gradient functions: batch normalisation (all engines), and on the wasm engine, when
+ * `registerWasmKernels` has run, one-pass gradients of `FusedBatchNorm`, `Sum`, `Mean` and `ClipByValue` (tfjs-core's gradients elsewhere). Idempotent; call after tfjs-core's gradients are registered (importing
+ * `@tensorflow/tfjs-layers` registers them).
+ */
 export function registerFastGradients(): void {
   if (registered) return;
   tf.registerGradient(fusedBatchNormGradient);
+  overrideOnWasm('Sum', reduceGradient('Sum'));
+  overrideOnWasm('Mean', reduceGradient('Mean'));
+  overrideOnWasm('ClipByValue', clipByValueGradient);
   registered = true;
 }
