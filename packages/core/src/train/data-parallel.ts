@@ -111,12 +111,15 @@ export function applyMovingStatistics(layers: BatchNormLayer[], statistics: Floa
       const size = tf.util.sizeFromShape(variable.shape as number[]);
       const batch = statistics.subarray(offset, offset + size);
       offset += size;
+      // tfjs's float32 operations in JavaScript (each result rounded to float32): one tensor write, not four ops.
+      const decay = Math.fround(1 - layer.momentum);
+      const original = variable.read().dataSync() as Float32Array;
+      const updated = new Float32Array(size);
+      for (let j = 0; j < size; j++) {
+        updated[j] = Math.fround(original[j] - Math.fround(Math.fround(original[j] - batch[j]) * decay));
+      }
       tf.tidy(() => {
-        const value = tf.tensor(batch, variable.shape as number[]);
-        const decay = 1 - layer.momentum;
-        const original = variable.read();
-        const delta = tf.mul(tf.sub(original, value), decay);
-        variable.write(tf.sub(original, delta));
+        variable.write(tf.tensor(updated, variable.shape as number[]));
       });
     }
   }

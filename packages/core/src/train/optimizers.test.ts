@@ -1,4 +1,5 @@
 import '@tensorflow/tfjs-backend-cpu';
+import '@tensorflow/tfjs-backend-wasm';
 // tfjs-core 4 registers no gradients by itself; tfjs-layers registers all of them on import.
 import '@tensorflow/tfjs-layers';
 import * as tf from '@tensorflow/tfjs-core';
@@ -160,5 +161,52 @@ describe('setOptimizerWeights', () => {
       straight.dispose();
       resumed.dispose();
     }
+  });
+});
+
+describe('Adam in one pass per variable', () => {
+  /** tfjs's own AdamOptimizer and ours, the same steps (a rate change, a missing gradient); weights and moments. */
+  async function run(fused: boolean, tag: string): Promise<Float32Array[]> {
+    const optimizer = fused ? createOptimizer('adam', 3e-3, { epsilon: 1e-7 }) : tf.train.adam(3e-3, 0.9, 0.999, 1e-7);
+    const shapes = [[3, 3, 4, 8], [8], [1], [257]];
+    let seed = 7;
+    const random = (n: number) =>
+      Float32Array.from({ length: n }, () => ((seed = (seed * 48271) % 2147483647) / 2147483647) * 2 - 1);
+    const variables = shapes.map((shape, i) =>
+      tf.tidy(() =>
+        tf.variable(tf.tensor(random(tf.util.sizeFromShape(shape)), shape), true, `adam-${tag}-${fused}-${i}`),
+      ),
+    );
+    for (let t = 0; t < 6; t++) {
+      if (t === 3) setLearningRate(optimizer, 1e-3);
+      const gradients: tf.NamedTensorMap = {};
+      variables.forEach((v, i) => {
+        // tfjs skips a variable whose gradient is null: its moments stay as they are.
+        const values = random(v.size).map((x) => x * 10 ** (i - 2));
+        gradients[v.name] = t === 4 && i === 1 ? (null as unknown as tf.Tensor) : tf.tensor(values, v.shape);
+      });
+      optimizer.applyGradients(gradients);
+      tf.dispose(Object.values(gradients).filter((g) => g !== null));
+    }
+    const [iterations, ...saved] = await optimizer.getWeights();
+    iterations.tensor.dispose();
+    const moments = saved.map((w) => w.tensor.dataSync() as Float32Array);
+    const out = [...variables.map((v) => v.dataSync() as Float32Array), ...moments].map((a) => a.slice());
+    optimizer.dispose();
+    tf.dispose(variables);
+    return out;
+  }
+
+  it.each(['cpu', 'wasm'])('gives the bits of tfjs AdamOptimizer on %s', async (backend) => {
+    await tf.setBackend(backend);
+    const before = tf.memory().numTensors;
+    const ours = await run(true, backend);
+    expect(tf.memory().numTensors).toBe(before);
+    const theirs = await run(false, backend);
+    expect(ours).toHaveLength(4 + 8);
+    ours.forEach((values, i) =>
+      expect(Buffer.from(values.buffer).equals(Buffer.from(theirs[i].buffer)), `array ${i}`).toBe(true),
+    );
+    await tf.setBackend('cpu');
   });
 });
