@@ -5,55 +5,14 @@ import '@tensorflow/tfjs-backend-wasm';
 // The tfjs-layers bundle registers tfjs-core's gradient functions (tf.grad needs them).
 import '@tensorflow/tfjs-layers';
 import { registerWasmGradientKernels } from './wasm-gradients.js';
+import { random, relativeError, runOn, type Result } from './test-helpers.js';
 
-type Backend = 'cpu' | 'wasm';
 type Pad = 'same' | 'valid' | number | [[number, number], [number, number], [number, number], [number, number]];
 type Shape4 = [number, number, number, number];
 
 const TOLERANCE = 1e-4;
 
-/** Deterministic uniform values in [-1, 1). */
-function random(size: number, seed: number): Float32Array {
-  const out = new Float32Array(size);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
-
 const sizeOf = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
-
-interface Result {
-  shapes: number[][];
-  values: Float32Array[];
-}
-
-/** Runs `fn` on one backend and copies its outputs out of the backend. */
-async function runOn(backend: Backend, fn: () => tf.Tensor[]): Promise<Result> {
-  expect(await tf.setBackend(backend)).toBe(true);
-  const before = tf.memory().numTensors;
-  const outs = tf.tidy(fn);
-  const result = { shapes: outs.map((t) => t.shape), values: outs.map((t) => t.dataSync() as Float32Array) };
-  tf.dispose(outs);
-  expect(tf.memory().numTensors).toBe(before);
-  return result;
-}
-
-/** max |a - b| / max |a|; throws on a size mismatch, and on an all-zero reference (the test could not fail). */
-function relativeError(reference: Float32Array, actual: Float32Array): number {
-  expect(actual.length).toBe(reference.length);
-  let maxAbs = 0;
-  let maxDiff = 0;
-  for (let i = 0; i < reference.length; i++) {
-    maxAbs = Math.max(maxAbs, Math.abs(reference[i]));
-    const diff = Math.abs(reference[i] - actual[i]);
-    maxDiff = Number.isNaN(diff) ? Infinity : Math.max(maxDiff, diff);
-  }
-  expect(maxAbs).toBeGreaterThan(0);
-  return maxDiff / maxAbs;
-}
 
 function expectClose(reference: Result, actual: Result): void {
   expect(actual.shapes).toEqual(reference.shapes);

@@ -718,8 +718,16 @@ const KERNELS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
  * ```
  */
 export function registerWasmGradientKernels(): string[] {
+  return registerOnWasm(KERNELS);
+}
+
+/**
+ * Registers kernels for the wasm backend, replacing other kernels of the same names; returns the names registered
+ * (none when these exact kernels are registered already).
+ */
+export function registerOnWasm(kernels: readonly { kernelName: string; kernelFunc: KernelFunc }[]): string[] {
   const registered: string[] = [];
-  for (const { kernelName, kernelFunc } of KERNELS) {
+  for (const { kernelName, kernelFunc } of kernels) {
     const existing = getKernel(kernelName, 'wasm');
     if (existing?.kernelFunc === kernelFunc) continue;
     if (existing != null) unregisterKernel(kernelName, 'wasm');

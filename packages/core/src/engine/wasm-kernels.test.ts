@@ -6,21 +6,9 @@ import '@tensorflow/tfjs-backend-wasm';
 import '@tensorflow/tfjs-layers';
 import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD, registerFastGradients } from './gradients.js';
 import { registerWasmKernels } from './wasm-kernels.js';
-
-type Backend = 'cpu' | 'wasm';
+import { expectParity, random } from './test-helpers.js';
 
 const TOLERANCE = 1e-5;
-
-/** Deterministic uniform values in [-1, 1). */
-function random(size: number, seed: number): Float32Array {
-  const out = new Float32Array(size);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 /** A tensor of deterministic random values in `[lo, hi)`. */
 function rand(shape: number[], seed: number, lo = -1, hi = 1): tf.Tensor {
@@ -31,45 +19,8 @@ function rand(shape: number[], seed: number, lo = -1, hi = 1): tf.Tensor {
   return tf.tensor(values, shape);
 }
 
-interface Result {
-  shapes: number[][];
-  values: Float32Array[];
-}
-
-/** Runs `fn` on one backend and copies its outputs out of the backend; checks that no tensor leaks. */
-async function runOn(backend: Backend, fn: () => tf.Tensor[]): Promise<Result> {
-  expect(await tf.setBackend(backend)).toBe(true);
-  const before = tf.memory().numTensors;
-  const outs = tf.tidy(fn);
-  const result = { shapes: outs.map((t) => t.shape), values: outs.map((t) => t.dataSync() as Float32Array) };
-  tf.dispose(outs);
-  expect(tf.memory().numTensors).toBe(before);
-  return result;
-}
-
-/** max |a - b| / max |a|; fails on an all-zero reference (the test could not fail). */
-function relativeError(reference: Float32Array, actual: Float32Array): number {
-  expect(actual.length).toBe(reference.length);
-  let maxAbs = 0;
-  let maxDiff = 0;
-  for (let i = 0; i < reference.length; i++) {
-    maxAbs = Math.max(maxAbs, Math.abs(reference[i]));
-    const diff = Math.abs(reference[i] - actual[i]);
-    maxDiff = Number.isNaN(diff) ? Infinity : Math.max(maxDiff, diff);
-  }
-  expect(maxAbs).toBeGreaterThan(0);
-  return maxDiff / maxAbs;
-}
-
 /** Compares `fn` on wasm (with Tessera's kernels and gradients) against cpu. */
-async function parity(fn: () => tf.Tensor[]): Promise<void> {
-  const reference = await runOn('cpu', fn);
-  const actual = await runOn('wasm', fn);
-  expect(actual.shapes).toEqual(reference.shapes);
-  reference.values.forEach((values, i) => {
-    expect(relativeError(values, actual.values[i]), `output ${i}`).toBeLessThan(TOLERANCE);
-  });
-}
+const parity = (fn: () => tf.Tensor[]) => expectParity(fn, TOLERANCE);
 
 /** `f(...inputs)` and the gradients of `sum(f(...inputs) * r)` (`r` random, so the upstream gradient varies). */
 function gradsOf(f: (...inputs: tf.Tensor[]) => tf.Tensor, inputs: tf.Tensor[], seed = 99): tf.Tensor[] {

@@ -27,11 +27,11 @@ import {
   unregisterKernel,
   util,
   type DataType,
-  type KernelConfig,
   type KernelFunc,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD } from './gradients.js';
+import { registerOnWasm } from './wasm-gradients.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -421,13 +421,6 @@ export function registerWasmKernels(): string[] {
     registerKernel({ ...existing, kernelFunc });
     registered.push(kernelName);
   }
-  for (const { kernelName, kernelFunc } of ADDITIONS) {
-    const existing = getKernel(kernelName, 'wasm');
-    if (existing?.kernelFunc === kernelFunc) continue;
-    if (existing != null) unregisterKernel(kernelName, 'wasm');
-    const config: KernelConfig = { kernelName, backendName: 'wasm', kernelFunc };
-    registerKernel(config);
-    registered.push(kernelName);
-  }
+  registered.push(...registerOnWasm(ADDITIONS));
   return registered;
 }
