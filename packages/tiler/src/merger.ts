@@ -251,25 +251,23 @@ export class BandMerger {
           }
           labels[i] = b > a ? 1 : 0;
         }
-        this.rows.delete(y0 + r);
-        this.spare.push(acc);
-        continue;
-      }
-      for (let x = 0; x < width; x++) {
-        const w = weight[x];
-        if (w === 0) continue;
-        const base = (rowBase + x) * k;
-        let best = 0;
-        let bestValue = -Infinity;
-        for (let q = 0; q < k; q++) {
-          const v = sum[x * k + q] / w;
-          if (keep) probabilities[base + q] = v;
-          if (v > bestValue) {
-            bestValue = v;
-            best = q;
+      } else {
+        for (let x = 0; x < width; x++) {
+          const w = weight[x];
+          if (w === 0) continue;
+          const base = (rowBase + x) * k;
+          let best = 0;
+          let bestValue = -Infinity;
+          for (let q = 0; q < k; q++) {
+            const v = sum[x * k + q] / w;
+            if (keep) probabilities[base + q] = v;
+            if (v > bestValue) {
+              bestValue = v;
+              best = q;
+            }
           }
+          labels[rowBase + x] = best;
         }
-        labels[rowBase + x] = best;
       }
       this.rows.delete(y0 + r);
       this.spare.push(acc);

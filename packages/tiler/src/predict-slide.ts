@@ -309,6 +309,7 @@ export async function streamSlidePrediction(
     };
     const resumeAt = toResumePoint(await sink.start?.(geometry), stripes.length, height);
     resumed = resumeAt;
+    const pixelsTotal = width * height - resumedPixels(resumeAt, stripes, height);
     // Tiles left to do, for progress: the rest of the stripe resumed in and every later stripe.
     const neededIn = (stripe: Stripe) => (tile: TileLocation) =>
       stripe.index > resumeAt.stripe || stripe.plan.keptRowEnds[tile.row] > resumeAt.row;
@@ -383,7 +384,7 @@ export async function streamSlidePrediction(
             tilesDone,
             tilesTotal,
             pixelsDone,
-            pixelsTotal: width * height - resumedPixels(resumeAt, stripes, height),
+            pixelsTotal,
             elapsedMs: performance.now() - started,
           });
         });
@@ -433,16 +434,15 @@ export interface ResumePoint {
 }
 
 function toResumePoint(value: unknown, stripes: number, height: number): ResumePoint {
-  const point = value === undefined || value === null ? { stripe: 0, row: 0 } : value;
+  const point = value ?? { stripe: 0, row: 0 };
   const { stripe, row } = typeof point === 'number' ? { stripe: 0, row: point } : (point as ResumePoint);
-  if (!(Number.isInteger(stripe) && stripe >= 0 && stripe < stripes && Number.isInteger(row) && row >= 0)) {
+  const within = (n: number, max: number) => Number.isInteger(n) && n >= 0 && n <= max;
+  if (!(within(stripe, stripes - 1) && within(row, height))) {
     throw new TilerOptionError(
-      `Expected the first unfinished stripe and row within ${stripes} stripes and ${height} rows but received ` +
+      `Expected the first unfinished stripe (0 to ${stripes - 1}) and row (0 to ${height}) but received ` +
         `${JSON.stringify(point)}.`,
     );
   }
-  if (row > height)
-    throw new TilerOptionError(`Expected the first unfinished row between 0 and ${height} but received ${row}.`);
   return { stripe, row };
 }
 

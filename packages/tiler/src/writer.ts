@@ -248,8 +248,8 @@ export class SlideOutputWriter {
     const pixelsPerMm = mpp ? 1000 / mpp.x : 1;
     this.stripes = options.stripes ?? [{ x: 0, width }];
     this.position = { stripe: resume?.stripe ?? 0, row: resume?.rows ?? 0 };
-    // Reopened maps keep all they hold: rows of earlier stripes lie below the resumed row too.
-    const rows = resume ? Math.max(1, this.position.row) : 0;
+    // Reopened maps keep every row: earlier stripes are complete below the resumed row too.
+    const rows = resume ? height : 0;
     const path = (name: string) => (workDir ? join(workDir, `${name}.v`) : tmpName(join(dir, `${stem}_${name}.v`)));
     const files: VipsFileWriter[] = [];
     try {

@@ -6,19 +6,10 @@ import '@tensorflow/tfjs-backend-wasm';
 import '@tensorflow/tfjs-layers';
 import { registerDilatedGradients } from './dilated-gradients.js';
 import { registerWasmGradientKernels } from './wasm-gradients.js';
+import { random } from './test-helpers.js';
 
 type Shape4 = [number, number, number, number];
 type Pad = 'same' | 'valid';
-
-function random(size: number, seed: number): Float32Array {
-  const out = new Float32Array(size);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 const sizeOf = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 

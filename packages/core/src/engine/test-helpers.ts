@@ -56,3 +56,19 @@ export async function expectParity(fn: () => tf.Tensor[], tolerance: number): Pr
     expect(relativeError(values, actual.values[i]), `output ${i}`).toBeLessThan(tolerance);
   });
 }
+
+/**
+ * Runs `step` once to warm up, then five times more on the current (wasm) backend, and expects no growth of tensors,
+ * backend data ids or the wasm heap: kernels free everything they allocate.
+ */
+export function expectNoGrowth(step: () => void): void {
+  const backend = tf.backend() as unknown as { numDataIds(): number; wasm: { HEAPU8: Uint8Array } };
+  step();
+  const tensors = tf.memory().numTensors;
+  const dataIds = backend.numDataIds();
+  const heapBytes = backend.wasm.HEAPU8.length;
+  for (let i = 0; i < 5; i++) step();
+  expect(tf.memory().numTensors).toBe(tensors);
+  expect(backend.numDataIds()).toBe(dataIds);
+  expect(backend.wasm.HEAPU8.length).toBe(heapBytes);
+}

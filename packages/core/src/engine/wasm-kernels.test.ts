@@ -6,7 +6,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import '@tensorflow/tfjs-layers';
 import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD, registerFastGradients } from './gradients.js';
 import { registerWasmKernels } from './wasm-kernels.js';
-import { expectParity, random } from './test-helpers.js';
+import { expectNoGrowth, expectParity, random } from './test-helpers.js';
 
 const TOLERANCE = 1e-5;
 
@@ -195,7 +195,6 @@ describe('SplitV (concat gradient) matches cpu', () => {
 describe('memory', () => {
   it('does not leak tensors, data ids or wasm heap across repeated steps', async () => {
     expect(await tf.setBackend('wasm')).toBe(true);
-    const backend = tf.backend() as unknown as { numDataIds(): number; wasm: { HEAPU8: Uint8Array } };
     const x = rand([2, 17, 15, 12], 50);
     const gamma = rand([12], 51, 0.5, 1.5);
     const beta = rand([12], 52);
@@ -210,14 +209,7 @@ describe('memory', () => {
         grads.forEach((t) => t.dataSync());
       });
     };
-    step();
-    const tensors = tf.memory().numTensors;
-    const dataIds = backend.numDataIds();
-    const heapBytes = backend.wasm.HEAPU8.length;
-    for (let i = 0; i < 5; i++) step();
-    expect(tf.memory().numTensors).toBe(tensors);
-    expect(backend.numDataIds()).toBe(dataIds);
-    expect(backend.wasm.HEAPU8.length).toBe(heapBytes);
+    expectNoGrowth(step);
     tf.dispose([x, gamma, beta]);
   });
 });
