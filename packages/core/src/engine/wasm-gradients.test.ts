@@ -230,6 +230,8 @@ const depthwiseCases: DepthwiseCase[] = [
   { name: '3x3 s2 same, multiplier 1', x: [2, 15, 17, 6], filter: [3, 3, 6, 1], strides: 2, pad: 'same' },
   { name: '3x3 s2 same, multiplier 2', x: [1, 16, 16, 5], filter: [3, 3, 5, 2], strides: 2, pad: 'same' },
   { name: '3x3 s2 valid, 16x16 (cropped)', x: [1, 16, 16, 4], filter: [3, 3, 4, 1], strides: 2, pad: 'valid' },
+  { name: '3x3 s2 same, multiplier 1, 13 channels', x: [2, 9, 10, 13], filter: [3, 3, 13, 1], strides: 2, pad: 'same' },
+  { name: '5x5 s1 same, multiplier 1, 20 channels', x: [2, 7, 6, 20], filter: [5, 5, 20, 1], strides: 1, pad: 'same' },
   { name: '5x5 s1 valid, multiplier 3', x: [1, 12, 11, 3], filter: [5, 5, 3, 3], strides: 1, pad: 'valid' },
 ];
 
@@ -249,8 +251,8 @@ describe('depthwiseConv2d gradients (DepthwiseConv2dNativeBackprop*) match cpu',
   for (const m of [1, 2]) {
     it(`3x3 s1 same, dilation 2, multiplier ${m} (kernels called with a dilations attribute)`, async () => {
       const d = 2;
-      const xShape: Shape4 = [2, 15, 17, 4];
-      const fShape: Shape4 = [3, 3, 4, m];
+      const xShape: Shape4 = [2, 15, 17, 13];
+      const fShape: Shape4 = [3, 3, 13, m];
       const xv = random(sizeOf(xShape), 9);
       const fv = random(sizeOf(fShape), 10);
       const dilated = dilateFilter(fv, fShape, d);
@@ -313,6 +315,15 @@ describe('pooling and resize gradients match cpu', () => {
       await parity(() =>
         gradsOf((a) => tf.maxPool(a as tf.Tensor4D, c.filter, c.strides, c.pad), [rand([3, 15, 17, 5], 14)]),
       );
+    });
+    it(`maxPool ${c.name}, ties and -Infinity windows (first maximum wins)`, async () => {
+      await parity(() => {
+        // Values in {-1, -0, 0, 1}, and a column of -Infinity: many ties, and windows with no finite value.
+        const ties = tf.round(tf.mul(rand([2, 9, 11, 6], 16), 1.4));
+        const x = tf.concat([tf.fill([2, 9, 2, 6], -Infinity), ties], 2);
+        // The gradient only: the pooled -Infinity values have no finite relative error.
+        return gradsOf((a) => tf.maxPool(a as tf.Tensor4D, c.filter, c.strides, c.pad), [x]).slice(1);
+      });
     });
     it(`avgPool ${c.name}`, async () => {
       await parity(() =>

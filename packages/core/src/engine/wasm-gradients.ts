@@ -4,17 +4,21 @@
  * The wasm backend (XNNPACK) ships fast forward kernels but no `Conv2DBackpropFilter`,
  * `DepthwiseConv2dNativeBackpropFilter` or `DepthwiseConv2dNativeBackpropInput`, and its `Conv2DBackpropInput`
  * (also the forward pass of `conv2dTranspose`) is a plain loop. The kernels here rewrite each gradient as one of the
- * backend's fast primitives (XNNPACK `Conv2D`, `DepthwiseConv2dNative`, `BatchMatMul`) plus cheap rearrangements
- * written in plain JS over the wasm heap:
+ * backend's fast primitives (XNNPACK `Conv2D`, `DepthwiseConv2dNative`, `BatchMatMul`), Tessera's SIMD loops
+ * (`simd.ts`) and cheap rearrangements written in plain JS over the wasm heap:
  *
  * - `Conv2DBackpropFilter`: one matmul `A [KH*KW*Cin, P] x dy [P, Cout]` (P = N*OH*OW, dy used as is), where the
- *   rows of `A` are built from a channel-major copy of `x` by contiguous row-segment copies (chunked over rows).
+ *   rows of `A` are built from a channel-major copy of `x` by contiguous row-segment copies (chunked over rows; the
+ *   copy and the rows are SIMD loops).
  * - `Conv2DBackpropInput`: stride 1 is a conv of `dy` with the spatially flipped, in/out-swapped filter; strided cases
  *   are one matmul `dy [P, Cout] x W^T [Cout, KH*KW*Cin]` followed by a col2im scatter-add (a plain depth-to-space
  *   copy when kernel == stride without overlap or padding, e.g. the 2x2 stride-2 U-Net up-convolution).
- * - `DepthwiseConv2dNativeBackpropInput`: an XNNPACK depthwise conv of (zero-upsampled when strided) `dy` with the
- *   flipped filter, then a sum over the channel multiplier.
- * - `DepthwiseConv2dNativeBackpropFilter`: per image, an XNNPACK depthwise conv of `x[n]` with `dy[n]` as the filter.
+ * - `DepthwiseConv2dNativeBackpropInput`: strided with channel multiplier 1 (MobileNetV2), a SIMD scatter loop over
+ *   `dy`; otherwise an XNNPACK depthwise conv of (zero-upsampled when strided) `dy` with the flipped filter, then a
+ *   sum over the channel multiplier.
+ * - `DepthwiseConv2dNativeBackpropFilter`: with channel multiplier 1, a SIMD scatter loop over `dy` (XNNPACK runs a
+ *   depthwise conv with a filter as large as `dy` at a fraction of its speed); otherwise, per image, an XNNPACK
+ *   depthwise conv of `x[n]` with `dy[n]` as the filter.
  * - `MaxPoolGrad` (the builtin is wrong for windows whose values are all negative) and `ResizeNearestNeighborGrad`
  *   (the builtin is slow): plain JS scatter loops.
  *
@@ -34,6 +38,7 @@ import {
   type NamedTensorInfoMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
+import { pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -55,23 +60,12 @@ interface ConvAttrs {
   inputShape?: Shape4;
 }
 
-/** Resolved geometry of a forward convolution `x [n,h,w,ci] * filter -> y [n,oh,ow,co]` (NHWC). */
-interface Geometry {
-  n: number;
-  h: number;
-  w: number;
-  ci: number;
-  oh: number;
-  ow: number;
+/**
+ * Resolved geometry of a forward convolution `x [n,h,w,c] * filter -> y [n,oh,ow,co]` (NHWC): the SIMD loops' window
+ * (`c` the input channels) plus the output channels.
+ */
+interface Geometry extends SimdWindow {
   co: number;
-  kh: number;
-  kw: number;
-  sh: number;
-  sw: number;
-  dh: number;
-  dw: number;
-  pt: number;
-  pl: number;
 }
 
 /** Upper bound (elements / pointers) for one temporary buffer; larger work is split into chunks. */
@@ -126,7 +120,7 @@ function geometry(
     n: info.batchSize,
     h: info.inHeight,
     w: info.inWidth,
-    ci: info.inChannels,
+    c: info.inChannels,
     oh: info.outHeight,
     ow: info.outWidth,
     co: info.outChannels,
@@ -216,7 +210,7 @@ function filterGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<K
   const filterShape = a.filterShape as Shape4;
   const { geo: g, outShape } = geometry(kernel, x.shape as Shape4, filterShape, a, depthwise);
   checkShape(kernel, 'dy', dy.shape, outShape);
-  if (filterShape[2] !== g.ci) fail(kernel, `filterShape[2] = ${filterShape[2]} does not match x channels ${g.ci}`);
+  if (filterShape[2] !== g.c) fail(kernel, `filterShape[2] = ${filterShape[2]} does not match x channels ${g.c}`);
   return { be: backend as WasmBackend, x, dy, g };
 }
 
@@ -230,7 +224,7 @@ function inputGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<Ke
   const inputShape = a.inputShape as Shape4;
   const { geo: g, outShape } = geometry(kernel, inputShape, filter.shape as Shape4, a, depthwise);
   checkShape(kernel, 'dy', dy.shape, outShape);
-  if (filter.shape[2] !== g.ci) fail(kernel, `filter in-channels ${filter.shape[2]} do not match inputShape ${g.ci}`);
+  if (filter.shape[2] !== g.c) fail(kernel, `filter in-channels ${filter.shape[2]} do not match inputShape ${g.c}`);
   return { be: backend as WasmBackend, dy, filter, g, inputShape };
 }
 
@@ -240,87 +234,26 @@ function conv2DBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
 }
 
 /**
- * Copies `x [n, h, w, c]` into `xt [c, n, h, w]` (tiled 2-D transposes of each image's `[h*w, c]` matrix).
- * `src`/`dst` are element offsets into the full heap view `heapF32`.
- */
-function toChannelMajor(heapF32: Float32Array, src: number, dst: number, n: number, hw: number, c: number): void {
-  const tile = 32;
-  const plane = n * hw;
-  for (let b = 0; b < n; b++) {
-    const s0 = src + b * hw * c;
-    const d0 = dst + b * hw;
-    for (let p0 = 0; p0 < hw; p0 += tile) {
-      const p1 = Math.min(hw, p0 + tile);
-      for (let c0 = 0; c0 < c; c0 += tile) {
-        const c1 = Math.min(c, c0 + tile);
-        for (let k = c0; k < c1; k++) {
-          const d = d0 + k * plane;
-          for (let p = p0; p < p1; p++) heapF32[d + p] = heapF32[s0 + p * c + k];
-        }
-      }
-    }
-  }
-}
-
-/** A Float32Array over the whole wasm heap and the element offset of `info` in it. */
-function heapView(be: WasmBackend, info: TensorInfo): [Float32Array, number] {
-  const view = heap(be, info);
-  return [new Float32Array(view.buffer), view.byteOffset >> 2];
-}
-
-/**
  * `dW [kh*kw*ci, co] = A [kh*kw*ci, P] x dy [P, co]` (XNNPACK matmul, dy used as is) where row `(t, c)` of `A` holds
  * the input pixels that tap `t` of channel `c` sees for every output position `p = (n, y, x)`. `x` is first made
  * channel-major (`[ci, n, h, w]`), so each row of `A` is built from contiguous row segments. `A` is built and
  * multiplied in chunks of rows to bound its memory.
  */
 function filterGradMatMul(be: WasmBackend, x: TensorInfo, dy: TensorInfo, g: Geometry): TensorInfo {
-  const { n, h, w, ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
+  const { n, h, w, c: ci, oh, ow, co, kh, kw, sh, sw, pt, pl } = g;
   const p = n * oh * ow;
   const rowsTotal = kh * kw * ci;
   const out = be.makeOutput([kh, kw, ci, co], 'float32');
   const xt = be.makeOutput([ci, n, h, w], 'float32');
-  {
-    const [hp, xo] = heapView(be, x);
-    toChannelMajor(hp, xo, heapView(be, xt)[1], n, h * w, ci);
-  }
+  const simd = simdKernels(be);
+  simd.toChannelMajor(pointer(be, x), pointer(be, xt), n, h * w, ci);
   const direct = kh === 1 && kw === 1 && sh === 1 && sw === 1 && pt === 0 && pl === 0 && oh === h && ow === w;
   const chunk = Math.max(1, Math.min(rowsTotal, Math.floor(CHUNK_ELEMENTS / p)));
   for (let r0 = 0; r0 < rowsTotal; r0 += chunk) {
     const rows = Math.min(chunk, rowsTotal - r0);
-    let a = xt;
-    if (!direct) {
-      a = be.makeOutput([rows, p], 'float32');
-      const [hp, ao] = heapView(be, a);
-      const xo = heapView(be, xt)[1];
-      for (let r = 0; r < rows; r++) {
-        const t = ((r0 + r) / ci) | 0;
-        const c = r0 + r - t * ci;
-        const ky = (t / kw) | 0;
-        const kx = t - ky * kw;
-        // Output columns whose tap kx lands inside the input row.
-        const x0 = Math.min(ow, Math.max(0, Math.ceil((pl - kx * dw) / sw)));
-        const x1 = Math.max(x0, Math.min(ow, Math.floor((w - 1 + pl - kx * dw) / sw) + 1));
-        const len = x1 - x0;
-        for (let b = 0; b < n; b++) {
-          for (let y = 0; y < oh; y++) {
-            const d = ao + r * p + (b * oh + y) * ow;
-            const iy = y * sh + ky * dh - pt;
-            if (iy < 0 || iy >= h || len === 0) {
-              hp.fill(0, d, d + ow);
-              continue;
-            }
-            if (x0 > 0) hp.fill(0, d, d + x0);
-            if (x1 < ow) hp.fill(0, d + x1, d + ow);
-            const s = xo + ((c * n + b) * h + iy) * w + x0 * sw + kx * dw - pl;
-            if (sw === 1 && len >= 32) {
-              hp.copyWithin(d + x0, s, s + len);
-            } else {
-              for (let i = 0; i < len; i++) hp[d + x0 + i] = hp[s + i * sw];
-            }
-          }
-        }
-      }
+    const a = direct ? xt : be.makeOutput([rows, p], 'float32');
+    if (a !== xt) {
+      withWindow(be, g, (window) => simd.im2colRows(pointer(be, xt), pointer(be, a), r0, rows, window));
     }
     const res = matMul(be, a, rows, p, dy, co);
     if (a !== xt) free(be, a);
@@ -360,7 +293,7 @@ function inputGradStride1(
   g: Geometry,
   pads: backend_util.ExplicitPadding,
 ): TensorInfo {
-  const { ci, co, kh, kw } = g;
+  const { c: ci, co, kh, kw } = g;
   const wf = be.makeOutput([kh, kw, co, ci], 'float32');
   const s = heap(be, filter);
   const d = heap(be, wf);
@@ -390,7 +323,7 @@ function inputGradCol2Im(
   g: Geometry,
   inputShape: Shape4,
 ): TensorInfo {
-  const { n, h, w, ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
+  const { n, h, w, c: ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const kkc = kh * kw * ci;
   const wt = be.makeOutput([co, kkc], 'float32');
   {
@@ -454,8 +387,9 @@ function inputGradCol2Im(
 function depthwiseBackpropInput(args: Parameters<KernelFunc>[0]): TensorInfo {
   const kernel = 'DepthwiseConv2dNativeBackpropInput';
   const { be, dy, filter, g } = inputGradArgs(kernel, args, true);
-  const { n, h, w, ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
+  const { n, h, w, c: ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const mult = co / ci;
+  if (mult === 1 && (sh > 1 || sw > 1)) return depthwiseGradSimd(1, be, filter, dy, g);
 
   // Spatially flipped filter, viewed as [kh, kw, ci*mult, 1].
   const wf = be.makeOutput([kh, kw, co, 1], 'float32');
@@ -513,7 +447,21 @@ function depthwiseBackpropInput(args: Parameters<KernelFunc>[0]): TensorInfo {
 
 function depthwiseBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
   const { be, x, dy, g } = filterGradArgs('DepthwiseConv2dNativeBackpropFilter', args, true);
-  return depthwiseFilterGradPerImage(be, x, dy, g);
+  return g.co === g.c ? depthwiseGradSimd(0, be, x, dy, g) : depthwiseFilterGradPerImage(be, x, dy, g);
+}
+
+/**
+ * A gradient of a depthwise convolution with channel multiplier 1 as one SIMD scatter loop over `dy`
+ * (`assembly/kernels.ts`): `mode` 0 gives the filter gradient (`src` is `x`), `mode` 1 the input gradient (`src` is
+ * the filter).
+ */
+function depthwiseGradSimd(mode: 0 | 1, be: WasmBackend, src: TensorInfo, dy: TensorInfo, g: Geometry): TensorInfo {
+  const { n, h, w, c: ci, kh, kw } = g;
+  const out = be.makeOutput(mode === 0 ? [kh, kw, ci, 1] : [n, h, w, ci], 'float32');
+  withWindow(be, g, (window) =>
+    simdKernels(be).depthwiseGrad(mode, pointer(be, src), pointer(be, dy), pointer(be, out), window),
+  );
+  return out;
 }
 
 /**
@@ -522,7 +470,7 @@ function depthwiseBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
  * dilation = original stride, output KH x KW), summed over the batch.
  */
 function depthwiseFilterGradPerImage(be: WasmBackend, x: TensorInfo, dy: TensorInfo, g: Geometry): TensorInfo {
-  const { n, h, w, ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
+  const { n, h, w, c: ci, oh, ow, co, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const mult = co / ci;
   const out = be.makeOutput([kh, kw, ci, mult], 'float32');
   // Rows/cols of x that contribute (others are cropped) and the bottom/right zero padding still needed.
@@ -597,41 +545,24 @@ function maxPoolGrad({ inputs, backend, attrs }: Parameters<KernelFunc>[0]): Ten
   checkFloat32(kernel, x, dy);
   const info = poolInfo(kernel, x, dy, attrs as unknown as PoolAttrs);
   const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow } = info;
-  const fh = info.effectiveFilterHeight;
-  const fw = info.effectiveFilterWidth;
   const dx = be.makeOutput([...x.shape], 'float32');
-  const xs = heap(be, x);
-  const ds = heap(be, dy);
-  const d = heap(be, dx);
-  d.fill(0);
-  const best = new Float32Array(c);
-  const where = new Int32Array(c);
-  for (let b = 0; b < n; b++) {
-    for (let y = 0; y < oh; y++) {
-      const r0 = y * info.strideHeight - info.padInfo.top;
-      const r1 = Math.min(h, r0 + fh);
-      for (let xx = 0; xx < ow; xx++) {
-        const c0 = xx * info.strideWidth - info.padInfo.left;
-        const c1 = Math.min(w, c0 + fw);
-        best.fill(-Infinity);
-        where.fill(-1);
-        for (let r = Math.max(0, r0); r < r1; r++) {
-          for (let col = Math.max(0, c0); col < c1; col++) {
-            const base = ((b * h + r) * w + col) * c;
-            for (let k = 0; k < c; k++) {
-              const v = xs[base + k];
-              if (v > best[k]) {
-                best[k] = v;
-                where[k] = base + k;
-              }
-            }
-          }
-        }
-        const o = ((b * oh + y) * ow + xx) * c;
-        for (let k = 0; k < c; k++) if (where[k] >= 0) d[where[k]] += ds[o + k];
-      }
-    }
-  }
+  const window: SimdWindow = {
+    n,
+    h,
+    w,
+    c,
+    oh,
+    ow,
+    kh: info.effectiveFilterHeight,
+    kw: info.effectiveFilterWidth,
+    sh: info.strideHeight,
+    sw: info.strideWidth,
+    dh: 1,
+    dw: 1,
+    pt: info.padInfo.top,
+    pl: info.padInfo.left,
+  };
+  withWindow(be, window, (at) => simdKernels(be).maxPoolGrad(pointer(be, x), pointer(be, dy), pointer(be, dx), at));
   return dx;
 }
 
@@ -704,7 +635,7 @@ const KERNELS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
  * Registers fast gradient kernels for the tfjs `wasm` backend: `Conv2DBackpropFilter`, `Conv2DBackpropInput`
  * (replacing the builtin loop, also used by `conv2dTranspose`), `DepthwiseConv2dNativeBackpropFilter` and
  * `DepthwiseConv2dNativeBackpropInput`. Built on the backend's XNNPACK conv / depthwise conv / matmul kernels plus
- * plain-JS rearrangements on the wasm heap. NHWC float32 only.
+ * SIMD loops (`simd.ts`) and plain-JS rearrangements on the wasm heap. NHWC float32 only.
  *
  * Idempotent: kernels already registered by an earlier call are left alone.
  *

@@ -170,6 +170,8 @@ describe('ClipByValue gradient matches cpu', () => {
       const x = tf.tensor([-2, 0, 0.5, 1, 3, -0.25, 1.0000001, 0.9999999], [2, 4]);
       return gradsOf((a) => tf.clipByValue(a, 0, 1), [x]);
     });
+    // The SIMD loop's scalar tail (11 = 2 x 4 + 3 values).
+    await parity(() => gradsOf((a) => tf.clipByValue(a, 0, 1), [tf.tensor([1, 0, 2, -1, 0.5, 1, 3, 0, 1.5, 1, -0.5])]));
     await parity(() => gradsOf((a) => tf.clipByValue(a, -0.3, 0.4), [rand([3, 8, 9, 4], 30)]));
   });
 });

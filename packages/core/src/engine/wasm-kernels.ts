@@ -10,15 +10,16 @@
  *
  * - replacements of builtin kernels, each falling back to the builtin one outside its fast path: `Identity` and
  *   same-dtype `Cast` share the input's data (as the backend's `Reshape` and the cpu backend's `Identity` do); `Sum`
- *   and `Mean` over leading axes are one pass with float64 column accumulators; `FusedBatchNorm` with per-channel
- *   parameters is the backend's SIMD `Sub`, `Multiply` and `Add`; `SplitV` of float32 data copies row segments;
+ *   and `Mean` over leading axes are one SIMD pass with float64 column accumulators; `FusedBatchNorm` with
+ *   per-channel parameters is the backend's SIMD `Sub`, `Multiply` and `Add`; `SplitV` of float32 data copies row
+ *   segments;
  * - new kernels used by Tessera's gradients (`gradients.ts`) on the wasm engine: {@link BATCH_NORM_GRAD} (all five
- *   batch-norm gradients: one pass for the channel sums and a SIMD `Multiply`), {@link REDUCE_GRAD} and
+ *   batch-norm gradients: one SIMD pass for the float64 channel sums and a SIMD `Multiply`), {@link REDUCE_GRAD} and
  *   {@link CLIP_BY_VALUE_GRAD} (one pass each, tfjs-core's values).
  *
- * Plain-JS loops here are several times slower per element than the backend's SIMD element-wise kernels, so they are
- * used only where they replace several passes, a transpose or a scalar wasm loop. All loops are sequential in a fixed
- * order, so results are deterministic (data-parallel training relies on it).
+ * The SIMD passes are Tessera's own WebAssembly loops (`simd.ts`), working in place on the backend's heap; plain-JS
+ * loops are kept for copies. All loops run in a fixed order, so results are deterministic (data-parallel training
+ * relies on it).
  */
 import {
   backend_util,
@@ -31,6 +32,7 @@ import {
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD } from './gradients.js';
+import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
@@ -98,23 +100,7 @@ function cast(args: KernelArgs): TensorInfo | TensorInfo[] {
   return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
 }
 
-/** Column sums of `src [rows, cols]` in float64, four rows at a time (a fixed order: deterministic). */
-function columnSums(src: Float32Array, rows: number, cols: number): Float64Array {
-  const acc = new Float64Array(cols);
-  let r = 0;
-  for (; r + 4 <= rows; r += 4) {
-    const o = r * cols;
-    const o2 = o + 2 * cols;
-    for (let j = 0; j < cols; j++) acc[j] += src[o + j] + src[o + cols + j] + (src[o2 + j] + src[o2 + cols + j]);
-  }
-  for (; r < rows; r++) {
-    const o = r * cols;
-    for (let j = 0; j < cols; j++) acc[j] += src[o + j];
-  }
-  return acc;
-}
-
-/** Column sums of `x [outer, inner]` (float64 accumulators), optionally divided by `outer`. */
+/** Column sums of `x [outer, inner]` (SIMD, float64 accumulators), divided by `outer` for `Mean`. */
 function columnReduce(kernel: 'Sum' | 'Mean', args: KernelArgs): TensorInfo | TensorInfo[] {
   const x = args.inputs.x as TensorInfo;
   const { axis, keepDims } = args.attrs as { axis?: number | number[]; keepDims?: boolean };
@@ -124,13 +110,11 @@ function columnReduce(kernel: 'Sum' | 'Mean', args: KernelArgs): TensorInfo | Te
   const be = args.backend as WasmBackend;
   const tail = x.shape.slice(k);
   const out = be.makeOutput(keepDims ? [...new Array<number>(k).fill(1), ...tail] : tail, 'float32');
-  const acc = columnSums(f32(be, x), outer, inner);
-  const dst = f32(be, out);
-  if (kernel === 'Mean') {
-    for (let j = 0; j < inner; j++) dst[j] = acc[j] / outer;
-  } else {
-    dst.set(acc);
-  }
+  // Float64 column accumulators.
+  const acc = be.makeOutput([2 * inner], 'float32');
+  const divisor = kernel === 'Mean' ? outer : 1;
+  simdKernels(be).columnReduce(pointer(be, x), outer, inner, pointer(be, acc), pointer(be, out), divisor);
+  be.disposeData(acc.dataId);
   return out;
 }
 
@@ -243,7 +227,6 @@ function batchNormGrad(args: KernelArgs): TensorInfo[] {
   const be = args.backend as WasmBackend;
   const eps = (args.attrs as { varianceEpsilon: number }).varianceEpsilon;
   // Copies: heap views are invalidated when makeOutput grows the wasm memory.
-  const m = f32(be, mean).slice();
   const v = f32(be, variance).slice();
   const s = scale ? f32(be, scale).slice() : null;
   const k = channelFactors(v, s, eps);
@@ -251,30 +234,15 @@ function batchNormGrad(args: KernelArgs): TensorInfo[] {
   const dx = callKernel('Multiply', { inputs: { a: dy, b: factor }, backend: args.backend });
   be.disposeData(factor.dataId);
 
-  const sumG = new Float64Array(c);
-  const sumGX = new Float64Array(c);
-  const xs = f32(be, x);
-  const g = f32(be, dy);
-  const rows = xs.length / c;
-  let r = 0;
-  for (; r + 2 <= rows; r += 2) {
-    const o = r * c;
-    const o1 = o + c;
-    for (let j = 0; j < c; j++) {
-      const g0 = g[o + j];
-      const g1 = g[o1 + j];
-      const mj = m[j];
-      sumG[j] += g0 + g1;
-      sumGX[j] += g0 * (xs[o + j] - mj) + g1 * (xs[o1 + j] - mj);
-    }
-  }
-  for (; r < rows; r++) {
-    const o = r * c;
-    for (let j = 0; j < c; j++) {
-      sumG[j] += g[o + j];
-      sumGX[j] += g[o + j] * (xs[o + j] - m[j]);
-    }
-  }
+  // Float64 channel sums, sum(dy) at [0, c) and sum(dy * (x - mean)) at [c, 2c).
+  const sums = be.makeOutput([4 * c], 'float32');
+  const at = pointer(be, sums);
+  const rows = util.sizeFromShape(x.shape) / c;
+  simdKernels(be).batchNormGradSums(pointer(be, x), pointer(be, dy), pointer(be, mean), rows, c, at, at + 8 * c);
+  const view = be.typedArrayFromHeap(sums);
+  const sumG = new Float64Array(view.buffer, view.byteOffset, c).slice();
+  const sumGX = new Float64Array(view.buffer, view.byteOffset + 8 * c, c).slice();
+  be.disposeData(sums.dataId);
   const outs = [0, 1, 2, 3].map(() => be.makeOutput([c], 'float32'));
   const [dMean, dVar, dScale, dOffset] = outs.map((t) => f32(be, t));
   for (let j = 0; j < c; j++) {
@@ -349,7 +317,7 @@ function reduceGrad(args: KernelArgs): TensorInfo {
 }
 
 /** Reads and checks the `dy` and `x` inputs of an element-wise gradient kernel. */
-function elementwiseArgs(kernel: string, args: KernelArgs): [WasmBackend, Float32Array, Float32Array, TensorInfo] {
+function elementwiseArgs(kernel: string, args: KernelArgs): [WasmBackend, TensorInfo, TensorInfo, TensorInfo] {
   const dy = args.inputs.dy as TensorInfo;
   const x = args.inputs.x as TensorInfo;
   if (dy.dtype !== 'float32' || x.dtype !== 'float32' || !util.arraysEqual(dy.shape, x.shape)) {
@@ -357,19 +325,15 @@ function elementwiseArgs(kernel: string, args: KernelArgs): [WasmBackend, Float3
   }
   const be = args.backend as WasmBackend;
   const out = be.makeOutput([...x.shape], 'float32');
-  return [be, f32(be, dy), f32(be, x), out];
+  return [be, dy, x, out];
 }
 
 /** Gradient of `ClipByValue`: `dy` where `min <= x <= max`, else 0 (tfjs-core's `where(...)`, one pass). */
 function clipByValueGrad(args: KernelArgs): TensorInfo {
-  const [be, g, xs, out] = elementwiseArgs(CLIP_BY_VALUE_GRAD, args);
+  const [be, dy, x, out] = elementwiseArgs(CLIP_BY_VALUE_GRAD, args);
   const { clipValueMin: lo, clipValueMax: hi } = args.attrs as { clipValueMin: number; clipValueMax: number };
-  const d = f32(be, out);
-  // A branch: ReLU6 inputs are nearly all inside [0, 6], so it is predicted well and beats a mask multiply 2x.
-  for (let i = 0; i < xs.length; i++) {
-    const v = xs[i];
-    d[i] = v >= lo && v <= hi ? g[i] : 0;
-  }
+  const n = util.sizeFromShape(x.shape);
+  simdKernels(be).clipByValueGrad(pointer(be, x), pointer(be, dy), pointer(be, out), n, lo, hi);
   return out;
 }
 

@@ -1,0 +1,101 @@
+/**
+ * Tessera's SIMD loops for the tfjs `wasm` backend (`assembly/kernels.ts`, compiled into `simd-binary.ts`): a small
+ * WebAssembly module that imports the backend's own memory, so it works in place on tensors' data, with no copies.
+ * One instance per backend memory (each worker thread has its own backend).
+ */
+import { backend_util, type DataType, type TensorInfo } from '@tensorflow/tfjs-core';
+import { SIMD_KERNELS_WASM } from './simd-binary.js';
+
+/** The parts of tfjs-backend-wasm's `BackendWasm` used here. */
+export interface WasmHeapBackend {
+  makeOutput(shape: number[], dtype: DataType): TensorInfo;
+  typedArrayFromHeap(info: TensorInfo): backend_util.TypedArray;
+  disposeData(dataId: object, force?: boolean): boolean;
+}
+
+/** The module's exports; every pointer is a byte offset on the backend's heap (see `assembly/kernels.ts`). */
+export interface SimdKernels {
+  columnReduce(src: number, rows: number, cols: number, acc: number, dst: number, divisor: number): void;
+  batchNormGradSums(x: number, dy: number, mean: number, rows: number, c: number, sumG: number, sumGX: number): void;
+  clipByValueGrad(x: number, dy: number, out: number, n: number, lo: number, hi: number): void;
+  toChannelMajor(src: number, dst: number, n: number, hw: number, c: number): void;
+  /** `window` points at a {@link SimdWindow} on the heap (see {@link withWindow}). */
+  im2colRows(xt: number, a: number, r0: number, rows: number, window: number): void;
+  maxPoolGrad(x: number, dy: number, dx: number, window: number): void;
+  depthwiseGrad(mode: 0 | 1, src: number, dy: number, out: number, window: number): void;
+}
+
+/** The parts of the WebAssembly JS API used here (the repository's TypeScript libs do not declare it). */
+interface WebAssemblyApi {
+  Memory: abstract new () => object;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: object };
+}
+const wasmApi = (globalThis as unknown as { WebAssembly: WebAssemblyApi }).WebAssembly;
+
+let compiled: object | undefined;
+const instances = new WeakMap<object, SimdKernels>();
+
+/** The backend's `WebAssembly.Memory` (the Emscripten module's exported `memory`). */
+function backendMemory(be: WasmHeapBackend): object {
+  const memory = (be as unknown as { wasm?: { asm?: { memory?: unknown } } }).wasm?.asm?.memory;
+  if (!(memory instanceof wasmApi.Memory)) {
+    throw new Error(
+      'simd: the tfjs wasm backend does not expose its WebAssembly memory (wasm.asm.memory); ' +
+        'use @tensorflow/tfjs-backend-wasm 4.22.0, the version Tessera is built against',
+    );
+  }
+  return memory;
+}
+
+/** The SIMD kernels bound to `be`'s memory (instantiated once per memory). */
+export function simdKernels(be: WasmHeapBackend): SimdKernels {
+  const memory = backendMemory(be);
+  let kernels = instances.get(memory);
+  if (kernels == null) {
+    compiled ??= new wasmApi.Module(Buffer.from(SIMD_KERNELS_WASM, 'base64'));
+    const instance = new wasmApi.Instance(compiled, { env: { memory } });
+    kernels = instance.exports as unknown as SimdKernels;
+    instances.set(memory, kernels);
+  }
+  return kernels;
+}
+
+/** Byte offset of `info`'s data on the backend's heap. */
+export function pointer(be: WasmHeapBackend, info: TensorInfo): number {
+  return be.typedArrayFromHeap(info).byteOffset;
+}
+
+/**
+ * The geometry of a sliding-window operation (NHWC): input `[n, h, w, c]`, output `[n, oh, ow, .]`, a `kh x kw`
+ * window with strides `sh, sw`, dilations `dh, dw` and top/left padding `pt, pl` (`Window` in `assembly/kernels.ts`).
+ */
+export interface SimdWindow {
+  n: number;
+  h: number;
+  w: number;
+  c: number;
+  oh: number;
+  ow: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  dh: number;
+  dw: number;
+  pt: number;
+  pl: number;
+}
+
+const WINDOW_FIELDS = ['n', 'h', 'w', 'c', 'oh', 'ow', 'kh', 'kw', 'sh', 'sw', 'dh', 'dw', 'pt', 'pl'] as const;
+
+/** Calls `use` with a pointer to `window` written on the backend's heap as 14 int32 values, freed afterwards. */
+export function withWindow<T>(be: WasmHeapBackend, window: SimdWindow, use: (window: number) => T): T {
+  const info = be.makeOutput([WINDOW_FIELDS.length], 'int32');
+  (be.typedArrayFromHeap(info) as Int32Array).set(WINDOW_FIELDS.map((k) => window[k]));
+  try {
+    return use(pointer(be, info));
+  } finally {
+    be.disposeData(info.dataId);
+  }
+}
