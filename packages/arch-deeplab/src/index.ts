@@ -1,5 +1,6 @@
 import {
   ARCHITECTURE_API_VERSION,
+  batchNormalization,
   InvalidOptionError,
   defineArchitecture,
   layers,
@@ -291,7 +292,7 @@ export default function deeplabv3plus(options: Partial<DeeplabOptions> = {}): Ar
             x,
           );
         }
-        x = apply(layers.layers.batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
+        x = apply(batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
         if (act === 'relu') x = apply(layers.layers.reLU({ name: `${name}_relu` }), x);
         if (act === 'relu6') x = apply(layers.layers.reLU({ maxValue: 6, name: `${name}_relu6` }), x);
         return x;

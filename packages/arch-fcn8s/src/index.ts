@@ -1,4 +1,11 @@
-import { ARCHITECTURE_API_VERSION, defineArchitecture, layers, tf, type ArchitecturePlugin } from '@tessera/core';
+import {
+  ARCHITECTURE_API_VERSION,
+  batchNormalization,
+  defineArchitecture,
+  layers,
+  tf,
+  type ArchitecturePlugin,
+} from '@tessera/core';
 
 /** Skip variants of {@link fcn8s}: the same network with two, one or no skip connections. */
 export type FcnVariant = '8s' | '16s' | '32s';
@@ -152,7 +159,7 @@ export default function fcn8s(options: Partial<Fcn8sOptions> = {}): Architecture
           x,
         );
         if (!o.batchNorm) return x;
-        x = apply(layers.layers.batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
+        x = apply(batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
         return apply(layers.layers.reLU({ name: `${name}_relu` }), x);
       };
       const score = (x: layers.SymbolicTensor, name: string) =>

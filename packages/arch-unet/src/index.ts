@@ -1,4 +1,10 @@
-import { ARCHITECTURE_API_VERSION, defineArchitecture, layers, type ArchitecturePlugin } from '@tessera/core';
+import {
+  ARCHITECTURE_API_VERSION,
+  batchNormalization,
+  defineArchitecture,
+  layers,
+  type ArchitecturePlugin,
+} from '@tessera/core';
 
 /** Options of {@link unet}. */
 export interface UnetOptions {
@@ -64,9 +70,7 @@ export default function unet(options: Partial<UnetOptions> = {}): ArchitecturePl
             .apply(x) as layers.SymbolicTensor;
           if (o.batchNorm) {
             // Momentum 0.9 (PyTorch's 0.1): moving statistics that keep up with short CPU trainings.
-            x = layers.layers
-              .batchNormalization({ momentum: 0.9, name: `${name}_bn${k}` })
-              .apply(x) as layers.SymbolicTensor;
+            x = batchNormalization({ momentum: 0.9, name: `${name}_bn${k}` }).apply(x) as layers.SymbolicTensor;
             x = layers.layers.reLU({ name: `${name}_relu${k}` }).apply(x) as layers.SymbolicTensor;
           }
         }

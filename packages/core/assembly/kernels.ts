@@ -111,6 +111,36 @@ export function batchNormGradSums(
   }
 }
 
+/**
+ * The input gradient of training-mode batch normalisation over `rows` rows of `c` channels, given per-channel
+ * float32 coefficients `coef = [a (c), b (c), d (c), mean (c)]`: `dx = a * dy + b * (x - mean) + d`.
+ */
+export function batchNormTrainGrad(x: usize, dy: usize, dx: usize, rows: i32, c: i32, coef: usize): void {
+  const row = (<usize>c) << 2;
+  const a = coef;
+  const b = coef + row;
+  const d = coef + 2 * row;
+  const m = coef + 3 * row;
+  for (let r = 0; r < rows; r++) {
+    const o = <usize>r * row;
+    let j = 0;
+    for (; j + 4 <= c; j += 4) {
+      const k = (<usize>j) << 2;
+      const centred = f32x4.sub(v128.load(x + o + k), v128.load(m + k));
+      const scaled = f32x4.add(
+        f32x4.mul(v128.load(a + k), v128.load(dy + o + k)),
+        f32x4.mul(v128.load(b + k), centred),
+      );
+      v128.store(dx + o + k, f32x4.add(scaled, v128.load(d + k)));
+    }
+    for (; j < c; j++) {
+      const k = (<usize>j) << 2;
+      const centred = load<f32>(x + o + k) - load<f32>(m + k);
+      store<f32>(dx + o + k, load<f32>(a + k) * load<f32>(dy + o + k) + load<f32>(b + k) * centred + load<f32>(d + k));
+    }
+  }
+}
+
 /** `out[i] = lo <= x[i] <= hi ? dy[i] : 0` for `n` values (the gradient of `ClipByValue`). */
 export function clipByValueGrad(x: usize, dy: usize, out: usize, n: i32, lo: f32, hi: f32): void {
   const vlo = f32x4.splat(lo);

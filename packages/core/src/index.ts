@@ -17,6 +17,7 @@ export {
   type OptionSpec,
 } from './arch/architecture.js';
 export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
+export { batchNormalization, type BatchNormalizationArgs } from './arch/batch-norm.js';
 export type {
   OnnxAttribute,
   OnnxConvOptions,

@@ -190,6 +190,7 @@ export const BUILTIN_CONVERTERS: Readonly<Record<string, OnnxLayerConverter>> = 
   DepthwiseConv2D: convolution(true),
   Conv2DTranspose: conv2dTranspose,
   BatchNormalization: batchNormalization,
+  TesseraBatchNormalization: batchNormalization,
   MaxPooling2D: pool('MaxPool'),
   AveragePooling2D: pool('AveragePool'),
   GlobalAveragePooling2D: globalPool('GlobalAveragePool'),

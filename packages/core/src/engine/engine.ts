@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { EngineError, unknownName } from '../errors.js';
+import { registerBatchNormalization } from '../arch/batch-norm.js';
 import { registerFastGradients } from './gradients.js';
 
 /** Engines Tessera can run on, fastest first. */
@@ -118,6 +119,7 @@ export async function setupEngine(requested?: string): Promise<EngineInfo> {
   // Production mode: no debug checks, and no console advertising for tfjs-node on the cpu engine.
   tf.env().set('PROD', true);
   registerFastGradients();
+  registerBatchNormalization();
   (await import('./dilated-gradients.js')).registerDilatedGradients();
   const candidates: EngineName[] = wanted === 'auto' ? [...ENGINE_NAMES] : [wanted as EngineName];
   const skipped: string[] = [];

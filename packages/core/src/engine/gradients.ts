@@ -5,6 +5,11 @@ import * as tf from '@tensorflow/tfjs-core';
 
 /** All five gradients of `FusedBatchNorm` in one pass: outputs `[dx, dmean, dvariance, dscale, doffset]`. */
 export const BATCH_NORM_GRAD = 'TesseraFusedBatchNormGrad';
+/**
+ * Gradient of training-mode batch normalisation ({@link trainingBatchNorm}): inputs `x`, `dy`, `mean`, `variance`,
+ * `scale`; attribute `varianceEpsilon`; outputs `[dx, dscale, doffset]`.
+ */
+export const BATCH_NORM_TRAIN_GRAD = 'TesseraBatchNormTrainGrad';
 /** Gradient of `Sum` and `Mean`: inputs `dy`; attributes `shape` (of `x`), `axes` (reduced) and `divisor`. */
 export const REDUCE_GRAD = 'TesseraReduceGrad';
 /** Gradient of `ClipByValue`: inputs `dy`, `x`; attributes `clipValueMin`, `clipValueMax`. */
@@ -108,6 +113,62 @@ function clipByValueGradient(dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedA
   if (!onWasm(CLIP_BY_VALUE_GRAD) || x.dtype !== 'float32' || dy.dtype !== 'float32') return null;
   const { clipValueMin, clipValueMax } = attrs as { clipValueMin: number; clipValueMax: number };
   return { x: () => tf.engine().runKernel(CLIP_BY_VALUE_GRAD, { dy, x }, { clipValueMin, clipValueMax }) as tf.Tensor };
+}
+
+/**
+ * Training-mode batch normalisation of `x` over all axes but the last, as tfjs-layers' `BatchNormalization` computes
+ * it: the same forward operations (`tf.moments`, then `tf.batchNorm` with `scale` and `offset`), so the same output
+ * and statistics bit for bit. Its gradient is one operation instead of the chain through `moments` (a dozen
+ * full-size operations per layer): on the wasm engine the two-pass {@link BATCH_NORM_TRAIN_GRAD} kernel, elsewhere
+ * the same closed form with tensor operations.
+ *
+ * @returns the output, and the batch's `mean` and `variance` (`[c]`, for the moving averages; the caller disposes
+ * them).
+ */
+export function trainingBatchNorm(
+  x: tf.Tensor,
+  scale: tf.Tensor,
+  offset: tf.Tensor,
+  varianceEpsilon: number,
+): { y: tf.Tensor; mean: tf.Tensor; variance: tf.Tensor } {
+  const axes = x.shape.slice(0, -1).map((_, i) => i);
+  let statistics: { mean: tf.Tensor; variance: tf.Tensor } | undefined;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, gamma, beta] = args as tf.Tensor[];
+    const save = args[3] as tf.GradSaveFunc;
+    const { mean, variance } = tf.moments(input, axes);
+    const y = tf.batchNorm(input, mean, variance, beta, gamma, varianceEpsilon);
+    save([input, mean, variance, gamma]);
+    statistics = { mean: tf.keep(mean), variance: tf.keep(variance) };
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => trainingBatchNormGradient(dy, saved, axes, varianceEpsilon),
+    };
+  });
+  const y = op(x, scale, offset);
+  return { y, ...statistics! };
+}
+
+/** Gradients `[dx, dscale, doffset]` of {@link trainingBatchNorm}. */
+function trainingBatchNormGradient(
+  dy: tf.Tensor,
+  [x, mean, variance, scale]: tf.Tensor[],
+  axes: number[],
+  varianceEpsilon: number,
+): tf.Tensor[] {
+  if (onWasm(BATCH_NORM_TRAIN_GRAD) && x.dtype === 'float32' && dy.dtype === 'float32') {
+    const inputs = { x, dy, mean, variance, scale };
+    return tf.engine().runKernel(BATCH_NORM_TRAIN_GRAD, inputs, { varianceEpsilon }) as tf.Tensor[];
+  }
+  const n = x.size / x.shape[x.rank - 1];
+  const invStd = tf.rsqrt(tf.add(variance, varianceEpsilon));
+  const centred = tf.sub(x, mean);
+  const sumG = tf.sum(dy, axes);
+  const sumGX = tf.sum(tf.mul(dy, centred), axes);
+  const k = tf.mul(scale, invStd);
+  const viaVariance = tf.mul(centred, tf.mul(tf.square(invStd), tf.div(sumGX, n)));
+  const dx = tf.mul(k, tf.sub(tf.sub(dy, tf.div(sumG, n)), viaVariance));
+  return [dx, tf.mul(sumGX, invStd), sumG];
 }
 
 let registered = false;

@@ -31,7 +31,7 @@ import {
   type KernelFunc,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
-import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD } from './gradients.js';
+import { BATCH_NORM_GRAD, BATCH_NORM_TRAIN_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD } from './gradients.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
 
@@ -210,6 +210,19 @@ function fusedBatchNorm(args: KernelArgs): TensorInfo | TensorInfo[] {
 // ---------------------------------------------------------------------------------------------------------------------
 // Gradient kernels (see gradients.ts)
 
+/** Float64 per-channel sums `sum(dy)` and `sum(dy * (x - mean))` over the rows of `x` and `dy` (one SIMD pass). */
+function channelSums(be: WasmBackend, x: TensorInfo, dy: TensorInfo, mean: TensorInfo, c: number): Float64Array[] {
+  // sum(dy) at [0, c) and sum(dy * (x - mean)) at [c, 2c), as float64.
+  const sums = be.makeOutput([4 * c], 'float32');
+  const at = pointer(be, sums);
+  const rows = util.sizeFromShape(x.shape) / c;
+  simdKernels(be).batchNormGradSums(pointer(be, x), pointer(be, dy), pointer(be, mean), rows, c, at, at + 8 * c);
+  const view = be.typedArrayFromHeap(sums);
+  const out = [0, 1].map((i) => new Float64Array(view.buffer, view.byteOffset + 8 * c * i, c).slice());
+  be.disposeData(sums.dataId);
+  return out;
+}
+
 /**
  * All gradients of `FusedBatchNorm` with per-channel parameters: outputs `[dx, dmean, dvariance, dscale, doffset]`,
  * `dx` shaped like `x`, the others `[c]`. Inputs `x`, `mean`, `variance`, `dy` and optionally `scale`; attribute
@@ -234,15 +247,7 @@ function batchNormGrad(args: KernelArgs): TensorInfo[] {
   const dx = callKernel('Multiply', { inputs: { a: dy, b: factor }, backend: args.backend });
   be.disposeData(factor.dataId);
 
-  // Float64 channel sums, sum(dy) at [0, c) and sum(dy * (x - mean)) at [c, 2c).
-  const sums = be.makeOutput([4 * c], 'float32');
-  const at = pointer(be, sums);
-  const rows = util.sizeFromShape(x.shape) / c;
-  simdKernels(be).batchNormGradSums(pointer(be, x), pointer(be, dy), pointer(be, mean), rows, c, at, at + 8 * c);
-  const view = be.typedArrayFromHeap(sums);
-  const sumG = new Float64Array(view.buffer, view.byteOffset, c).slice();
-  const sumGX = new Float64Array(view.buffer, view.byteOffset + 8 * c, c).slice();
-  be.disposeData(sums.dataId);
+  const [sumG, sumGX] = channelSums(be, x, dy, mean, c);
   const outs = [0, 1, 2, 3].map(() => be.makeOutput([c], 'float32'));
   const [dMean, dVar, dScale, dOffset] = outs.map((t) => f32(be, t));
   for (let j = 0; j < c; j++) {
@@ -254,6 +259,62 @@ function batchNormGrad(args: KernelArgs): TensorInfo[] {
     dOffset[j] = sumG[j];
   }
   return [dx, ...outs];
+}
+
+/**
+ * Gradient of training-mode batch normalisation, where `mean` and `variance` are the batch's own statistics of `x`
+ * over all axes but the last (so `x` also reaches the output through them): outputs `[dx, dscale, doffset]`. Inputs
+ * `x`, `dy`, and `mean`, `variance`, `scale` of `[c]` values; attribute `varianceEpsilon`. With `k = scale * invStd`
+ * and `n` rows, `dx = k * dy - k * invStd^2 * sum(dy * (x - mean)) / n * (x - mean) - k * sum(dy) / n`: one SIMD
+ * pass for the channel sums and one for `dx`, instead of the dozen full-size operations of the composed gradient.
+ */
+function batchNormTrainGrad(args: KernelArgs): TensorInfo[] {
+  const { x, dy, mean, variance, scale } = args.inputs as Record<string, TensorInfo | undefined>;
+  if (x == null || dy == null || mean == null || variance == null || scale == null) {
+    fail(BATCH_NORM_TRAIN_GRAD, 'missing input; expected x, dy, mean, variance and scale');
+  }
+  const c = x.shape[x.shape.length - 1];
+  if (![mean, variance, scale].every((t) => isChannelVector(t, c)) || x.dtype !== 'float32' || dy.dtype !== 'float32') {
+    fail(BATCH_NORM_TRAIN_GRAD, `expected float32 x and dy with [${c}] parameters, got x [${x.shape.join(', ')}]`);
+  }
+  if (!util.arraysEqual(dy.shape, x.shape)) fail(BATCH_NORM_TRAIN_GRAD, 'dy and x shapes differ');
+  const be = args.backend as WasmBackend;
+  const eps = (args.attrs as { varianceEpsilon: number }).varianceEpsilon;
+  const rows = util.sizeFromShape(x.shape) / c;
+  const [sumG, sumGX] = channelSums(be, x, dy, mean, c);
+  const coefficients = be.makeOutput([4 * c], 'float32');
+  const v = f32(be, variance);
+  const s = f32(be, scale);
+  const m = f32(be, mean);
+  const cf = f32(be, coefficients);
+  const invStd = new Float64Array(c);
+  for (let j = 0; j < c; j++) {
+    invStd[j] = 1 / Math.sqrt(v[j] + eps);
+    const k = s[j] * invStd[j];
+    cf[j] = k;
+    cf[c + j] = (-k * invStd[j] * invStd[j] * sumGX[j]) / rows;
+    cf[2 * c + j] = (-k * sumG[j]) / rows;
+    cf[3 * c + j] = m[j];
+  }
+  const dx = be.makeOutput([...x.shape], 'float32');
+  simdKernels(be).batchNormTrainGrad(
+    pointer(be, x),
+    pointer(be, dy),
+    pointer(be, dx),
+    rows,
+    c,
+    pointer(be, coefficients),
+  );
+  be.disposeData(coefficients.dataId);
+  const dScale = be.makeOutput([c], 'float32');
+  const dOffset = be.makeOutput([c], 'float32');
+  const ds = f32(be, dScale);
+  const doff = f32(be, dOffset);
+  for (let j = 0; j < c; j++) {
+    ds[j] = sumGX[j] * invStd[j];
+    doff[j] = sumG[j];
+  }
+  return [dx, dScale, dOffset];
 }
 
 /**
@@ -351,6 +412,7 @@ const REPLACEMENTS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = 
 
 const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: BATCH_NORM_GRAD, kernelFunc: batchNormGrad as unknown as KernelFunc },
+  { kernelName: BATCH_NORM_TRAIN_GRAD, kernelFunc: batchNormTrainGrad as unknown as KernelFunc },
   { kernelName: REDUCE_GRAD, kernelFunc: reduceGrad as KernelFunc },
   { kernelName: CLIP_BY_VALUE_GRAD, kernelFunc: clipByValueGrad as KernelFunc },
 ];
@@ -358,8 +420,8 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
 /**
  * Registers Tessera's faster kernels for the tfjs `wasm` backend: replacements of `Identity`, `Cast`, `Sum`, `Mean`,
  * `FusedBatchNorm` and `SplitV` (each falls back to the builtin kernel outside its fast path) and the gradient kernels
- * {@link BATCH_NORM_GRAD}, {@link REDUCE_GRAD} and {@link CLIP_BY_VALUE_GRAD} that Tessera's gradients
- * (`registerFastGradients`) use on the wasm engine. Import `@tensorflow/tfjs-backend-wasm` first.
+ * {@link BATCH_NORM_GRAD}, {@link BATCH_NORM_TRAIN_GRAD}, {@link REDUCE_GRAD} and {@link CLIP_BY_VALUE_GRAD} that
+ * Tessera's gradients (`gradients.ts`) use on the wasm engine. Import `@tensorflow/tfjs-backend-wasm` first.
  *
  * Idempotent: kernels already registered by an earlier call are left alone.
  *

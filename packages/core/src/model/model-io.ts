@@ -3,6 +3,7 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
+import { registerBatchNormalization } from '../arch/batch-norm.js';
 import { writeFileAtomic } from '../data/image-io.js';
 import { InputNotFoundError, ModelFormatError, OutputError } from '../errors.js';
 import { validateManifest, type FileDigest, type ModelManifest } from './manifest.js';
@@ -45,6 +46,7 @@ export async function deserializeModel(
   weights: Uint8Array,
   source: string,
 ): Promise<tfl.LayersModel> {
+  registerBatchNormalization();
   try {
     const json = JSON.parse(topology) as tf.io.ModelJSON;
     const weightSpecs = json.weightsManifest.flatMap((group) => group.weights);

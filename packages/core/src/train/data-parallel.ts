@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
+import { BATCH_NORM_CLASS_NAMES } from '../arch/batch-norm.js';
 import { EngineError } from '../errors.js';
 import type { LossFn, LossOptions } from './losses.js';
 
@@ -86,7 +87,7 @@ export function batchNormLayers(model: tfl.LayersModel): BatchNormLayer[] {
     for (const layer of layers) {
       const nested = (layer as unknown as { layers?: tfl.layers.Layer[] }).layers;
       if (Array.isArray(nested)) visit(nested);
-      else if (layer.getClassName() === 'BatchNormalization') found.push(layer as unknown as BatchNormLayer);
+      else if (BATCH_NORM_CLASS_NAMES.includes(layer.getClassName())) found.push(layer as unknown as BatchNormLayer);
     }
   };
   visit(model.layers);
