@@ -64,6 +64,59 @@ export function columnReduce(src: usize, rows: i32, cols: i32, acc: usize, dst: 
 }
 
 /**
+ * Column variances of `src [rows, cols]` about the float32 column means `mean`: `dst[j] = f32(sum_r f64((x - m) *
+ * (x - m)) / rows)`, the differences and squares in float32 and the sums in float64 (`acc`: scratch for `cols`
+ * float64 values), the values of `mean(square(x - mean))` with {@link columnReduce} as the mean.
+ */
+export function columnVariance(src: usize, rows: i32, cols: i32, mean: usize, acc: usize, dst: usize): void {
+  memory.fill(acc, 0, (<usize>cols) << 3);
+  const row = (<usize>cols) << 2;
+  let p = src;
+  for (let r = 0; r < rows; r++, p += row) {
+    let j = 0;
+    for (; j + 4 <= cols; j += 4) {
+      const o = (<usize>j) << 2;
+      const d = f32x4.sub(v128.load(p + o), v128.load(mean + o));
+      const d2 = f32x4.mul(d, d);
+      const a = acc + ((<usize>j) << 3);
+      v128.store(a, f64x2.add(v128.load(a), f64x2.promote_low_f32x4(d2)));
+      v128.store(a + 16, f64x2.add(v128.load(a + 16), promoteHigh(d2)));
+    }
+    for (; j < cols; j++) {
+      const o = (<usize>j) << 2;
+      const d = load<f32>(p + o) - load<f32>(mean + o);
+      const a = acc + ((<usize>j) << 3);
+      store<f64>(a, load<f64>(a) + <f64>(d * d));
+    }
+  }
+  for (let j = 0; j < cols; j++) store<f32>(dst + ((<usize>j) << 2), <f32>(load<f64>(acc + ((<usize>j) << 3)) / rows));
+}
+
+/**
+ * Batch normalisation of `rows` rows of `c` channels with per-channel float32 coefficients
+ * `coef = [mean (c), k (c), offset (c)]`: `y = (x - mean) * k + offset`, each operation rounded to float32.
+ */
+export function batchNormApply(x: usize, y: usize, rows: i32, c: i32, coef: usize): void {
+  const row = (<usize>c) << 2;
+  const m = coef;
+  const k = coef + row;
+  const b = coef + 2 * row;
+  for (let r = 0; r < rows; r++) {
+    const o = <usize>r * row;
+    let j = 0;
+    for (; j + 4 <= c; j += 4) {
+      const q = (<usize>j) << 2;
+      const centred = f32x4.sub(v128.load(x + o + q), v128.load(m + q));
+      v128.store(y + o + q, f32x4.add(f32x4.mul(centred, v128.load(k + q)), v128.load(b + q)));
+    }
+    for (; j < c; j++) {
+      const q = (<usize>j) << 2;
+      store<f32>(y + o + q, (load<f32>(x + o + q) - load<f32>(m + q)) * load<f32>(k + q) + load<f32>(b + q));
+    }
+  }
+}
+
+/**
  * Per-channel sums of batch normalisation's gradient over `rows` rows of `c` channels: `sumG[j] += dy[., j]` and
  * `sumGX[j] += dy[., j] * (x[., j] - mean[j])`, in float64 (both zeroed first).
  */

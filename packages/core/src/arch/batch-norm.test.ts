@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { setupEngine } from '../engine/engine.js';
-import { BATCH_NORM_TRAIN_GRAD } from '../engine/gradients.js';
+import { BATCH_NORM_TRAIN, BATCH_NORM_TRAIN_GRAD } from '../engine/gradients.js';
 import { expectNoGrowth, random, relativeError } from '../engine/test-helpers.js';
 import { batchNormalization } from './batch-norm.js';
 
@@ -68,6 +68,7 @@ describe('batchNormalization', () => {
         const { kernelNames } = await tf.profile(() => {
           fast = trainingStep(() => batchNormalization({ momentum: 0.9 }), shape);
         });
+        expect(kernelNames.includes(BATCH_NORM_TRAIN)).toBe(backend === 'wasm');
         expect(kernelNames.includes(BATCH_NORM_TRAIN_GRAD)).toBe(backend === 'wasm');
         expect(tf.memory().numTensors - middle).toBe(middle - start);
         // The same forward operations: the same output and moving statistics, bit for bit.
@@ -80,7 +81,7 @@ describe('batchNormalization', () => {
     }
   }
 
-  it('frees what its wasm kernel allocates, and names the kernel on bad input', async () => {
+  it('frees what its wasm kernels allocate, and names the kernel on bad input', async () => {
     await tf.setBackend('wasm');
     const x = tf.tensor(random(2 * 3 * 4 * 5, 8), [2, 3, 4, 5]);
     const c = (seed: number) => tf.tensor1d(random(5, seed));
@@ -89,6 +90,9 @@ describe('batchNormalization', () => {
       tf.dispose(
         tf.engine().runKernel(BATCH_NORM_TRAIN_GRAD, { x, dy: x, mean, variance, scale }, { varianceEpsilon: 1e-3 }),
       ),
+    );
+    expectNoGrowth(() =>
+      tf.dispose(tf.engine().runKernel(BATCH_NORM_TRAIN, { x, scale, offset: mean }, { varianceEpsilon: 1e-3 })),
     );
     expect(() =>
       tf.engine().runKernel(BATCH_NORM_TRAIN_GRAD, { x, dy: tf.zeros([2, 3, 4, 4]), mean, variance, scale }, {}),

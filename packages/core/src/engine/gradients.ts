@@ -6,6 +6,11 @@ import * as tf from '@tensorflow/tfjs-core';
 /** All five gradients of `FusedBatchNorm` in one pass: outputs `[dx, dmean, dvariance, dscale, doffset]`. */
 export const BATCH_NORM_GRAD = 'TesseraFusedBatchNormGrad';
 /**
+ * Training-mode batch normalisation ({@link trainingBatchNorm}): inputs `x`, `scale`, `offset`; attribute
+ * `varianceEpsilon`; outputs `[y, mean, variance]`.
+ */
+export const BATCH_NORM_TRAIN = 'TesseraBatchNormTrain';
+/**
  * Gradient of training-mode batch normalisation ({@link trainingBatchNorm}): inputs `x`, `dy`, `mean`, `variance`,
  * `scale`; attribute `varianceEpsilon`; outputs `[dx, dscale, doffset]`.
  */
@@ -116,11 +121,12 @@ function clipByValueGradient(dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedA
 }
 
 /**
- * Training-mode batch normalisation of `x` over all axes but the last, as tfjs-layers' `BatchNormalization` computes
- * it: the same forward operations (`tf.moments`, then `tf.batchNorm` with `scale` and `offset`), so the same output
- * and statistics bit for bit. Its gradient is one operation instead of the chain through `moments` (a dozen
- * full-size operations per layer): on the wasm engine the two-pass {@link BATCH_NORM_TRAIN_GRAD} kernel, elsewhere
- * the same closed form with tensor operations.
+ * Training-mode batch normalisation of `x` over all axes but the last, with the values of tfjs-layers'
+ * `BatchNormalization` (`tf.moments`, then `tf.batchNorm` with `scale` and `offset`): the same output and statistics
+ * bit for bit (on wasm, the three-pass {@link BATCH_NORM_TRAIN} kernel performs those float32 operations). Its
+ * gradient is one operation instead of the chain through `moments` (a dozen full-size operations per layer): on the
+ * wasm engine the two-pass {@link BATCH_NORM_TRAIN_GRAD} kernel, elsewhere the same closed form with tensor
+ * operations.
  *
  * @returns the output, and the batch's `mean` and `variance` (`[c]`, for the moving averages; the caller disposes
  * them).
@@ -136,8 +142,7 @@ export function trainingBatchNorm(
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [input, gamma, beta] = args as tf.Tensor[];
     const save = args[3] as tf.GradSaveFunc;
-    const { mean, variance } = tf.moments(input, axes);
-    const y = tf.batchNorm(input, mean, variance, beta, gamma, varianceEpsilon);
+    const { y, mean, variance } = batchNormForward(input, gamma, beta, axes, varianceEpsilon);
     save([input, mean, variance, gamma]);
     statistics = { mean: tf.keep(mean), variance: tf.keep(variance) };
     return {
@@ -147,6 +152,25 @@ export function trainingBatchNorm(
   });
   const y = op(x, scale, offset);
   return { y, ...statistics! };
+}
+
+/** The forward pass of {@link trainingBatchNorm}: one {@link BATCH_NORM_TRAIN} kernel on wasm (the same values). */
+function batchNormForward(
+  x: tf.Tensor,
+  scale: tf.Tensor,
+  offset: tf.Tensor,
+  axes: number[],
+  varianceEpsilon: number,
+): { y: tf.Tensor; mean: tf.Tensor; variance: tf.Tensor } {
+  const c = x.shape[x.rank - 1];
+  if (onWasm(BATCH_NORM_TRAIN) && x.dtype === 'float32' && channelVector(scale, c) && channelVector(offset, c)) {
+    const [y, mean, variance] = tf
+      .engine()
+      .runKernel(BATCH_NORM_TRAIN, { x, scale, offset }, { varianceEpsilon }) as tf.Tensor[];
+    return { y, mean, variance };
+  }
+  const { mean, variance } = tf.moments(x, axes);
+  return { y: tf.batchNorm(x, mean, variance, offset, scale, varianceEpsilon), mean, variance };
 }
 
 /** Gradients `[dx, dscale, doffset]` of {@link trainingBatchNorm}. */

@@ -31,7 +31,13 @@ import {
   type KernelFunc,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
-import { BATCH_NORM_GRAD, BATCH_NORM_TRAIN_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD } from './gradients.js';
+import {
+  BATCH_NORM_GRAD,
+  BATCH_NORM_TRAIN,
+  BATCH_NORM_TRAIN_GRAD,
+  CLIP_BY_VALUE_GRAD,
+  REDUCE_GRAD,
+} from './gradients.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
 
@@ -262,6 +268,41 @@ function batchNormGrad(args: KernelArgs): TensorInfo[] {
 }
 
 /**
+ * Training-mode batch normalisation over all axes but the last: outputs `[y, mean, variance]` (`[c]`) with the values
+ * of `tf.moments` then `FusedBatchNorm` on this backend (the same float32 operations and float64 sums in the same
+ * order), in three SIMD passes instead of seven full-size operations. Inputs `x`, `scale`, `offset` (`[c]`);
+ * attribute `varianceEpsilon`.
+ */
+function batchNormTrain(args: KernelArgs): TensorInfo[] {
+  const { x, scale, offset } = args.inputs as Record<string, TensorInfo | undefined>;
+  if (x == null || scale == null || offset == null) fail(BATCH_NORM_TRAIN, 'missing input; expected x, scale, offset');
+  const c = x.shape[x.shape.length - 1];
+  if (x.shape.length < 2 || x.dtype !== 'float32' || ![scale, offset].every((t) => isChannelVector(t, c))) {
+    fail(BATCH_NORM_TRAIN, `expected float32 x of rank >= 2 with [${c}] parameters, got x [${x.shape.join(', ')}]`);
+  }
+  const be = args.backend as WasmBackend;
+  const eps = (args.attrs as { varianceEpsilon: number }).varianceEpsilon;
+  const rows = util.sizeFromShape(x.shape) / c;
+  const simd = simdKernels(be);
+  const mean = be.makeOutput([c], 'float32');
+  const variance = be.makeOutput([c], 'float32');
+  const acc = be.makeOutput([2 * c], 'float32');
+  simd.columnReduce(pointer(be, x), rows, c, pointer(be, acc), pointer(be, mean), rows);
+  simd.columnVariance(pointer(be, x), rows, c, pointer(be, mean), pointer(be, acc), pointer(be, variance));
+  be.disposeData(acc.dataId);
+  const coefficients = be.makeOutput([3 * c], 'float32');
+  const k = channelFactors(f32(be, variance).slice(), f32(be, scale).slice(), eps);
+  const cf = f32(be, coefficients);
+  cf.set(f32(be, mean));
+  cf.set(k, c);
+  cf.set(f32(be, offset), 2 * c);
+  const y = be.makeOutput([...x.shape], 'float32');
+  simd.batchNormApply(pointer(be, x), pointer(be, y), rows, c, pointer(be, coefficients));
+  be.disposeData(coefficients.dataId);
+  return [y, mean, variance];
+}
+
+/**
  * Gradient of training-mode batch normalisation, where `mean` and `variance` are the batch's own statistics of `x`
  * over all axes but the last (so `x` also reaches the output through them): outputs `[dx, dscale, doffset]`. Inputs
  * `x`, `dy`, and `mean`, `variance`, `scale` of `[c]` values; attribute `varianceEpsilon`. With `k = scale * invStd`
@@ -412,6 +453,7 @@ const REPLACEMENTS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = 
 
 const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: BATCH_NORM_GRAD, kernelFunc: batchNormGrad as unknown as KernelFunc },
+  { kernelName: BATCH_NORM_TRAIN, kernelFunc: batchNormTrain as unknown as KernelFunc },
   { kernelName: BATCH_NORM_TRAIN_GRAD, kernelFunc: batchNormTrainGrad as unknown as KernelFunc },
   { kernelName: REDUCE_GRAD, kernelFunc: reduceGrad as KernelFunc },
   { kernelName: CLIP_BY_VALUE_GRAD, kernelFunc: clipByValueGrad as KernelFunc },
@@ -420,8 +462,8 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
 /**
  * Registers Tessera's faster kernels for the tfjs `wasm` backend: replacements of `Identity`, `Cast`, `Sum`, `Mean`,
  * `FusedBatchNorm` and `SplitV` (each falls back to the builtin kernel outside its fast path) and the gradient kernels
- * {@link BATCH_NORM_GRAD}, {@link BATCH_NORM_TRAIN_GRAD}, {@link REDUCE_GRAD} and {@link CLIP_BY_VALUE_GRAD} that
- * Tessera's gradients (`gradients.ts`) use on the wasm engine. Import `@tensorflow/tfjs-backend-wasm` first.
+ * {@link BATCH_NORM_GRAD}, {@link BATCH_NORM_TRAIN}, {@link BATCH_NORM_TRAIN_GRAD}, {@link REDUCE_GRAD} and
+ * {@link CLIP_BY_VALUE_GRAD} that Tessera's gradients (`gradients.ts`) use on the wasm engine. Import `@tensorflow/tfjs-backend-wasm` first.
  *
  * Idempotent: kernels already registered by an earlier call are left alone.
  *
