@@ -39,57 +39,48 @@ function zero(p: usize, n: i32): void {
 }
 
 /**
- * Column sums of `src [rows, cols]` (float32) in float64, then `dst[j] = f32(sum_j / divisor)`.
+ * Column sums of `src [rows, cols]` (float32) in float64, then `dst[j] = f32(sum_j / divisor)`; with `mean` (a
+ * pointer to `cols` float32 values, or 0 for none) the sums are of the float32 squares `(x - mean) * (x - mean)`, so
+ * that with the mean from a first call and `divisor = rows` this is `mean(square(x - mean))`, the batch variance.
  * `acc` is scratch for `cols` float64 values.
  */
-export function columnReduce(src: usize, rows: i32, cols: i32, acc: usize, dst: usize, divisor: f64): void {
+export function columnReduce(
+  src: usize,
+  rows: i32,
+  cols: i32,
+  mean: usize,
+  acc: usize,
+  dst: usize,
+  divisor: f64,
+): void {
   memory.fill(acc, 0, (<usize>cols) << 3);
   const row = (<usize>cols) << 2;
   let p = src;
   for (let r = 0; r < rows; r++, p += row) {
     let j = 0;
     for (; j + 4 <= cols; j += 4) {
-      const v = v128.load(p + ((<usize>j) << 2));
+      let v = v128.load(p + ((<usize>j) << 2));
+      if (mean != 0) {
+        const d = f32x4.sub(v, v128.load(mean + ((<usize>j) << 2)));
+        v = f32x4.mul(d, d);
+      }
       const a = acc + ((<usize>j) << 3);
       v128.store(a, f64x2.add(v128.load(a), f64x2.promote_low_f32x4(v)));
       v128.store(a + 16, f64x2.add(v128.load(a + 16), promoteHigh(v)));
     }
     for (; j < cols; j++) {
+      let v = load<f32>(p + ((<usize>j) << 2));
+      if (mean != 0) {
+        const d = v - load<f32>(mean + ((<usize>j) << 2));
+        v = d * d;
+      }
       const a = acc + ((<usize>j) << 3);
-      store<f64>(a, load<f64>(a) + <f64>load<f32>(p + ((<usize>j) << 2)));
+      store<f64>(a, load<f64>(a) + <f64>v);
     }
   }
-  for (let j = 0; j < cols; j++)
+  for (let j = 0; j < cols; j++) {
     store<f32>(dst + ((<usize>j) << 2), <f32>(load<f64>(acc + ((<usize>j) << 3)) / divisor));
-}
-
-/**
- * Column variances of `src [rows, cols]` about the float32 column means `mean`: `dst[j] = f32(sum_r f64((x - m) *
- * (x - m)) / rows)`, the differences and squares in float32 and the sums in float64 (`acc`: scratch for `cols`
- * float64 values), the values of `mean(square(x - mean))` with {@link columnReduce} as the mean.
- */
-export function columnVariance(src: usize, rows: i32, cols: i32, mean: usize, acc: usize, dst: usize): void {
-  memory.fill(acc, 0, (<usize>cols) << 3);
-  const row = (<usize>cols) << 2;
-  let p = src;
-  for (let r = 0; r < rows; r++, p += row) {
-    let j = 0;
-    for (; j + 4 <= cols; j += 4) {
-      const o = (<usize>j) << 2;
-      const d = f32x4.sub(v128.load(p + o), v128.load(mean + o));
-      const d2 = f32x4.mul(d, d);
-      const a = acc + ((<usize>j) << 3);
-      v128.store(a, f64x2.add(v128.load(a), f64x2.promote_low_f32x4(d2)));
-      v128.store(a + 16, f64x2.add(v128.load(a + 16), promoteHigh(d2)));
-    }
-    for (; j < cols; j++) {
-      const o = (<usize>j) << 2;
-      const d = load<f32>(p + o) - load<f32>(mean + o);
-      const a = acc + ((<usize>j) << 3);
-      store<f64>(a, load<f64>(a) + <f64>(d * d));
-    }
   }
-  for (let j = 0; j < cols; j++) store<f32>(dst + ((<usize>j) << 2), <f32>(load<f64>(acc + ((<usize>j) << 3)) / rows));
 }
 
 /**

@@ -15,11 +15,10 @@ export interface WasmHeapBackend {
 
 /** The module's exports; every pointer is a byte offset on the backend's heap (see `assembly/kernels.ts`). */
 export interface SimdKernels {
-  columnReduce(src: number, rows: number, cols: number, acc: number, dst: number, divisor: number): void;
+  columnReduce(src: number, rows: number, cols: number, mean: number, acc: number, dst: number, divisor: number): void;
   batchNormGradSums(x: number, dy: number, mean: number, rows: number, c: number, sumG: number, sumGX: number): void;
   clipByValueGrad(x: number, dy: number, out: number, n: number, lo: number, hi: number): void;
   batchNormTrainGrad(x: number, dy: number, dx: number, rows: number, c: number, coefficients: number): void;
-  columnVariance(src: number, rows: number, cols: number, mean: number, acc: number, dst: number): void;
   batchNormApply(x: number, y: number, rows: number, c: number, coefficients: number): void;
   toChannelMajor(src: number, dst: number, n: number, hw: number, c: number): void;
   /** `window` points at a {@link SimdWindow} on the heap (see {@link withWindow}). */

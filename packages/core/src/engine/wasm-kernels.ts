@@ -119,7 +119,7 @@ function columnReduce(kernel: 'Sum' | 'Mean', args: KernelArgs): TensorInfo | Te
   // Float64 column accumulators.
   const acc = be.makeOutput([2 * inner], 'float32');
   const divisor = kernel === 'Mean' ? outer : 1;
-  simdKernels(be).columnReduce(pointer(be, x), outer, inner, pointer(be, acc), pointer(be, out), divisor);
+  simdKernels(be).columnReduce(pointer(be, x), outer, inner, 0, pointer(be, acc), pointer(be, out), divisor);
   be.disposeData(acc.dataId);
   return out;
 }
@@ -287,8 +287,8 @@ function batchNormTrain(args: KernelArgs): TensorInfo[] {
   const mean = be.makeOutput([c], 'float32');
   const variance = be.makeOutput([c], 'float32');
   const acc = be.makeOutput([2 * c], 'float32');
-  simd.columnReduce(pointer(be, x), rows, c, pointer(be, acc), pointer(be, mean), rows);
-  simd.columnVariance(pointer(be, x), rows, c, pointer(be, mean), pointer(be, acc), pointer(be, variance));
+  simd.columnReduce(pointer(be, x), rows, c, 0, pointer(be, acc), pointer(be, mean), rows);
+  simd.columnReduce(pointer(be, x), rows, c, pointer(be, mean), pointer(be, acc), pointer(be, variance), rows);
   be.disposeData(acc.dataId);
   const coefficients = be.makeOutput([3 * c], 'float32');
   const k = channelFactors(f32(be, variance).slice(), f32(be, scale).slice(), eps);
