@@ -5,6 +5,7 @@
 //   node bench/wsi-throughput.mjs                     # 40000 x 40000 and 20000 x 20000, 1 and 2 workers
 //   node bench/wsi-throughput.mjs --sizes 3000,6000   # quick check
 //   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --runtime onnx|tfjs  --backend wasm  --model <dir>  --keep
+//            --malloc cli|default
 //
 // Runtime: onnx (default; onnxruntime-node, the model exported to <model>/model.onnx first, threads per worker =
 // cores / workers) or tfjs (--backend). The default model is an untrained U-Net (depth 3, 8 base filters): the
@@ -17,6 +18,9 @@
 // Also the highest RSS sampled while tiles are predicted and while outputs are written (rssPredictingMB,
 // rssWritingMB), and the main thread's peak JS heap and ArrayBuffers (mainHeapMB, mainArrayBuffersMB), every 100 ms.
 // A size WxH (e.g. 32000x8000) makes a rectangular slide: same area, another width, to tell width from area.
+// On glibc the runs get the malloc settings `tessera predict` runs with (--malloc cli, the default: a fixed mmap
+// threshold unless the environment sets one, see apps/cli/src/allocator.ts); --malloc default leaves the environment
+// as it is (glibc's adjusting threshold unless set), as in a process that calls the tiler as a library.
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -152,6 +156,10 @@ async function child() {
 async function main() {
   const sizes = arg('sizes', '40000,20000').split(',');
   const workerCounts = arg('workers', '1,2').split(',').map(Number);
+  const malloc = arg('malloc', 'cli');
+  if (malloc !== 'cli' && malloc !== 'default') throw new Error(`--malloc: expected cli or default, not ${malloc}`);
+  const { MALLOC_SETTINGS } = await import('@tessera/cli');
+  const env = malloc === 'cli' ? { ...MALLOC_SETTINGS, ...process.env } : process.env;
   const dir = await mkdtemp(join(tmpdir(), 'tessera-bench-'));
   try {
     const model = arg('model') ?? (await makeModel(dir));
@@ -171,9 +179,10 @@ async function main() {
         const res = spawnSync(process.execPath, [...args, '--workers', String(workers), ...passed], {
           encoding: 'utf8',
           stdio: ['ignore', 'pipe', 'inherit'],
+          env,
         });
         if (res.status !== 0) throw new Error(`run size ${size} workers ${workers} failed (${res.status})`);
-        const result = JSON.parse(res.stdout.trim().split('\n').pop());
+        const result = { ...JSON.parse(res.stdout.trim().split('\n').pop()), malloc };
         console.log(JSON.stringify(result));
         results.push(result);
         await rm(out, { recursive: true, force: true });

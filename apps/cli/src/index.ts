@@ -1,3 +1,4 @@
 /** `@tessera/cli`: the `tessera` command. Programmatic entry points for scripts and tests. */
 export { buildProgram, main, CLI_VERSION } from './main.js';
 export { findPluginPackages, loadRegistry, PLUGIN_PATTERNS } from './plugins.js';
+export { MALLOC_SETTINGS, mallocEnvironment } from './allocator.js';

@@ -30,7 +30,7 @@ export {
   type TileLocation,
   type TilePlan,
 } from './splitter.js';
-export { BandMerger, type Band, type MergerOptions } from './merger.js';
+export { BandMerger, RowPool, type Band, type MergerOptions, type RowAccumulator } from './merger.js';
 export {
   SlideOutputWriter,
   VipsFileWriter,

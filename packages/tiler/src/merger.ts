@@ -45,13 +45,67 @@ export interface MergerOptions {
   probabilities?: boolean;
   /** Most rows in one band (finished rows are handed out in bands of at most this many). Default 64. */
   maxBandRows?: number;
+  /**
+   * Where the merger takes its row accumulators from and gives them back to: pass one pool to the mergers of every
+   * stripe of a slide, so that each stripe reuses the rows of the one before instead of allocating its own. Default: a
+   * pool of its own.
+   */
+  pool?: RowPool;
   /** Receives finished bands, top to bottom, each exactly once. */
   onBand: (band: Band) => void;
 }
 
-interface RowAccumulator {
+/** The running sums of one output row: `sum` `[width, numClasses]` and `weight` `[width]`. */
+export interface RowAccumulator {
   sum: Float32Array;
   weight: Float32Array;
+}
+
+/**
+ * Row accumulators for mergers of up to `width` pixels and `numClasses` classes, kept for reuse when a merger is done
+ * with them. Rows are allocated once and handed out zeroed, as views of the width asked for: the mergers of a slide's
+ * stripes, one after the other, then hold the rows of the widest stripe between them, however many stripes there
+ * are. Fresh rows for each stripe (about 90 MB for a stripe of 16384 px and 512 px tiles), allocated while the last
+ * stripe's rows waited for the garbage collector, grew the process with every stripe, and so with the slide's width.
+ * @example
+ * const pool = new RowPool(16384, 2);
+ * const merger = new BandMerger({ plan: stripe.plan, numClasses: 2, pool, onBand });
+ */
+export class RowPool {
+  private readonly free: Float32Array[] = [];
+  /** Rows allocated so far (for memory checks): the most rows its mergers held at once, not their sum. */
+  allocated = 0;
+
+  constructor(
+    readonly width: number,
+    readonly numClasses: number,
+  ) {
+    if (!(Number.isInteger(width) && width > 0 && Number.isInteger(numClasses) && numClasses > 0)) {
+      throw new RangeError(
+        `RowPool: expected a positive integer width and numClasses but received ${width} and ${numClasses}`,
+      );
+    }
+  }
+
+  /** A zeroed accumulator for a row of `width` pixels (at most the pool's width). */
+  take(width: number): RowAccumulator {
+    if (!(Number.isInteger(width) && width > 0 && width <= this.width)) {
+      throw new RangeError(`RowPool: expected a row width between 1 and ${this.width} but received ${width}`);
+    }
+    const k = this.numClasses;
+    let row = this.free.pop();
+    if (row) row.fill(0, 0, width * k).fill(0, this.width * k, this.width * k + width);
+    else {
+      row = new Float32Array(this.width * (k + 1));
+      this.allocated++;
+    }
+    return { sum: row.subarray(0, width * k), weight: row.subarray(this.width * k, this.width * k + width) };
+  }
+
+  /** Takes back an accumulator handed out by {@link RowPool.take}. */
+  give(row: RowAccumulator): void {
+    this.free.push(new Float32Array(row.sum.buffer, row.sum.byteOffset, this.width * (this.numClasses + 1)));
+  }
 }
 
 function gaussianLine(size: number): Float32Array {
@@ -78,8 +132,8 @@ export class BandMerger {
   private readonly k: number;
   private readonly weights: Float32Array;
   private readonly rows = new Map<number, RowAccumulator>();
-  /** Accumulators of emitted rows, reused (allocating and zeroing fresh ones row by row is slow). */
-  private readonly spare: RowAccumulator[] = [];
+  /** Accumulators of emitted rows go back here for reuse (allocating fresh ones row by row is slow). */
+  private readonly pool: RowPool;
   private readonly maxBandRows: number;
   private readonly x: number;
   private readonly stripe: number;
@@ -112,6 +166,13 @@ export class BandMerger {
     this.x = options.x ?? 0;
     this.stripe = options.stripe ?? 0;
     this.keepProbabilities = options.probabilities ?? true;
+    this.pool = options.pool ?? new RowPool(plan.width, numClasses);
+    if (this.pool.width < plan.width || this.pool.numClasses !== numClasses) {
+      throw new RangeError(
+        `BandMerger: expected a pool of rows at least ${plan.width} px wide with ${numClasses} classes but received ` +
+          `one of ${this.pool.width} px with ${this.pool.numClasses}`,
+      );
+    }
     if (!(Number.isInteger(this.maxBandRows) && this.maxBandRows > 0)) {
       throw new RangeError(
         `BandMerger: expected maxBandRows to be a positive integer but received ${this.maxBandRows}`,
@@ -136,11 +197,7 @@ export class BandMerger {
   private row(y: number): RowAccumulator {
     let acc = this.rows.get(y);
     if (!acc) {
-      acc = this.spare.pop();
-      if (acc) {
-        acc.sum.fill(0);
-        acc.weight.fill(0);
-      } else acc = { sum: new Float32Array(this.plan.width * this.k), weight: new Float32Array(this.plan.width) };
+      acc = this.pool.take(this.plan.width);
       this.rows.set(y, acc);
       this.peakRows = Math.max(this.peakRows, this.rows.size);
     }
@@ -270,7 +327,7 @@ export class BandMerger {
         }
       }
       this.rows.delete(y0 + r);
-      this.spare.push(acc);
+      this.pool.give(acc);
     }
     return { y: y0, x: this.x, stripe: this.stripe, height, width, probabilities, labels };
   }

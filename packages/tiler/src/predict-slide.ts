@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
-import { BandMerger, type Band } from './merger.js';
+import { BandMerger, RowPool, type Band } from './merger.js';
 import { checkMinArea } from './polygons.js';
 import { chooseLevel, openSlide, readThumbnail, type SlideInfo } from './slide.js';
 import {
@@ -316,6 +316,8 @@ export async function streamSlidePrediction(
     for (const stripe of stripes.slice(resumeAt.stripe))
       tilesTotal += stripe.plan.tiles.filter(neededIn(stripe)).length;
     const bounds = { width, height };
+    // One set of row accumulators for every stripe: memory is that of the widest stripe, not of all of them.
+    const rows = new RowPool(Math.max(...stripes.map((s) => s.width)), k);
     for (const stripe of stripes.slice(resumeAt.stripe)) {
       if (signal?.aborted) break;
       const startRow = stripe.index === resumeAt.stripe ? resumeAt.row : 0;
@@ -327,6 +329,7 @@ export async function streamSlidePrediction(
         x: stripe.x,
         stripe: stripe.index,
         probabilities: sink.probabilities ?? true,
+        pool: rows,
         onBand: (band) => {
           pixelsDone += band.height * band.width;
           writing = writing.then(() => sink.band(band));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BandMerger, type Band } from './merger.js';
+import { BandMerger, RowPool, type Band } from './merger.js';
 import {
   checkTileOptions,
   defaultOverlap,
@@ -191,6 +191,66 @@ describe('BandMerger order and resumption', () => {
     expect(() => new BandMerger({ plan, numClasses: 3, startRow: 171, onBand: () => {} })).toThrow(
       /expected startRow between 0 and 170 but received 171/,
     );
+  });
+});
+
+describe('RowPool', () => {
+  it('hands out zeroed rows of the width asked for and reuses them', () => {
+    const pool = new RowPool(10, 3);
+    const row = pool.take(10);
+    expect([row.sum.length, row.weight.length]).toEqual([30, 10]);
+    row.sum.fill(7);
+    row.weight.fill(7);
+    pool.give(row);
+    const narrow = pool.take(4);
+    expect([narrow.sum.length, narrow.weight.length]).toEqual([12, 4]);
+    expect(narrow.sum.buffer).toBe(row.sum.buffer);
+    expect([...narrow.sum, ...narrow.weight].every((v) => v === 0)).toBe(true);
+    expect(pool.take(10).sum.buffer).not.toBe(row.sum.buffer);
+    expect(pool.allocated).toBe(2);
+    expect(() => pool.take(11)).toThrow(/expected a row width between 1 and 10 but received 11/);
+    expect(() => new RowPool(0, 2)).toThrow(/expected a positive integer width and numClasses but received 0 and 2/);
+  });
+
+  it('lets the mergers of the stripes of a slide share the rows of the widest one, with the same bits', () => {
+    const plan = splitLevel({ width: 700, height: 200, tile: 64, overlap: 32, multiple: 8, context: 16 });
+    const stripes = splitStripes(plan, 300);
+    expect(stripes.length).toBeGreaterThanOrEqual(3);
+    const probabilities = (x: number, y: number) =>
+      new Float32Array(64 * 64 * 2).map((_, i) => ((x * 31 + y * 17 + i) % 97) / 96);
+    const run = (pool?: RowPool) => {
+      const labels = new Uint8Array(700 * 200);
+      const values = new Float32Array(700 * 200 * 2);
+      let peak = 0;
+      for (const stripe of stripes) {
+        const merger = new BandMerger({
+          plan: stripe.plan,
+          numClasses: 2,
+          x: stripe.x,
+          pool,
+          onBand: (band) => {
+            for (let r = 0; r < band.height; r++) {
+              const at = (band.y + r) * 700 + band.x;
+              labels.set(band.labels.subarray(r * band.width, (r + 1) * band.width), at);
+              values.set(band.probabilities.subarray(r * band.width * 2, (r + 1) * band.width * 2), at * 2);
+            }
+          },
+        });
+        stripe.plan.tiles.forEach((t, i) => merger.aggregate(t, probabilities(stripe.tiles[i].x, t.y)));
+        expect(merger.complete).toBe(true);
+        peak = Math.max(peak, merger.peakRows);
+      }
+      return { labels, values, peak };
+    };
+    const pool = new RowPool(Math.max(...stripes.map((s) => s.width)), 2);
+    const shared = run(pool);
+    const own = run();
+    expect(Buffer.from(shared.values.buffer).equals(Buffer.from(own.values.buffer))).toBe(true);
+    expect(Buffer.from(shared.labels).equals(Buffer.from(own.labels))).toBe(true);
+    expect(pool.allocated).toBe(shared.peak);
+    expect(
+      () => new BandMerger({ plan: stripes[0].plan, numClasses: 2, pool: new RowPool(10, 2), onBand: () => {} }),
+    ).toThrow(/expected a pool of rows at least \d+ px wide with 2 classes but received one of 10 px with 2/);
   });
 });
 
