@@ -4,7 +4,8 @@
 //
 //   node bench/wsi-throughput.mjs                     # 40000 x 40000 and 20000 x 20000, 1 and 2 workers
 //   node bench/wsi-throughput.mjs --sizes 3000,6000   # quick check
-//   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --runtime onnx|tfjs  --backend wasm  --model <dir>  --keep
+//   options: --sizes a,b  --workers 1,2  --tile 512  --batch 4  --inflight <batches>  --runtime onnx|tfjs
+//            --backend wasm  --model <dir>  --keep
 //            --malloc cli|default
 //
 // Runtime: onnx (default; onnxruntime-node, the model exported to <model>/model.onnx first, threads per worker =
@@ -129,6 +130,7 @@ async function child() {
     batchSize: Number(arg('batch', '4')),
     backend: arg('backend'),
     tissue: false,
+    maxInFlight: arg('inflight') ? Number(arg('inflight')) : undefined,
     onnx: arg('runtime', 'onnx') === 'onnx' ? { file: join(model, 'model.onnx') } : undefined,
   });
   clearInterval(sampler);
@@ -174,7 +176,9 @@ async function main() {
       const slide = await makeSlide(size, dir);
       for (const workers of workerCounts) {
         const out = join(dir, `out-${size}-${workers}`);
-        const passed = ['tile', 'batch', 'backend', 'runtime'].flatMap((k) => (arg(k) ? [`--${k}`, arg(k)] : []));
+        const passed = ['tile', 'batch', 'inflight', 'backend', 'runtime'].flatMap((k) =>
+          arg(k) ? [`--${k}`, arg(k)] : [],
+        );
         const args = [fileURLToPath(import.meta.url), '--child', '--slide', slide, '--model', model, '--out', out];
         const res = spawnSync(process.execPath, [...args, '--workers', String(workers), ...passed], {
           encoding: 'utf8',

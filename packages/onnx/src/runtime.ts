@@ -17,6 +17,12 @@ export interface OnnxPredictorOptions {
   threads?: number;
   /** `cpu` (default) or `cuda` (onnxruntime's CUDA execution provider; fails clearly where absent). */
   device?: OnnxDevice;
+  /**
+   * Whether the CPU engine's threads spin between operators instead of sleeping (default `true`: lowest latency
+   * when the model has the cores to itself). Turn it off where other work shares the cores, such as tile decoding
+   * beside inference: spinning threads take the CPU time that work needs.
+   */
+  spin?: boolean;
 }
 
 const CUDA_HINT =
@@ -73,6 +79,7 @@ export async function createOnnxPredictor(model: Uint8Array, options: OnnxPredic
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
+      extra: { session: { intra_op: { allow_spinning: options.spin === false ? '0' : '1' } } },
     });
   } catch (error) {
     throw new EngineError(

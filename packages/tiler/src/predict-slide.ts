@@ -63,7 +63,11 @@ export interface TilerOptions {
    * Default 16384.
    */
   stripeWidth?: number;
-  /** Batches in flight at once (backpressure). Default `2 * workers`. */
+  /**
+   * Batches in flight at once (backpressure). Default `3 * workers`: besides the batches the workers hold (being
+   * read, being predicted), one waits in the pool's queue, so a worker that finishes a batch starts the next at once
+   * instead of waiting for the main thread to blend and write the finished one.
+   */
   maxInFlight?: number;
   /**
    * Stops the run: no new batch is started, the batches in flight finish and their rows reach the sink (workers are
@@ -196,7 +200,7 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
   }
   const stripeWidth = options.stripeWidth ?? TILER_DEFAULTS.stripeWidth;
   positiveInteger(stripeWidth, 'stripeWidth', 'Use a stripe width of at least the tile size, e.g. 16384.');
-  const maxInFlight = options.maxInFlight ?? 2 * workers;
+  const maxInFlight = options.maxInFlight ?? 3 * workers;
   positiveInteger(maxInFlight, 'maxInFlight', 'Allow at least one batch in flight.');
   if (options.blend !== undefined && options.blend !== 'gaussian' && options.blend !== 'constant') {
     throw new TilerOptionError(`Expected blend "gaussian" or "constant" but received "${String(options.blend)}".`);

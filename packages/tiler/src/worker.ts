@@ -9,13 +9,15 @@ import { readFile } from 'node:fs/promises';
 import {
   EngineError,
   loadModel,
-  normalizeImage,
   readManifest,
   setupEngine,
   tfjsPredictor,
   TesseraError,
+  validateNormalization,
   type ModelManifest,
+  type Normalization,
   type Predictor,
+  type RasterImage,
 } from '@tessera/core';
 import sharp from 'sharp';
 import { readRegion, type SlideInfo } from './slide.js';
@@ -95,6 +97,8 @@ async function loadOnnx(task: InitTask & { onnx: NonNullable<InitTask['onnx']> }
   const predictor = await onnx.createOnnxPredictor(bytes, {
     threads: task.onnx.threads,
     device: task.onnx.device as 'cpu' | 'cuda' | undefined,
+    // The worker decodes the next tiles while the network runs: spinning engine threads would slow that down.
+    spin: false,
   });
   // The ONNX file's checksum is part of the engine's name, so a resumed slide notices another export.
   const digest = createHash('sha256').update(bytes).digest('hex').slice(0, 12);
@@ -171,31 +175,90 @@ export async function predict(task: PredictTask): Promise<PredictResult | TaskFa
 /** The network call in progress in this worker, if any. */
 let inferring: Promise<unknown> = Promise.resolve();
 
+/**
+ * Network inputs of this worker, kept for the next batch of the same size (at most two: one being read while the
+ * other is inferred). A fresh input per batch (12 MB for four 512 px tiles) and a normalised copy of each tile, freed
+ * as often as made, fragmented glibc's malloc arenas: the process grew with the number of tiles.
+ */
+const spareInputs: Float32Array[] = [];
+
+/**
+ * Writes the `width` x `height` window at column `left` of `image` (as wide as the image is, from its top row),
+ * normalised as core's `normalizeImage` (the same bits), into `out` from `offset`.
+ */
+function normalizeInto(
+  image: RasterImage,
+  window: { left: number; width: number; height: number },
+  normalization: Normalization,
+  out: Float32Array,
+  offset: number,
+): void {
+  const { channels, data } = image;
+  validateNormalization(normalization, channels);
+  const scale = normalization.std.map((s) => 1 / (255 * s));
+  const shift = normalization.mean.map((m, c) => m / normalization.std[c]);
+  const rowLength = window.width * channels;
+  for (let r = 0, o = offset; r < window.height; r++) {
+    const from = (r * image.width + window.left) * channels;
+    for (let i = from; i < from + rowLength; i += channels, o += channels) {
+      for (let c = 0; c < channels; c++) out[o + c] = data[i + c] * scale[c] - shift[c];
+    }
+  }
+}
+
+/**
+ * Tiles of a batch that lie on one row and overlap or touch, left to right, are read as one region: one open of the
+ * slide and one decode of the columns they share, instead of one per tile (a third less reading time for four
+ * tiles of a JPEG slide). The tiles are windows of it with the same pixels as reads of their own.
+ */
+function runsOfTiles(task: PredictTask): { x: number; y: number; tiles: number[] }[] {
+  const runs: { x: number; y: number; tiles: number[]; right: number }[] = [];
+  task.tiles.forEach((t, i) => {
+    const last = runs.at(-1);
+    if (last && t.y === last.y && t.x > task.tiles[last.tiles.at(-1)!].x && t.x <= last.right) {
+      last.tiles.push(i);
+      last.right = t.x + task.tileWidth;
+    } else {
+      runs.push({ x: t.x, y: t.y, tiles: [i], right: t.x + task.tileWidth });
+    }
+  });
+  return runs;
+}
+
 async function predictBatch(task: PredictTask): Promise<PredictResult> {
   const { predictor, manifest } = await load(task);
   const channels = manifest.inputChannels === 1 ? 1 : 3;
   const readStart = performance.now();
-  const images = await Promise.all(
-    task.tiles.map((t) =>
-      readRegion(
-        task.slide,
-        { x: t.x, y: t.y, width: task.tileWidth, height: task.tileHeight },
-        { level: task.level, scale: task.scale, bounds: task.bounds, channels },
-      ),
-    ),
-  );
   const per = task.tileWidth * task.tileHeight * channels;
-  const batch = new Float32Array(images.length * per);
-  images.forEach((image, i) => batch.set(normalizeImage(image, manifest.normalization), i * per));
+  const count = task.tiles.length;
+  const spare = spareInputs.findIndex((input) => input.length === count * per);
+  const batch = spare >= 0 ? spareInputs.splice(spare, 1)[0] : new Float32Array(count * per);
+  await Promise.all(
+    runsOfTiles(task).map(async (run) => {
+      const lastX = task.tiles[run.tiles.at(-1)!].x;
+      const image = await readRegion(
+        task.slide,
+        { x: run.x, y: run.y, width: lastX + task.tileWidth - run.x, height: task.tileHeight },
+        { level: task.level, scale: task.scale, bounds: task.bounds, channels },
+      );
+      for (const i of run.tiles) {
+        const window = { left: task.tiles[i].x - run.x, width: task.tileWidth, height: task.tileHeight };
+        normalizeInto(image, window, manifest.normalization, batch, i * per);
+      }
+    }),
+  );
   const readMs = performance.now() - readStart;
   // One network call at a time per worker: with two tasks per worker (ONNX), one reads while the other infers.
   const inference = inferring.then(async () => {
     const start = performance.now();
-    const values = await predictor.run(batch, [images.length, task.tileHeight, task.tileWidth, channels]);
+    const values = await predictor.run(batch, [count, task.tileHeight, task.tileWidth, channels]);
     return { values, ms: performance.now() - start };
   });
   inferring = inference.catch(() => undefined);
-  const { values, ms: inferMs } = await inference;
+  const { values, ms: inferMs } = await inference.finally(() => {
+    spareInputs.push(batch); // the network is done with it
+    if (spareInputs.length > 2) spareInputs.shift();
+  });
   const probabilities =
     values.byteOffset === 0 && values.length === values.buffer.byteLength / 4 ? values : values.slice();
   const result: PredictResult = { probabilities, numClasses: manifest.classes.length, readMs, inferMs };
