@@ -108,7 +108,9 @@ describe('tile invariance', () => {
   ])('tile %i, overlap %i, %i worker(s) matches the whole-image prediction', async (tile, overlap, workers) => {
     const { probabilities, labels, run } = await tiled(tile, overlap, workers);
     const { maxDiff, disagreement } = compare(probabilities, labels);
-    console.log(`tile ${tile} overlap ${overlap} workers ${workers}: max |dp| ${maxDiff.toExponential(2)}`);
+    console.log(
+      `tile ${tile} overlap ${overlap} workers ${workers}: max |dp| ${maxDiff.toExponential(2)}, labels differing ${disagreement}`,
+    );
     expect(run.tilesPredicted).toBe(run.plan.rows * run.plan.columns);
     expect(maxDiff).toBeLessThan(1e-4);
     expect(disagreement).toBeLessThan(1e-3);
@@ -124,7 +126,7 @@ describe('tile invariance', () => {
       const { probabilities, labels, run } = await tiled(tile, overlap, workers, 'onnx', batch);
       const { maxDiff, disagreement } = compare(probabilities, labels);
       console.log(
-        `onnx tile ${tile} overlap ${overlap} workers ${workers} batch ${batch}: max |dp| ${maxDiff.toExponential(2)}`,
+        `onnx tile ${tile} overlap ${overlap} workers ${workers} batch ${batch}: max |dp| ${maxDiff.toExponential(2)}, labels differing ${disagreement}`,
       );
       expect(run.engine).toMatch(/^onnxruntime-node/);
       expect(maxDiff).toBeLessThan(1e-4);
@@ -141,7 +143,9 @@ describe('tile invariance', () => {
     async (tile, overlap, workers, runtime, stripeWidth) => {
       const { probabilities, labels, run } = await tiled(tile, overlap, workers, runtime, 3, stripeWidth);
       const { maxDiff, disagreement } = compare(probabilities, labels);
-      console.log(`stripes ${run.stripes} (${stripeWidth} px) tile ${tile}: max |dp| ${maxDiff.toExponential(2)}`);
+      console.log(
+        `stripes ${run.stripes} (${stripeWidth} px) tile ${tile}: max |dp| ${maxDiff.toExponential(2)}, labels differing ${disagreement}`,
+      );
       expect(run.stripes).toBeGreaterThan(1);
       // Tiles along a stripe boundary are predicted for both stripes.
       expect(run.tilesPredicted).toBeGreaterThan(run.plan.rows * run.plan.columns);
@@ -152,8 +156,8 @@ describe('tile invariance', () => {
 
   it('is not invariant with too little overlap (the test can fail)', async () => {
     const { probabilities, labels } = await tiled(64, 8, 1);
-    const { maxDiff } = compare(probabilities, labels);
-    console.log(`tile 64 overlap 8: max |dp| ${maxDiff.toExponential(2)}`);
+    const { maxDiff, disagreement } = compare(probabilities, labels);
+    console.log(`tile 64 overlap 8: max |dp| ${maxDiff.toExponential(2)}, labels differing ${disagreement}`);
     expect(maxDiff).toBeGreaterThan(1e-3);
   });
 });
