@@ -10,6 +10,7 @@ import {
   loadSamples,
   naturalCompare,
   normalizeImage,
+  normalizeWindow,
   pairImagesAndMasks,
 } from './dataset.js';
 import { writePng } from './image-io.js';
@@ -226,6 +227,23 @@ describe('computeNormalization / normalizeImage', () => {
     );
     expect(() => normalizeImage(image, { mean: [0], std: [1] })).toThrow(
       'normalization: expected 2 finite mean value(s) and 2 std value(s) > 0 (one per channel) but received mean [0]',
+    );
+  });
+
+  it('normalizeWindow writes a window of an image as normalizeImage of that crop, in place at an offset', () => {
+    const width = 5;
+    const height = 3;
+    const data = Uint8Array.from({ length: width * height * 3 }, (_, i) => (i * 37) % 256);
+    const image = { data, width, height, channels: 3 };
+    const n = { mean: [0.7, 0.5, 0.6], std: [0.15, 0.2, 0.25] };
+    const crop = { data: new Uint8Array(2 * height * 3), width: 2, height, channels: 3 };
+    for (let r = 0; r < height; r++) crop.data.set(data.subarray((r * width + 2) * 3, (r * width + 4) * 3), r * 6);
+    const out = new Float32Array(4 + crop.data.length + 2).fill(-99);
+    normalizeWindow(image, { left: 2, width: 2, height }, n, out, 4);
+    expect([...out.subarray(4, 4 + crop.data.length)]).toEqual([...normalizeImage(crop, n)]);
+    expect([...out.subarray(0, 4), ...out.subarray(4 + crop.data.length)]).toEqual([-99, -99, -99, -99, -99, -99]);
+    expect(() => normalizeWindow(image, { left: 0, width: 1, height: 1 }, { mean: [0], std: [1] }, out, 0)).toThrow(
+      InvalidOptionError,
     );
   });
 });

@@ -252,15 +252,34 @@ export function validateNormalization(normalization: Normalization, channels: nu
  * const input = normalizeImage(await readImage('a.png'), { mean: [0.5], std: [0.25] });
  */
 export function normalizeImage(image: RasterImage, normalization: Normalization): Float32Array {
+  const out = new Float32Array(image.data.length);
+  normalizeWindow(image, { left: 0, width: image.width, height: image.height }, normalization, out, 0);
+  return out;
+}
+
+/**
+ * {@link normalizeImage} of the `width` x `height` window at column `left` of `image` (from its top row), written
+ * into `out` from element `offset`: to fill a batch of network inputs in place, several tiles cut from one region.
+ * @throws {@link InvalidOptionError} when the normalization does not match `image.channels`.
+ */
+export function normalizeWindow(
+  image: RasterImage,
+  window: { left: number; width: number; height: number },
+  normalization: Normalization,
+  out: Float32Array,
+  offset: number,
+): void {
   const { channels, data } = image;
   validateNormalization(normalization, channels);
   const scale = normalization.std.map((s) => 1 / (255 * s));
   const shift = normalization.mean.map((m, c) => m / normalization.std[c]);
-  const out = new Float32Array(data.length);
-  for (let i = 0; i < data.length; i += channels) {
-    for (let c = 0; c < channels; c++) out[i + c] = data[i + c] * scale[c] - shift[c];
+  const rowLength = window.width * channels;
+  for (let r = 0, o = offset; r < window.height; r++) {
+    const from = (r * image.width + window.left) * channels;
+    for (let i = from; i < from + rowLength; i += channels, o += channels) {
+      for (let c = 0; c < channels; c++) out[o + c] = data[i + c] * scale[c] - shift[c];
+    }
   }
-  return out;
 }
 
 /**

@@ -38,6 +38,7 @@ export {
   loadSamples,
   naturalCompare,
   normalizeImage,
+  normalizeWindow,
   pairImagesAndMasks,
   validateNormalization,
 } from './dataset.js';
