@@ -175,8 +175,8 @@ let inferring: Promise<unknown> = Promise.resolve();
 
 /**
  * Network inputs of this worker, kept for the next batch of the same size (at most two: one being read while the
- * other is inferred). A fresh input per batch (12 MB for four 512 px tiles) and a normalised copy of each tile, freed
- * as often as made, fragmented glibc's malloc arenas: the process grew with the number of tiles.
+ * other is inferred), instead of a fresh input (12 MB for four 512 px tiles) and a normalised copy of each tile per
+ * batch: fewer large blocks for the allocator to hand out and take back, which is what fragments glibc's arenas.
  */
 const spareInputs: Float32Array[] = [];
 
