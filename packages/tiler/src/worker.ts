@@ -9,11 +9,11 @@ import { readFile } from 'node:fs/promises';
 import {
   EngineError,
   loadModel,
+  normalizeWindow,
   readManifest,
   setupEngine,
   tfjsPredictor,
   TesseraError,
-  normalizeWindow,
   type ModelManifest,
   type Predictor,
 } from '@tessera/core';
