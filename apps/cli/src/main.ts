@@ -93,13 +93,18 @@ export function buildProgram(): Command {
       .option('--overlay', 'also write a colour overlay of the label map on the image')
       .option(
         '--geojson',
-        'also write <stem>_polygons.geojson: one polygon per region of each class but the first, in level-0 ' +
+        'also write <stem>_polygons.geojson: one polygon per region of each class but the background, in level-0 ' +
           'pixels, for QuPath (File > Import objects)',
       )
       .option(
         '--geojson-min-area <px>',
         'leave regions of fewer label-map pixels out of the GeoJSON (implies --geojson; default 0)',
         float,
+      )
+      .option(
+        '--geojson-object <type>',
+        'QuPath object type of the polygons: detection (many small objects, e.g. nuclei) or annotation ' +
+          '(implies --geojson; default detection)',
       )
       .option('--tile <px>', 'predict in overlapping windows of this size', int)
       .option('--overlap <px>', 'overlap of the windows', int)

@@ -214,10 +214,11 @@ describe('GeoJSON polygons for QuPath', () => {
       geometry: { coordinates: number[][][] };
       properties: { objectType: string; classification: { name: string } };
     }[],
+    objectType = 'detection',
   ) {
     const areas: Record<string, number> = {};
     for (const { geometry, properties } of features) {
-      expect(properties.objectType).toBe('annotation');
+      expect(properties.objectType).toBe(objectType);
       geometry.coordinates.forEach((ring, r) => {
         expect(ring[0]).toEqual(ring[ring.length - 1]);
         let a = 0;
@@ -273,5 +274,38 @@ describe('GeoJSON polygons for QuPath', () => {
     ]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('Expected --geojson-min-area to be a number of pixels >= 0 but received -2.');
+  });
+
+  it('--geojson-object annotation writes QuPath annotations and implies --geojson; others exit with 2', async () => {
+    const image = join(root, 'geo-annotated.png');
+    await sharp(CMU).extract({ left: 300, top: 300, width: 160, height: 120 }).png().toFile(image);
+    const out = join(root, 'geo-annotations');
+    const args = ['predict', image, '--model', model, '--out', out, '--geojson-object', 'annotation', '--json'];
+    const { code, stdout, stderr } = run(process.execPath, [BIN, ...args]);
+    expect(stderr).not.toMatch(/error/);
+    expect(code).toBe(0);
+    const [record] = JSON.parse(stdout).outputs;
+    expect(record.geojson).toBe(join(out, 'geo-annotated_polygons.geojson'));
+    const features = JSON.parse(await readFile(record.geojson, 'utf8')).features;
+    expect(features.length).toBe(record.polygons.nucleus);
+    expect(areasOf(features, 'annotation')).toEqual({ nucleus: record.classPixels.nucleus });
+    const resolved = JSON.parse(await readFile(join(out, 'predict.resolved.json'), 'utf8'));
+    expect([resolved.geojson, resolved.geojsonObject]).toEqual([true, 'annotation']);
+
+    const bad = run(process.execPath, [
+      BIN,
+      'predict',
+      image,
+      '--model',
+      model,
+      '--out',
+      out,
+      '--geojson-object',
+      'cells',
+    ]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain(
+      'Expected --geojson-object to be one of "detection", "annotation" but received "cells".',
+    );
   });
 });

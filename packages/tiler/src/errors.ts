@@ -37,7 +37,10 @@ export class TilerOptionError extends InvalidOptionError {
   }
 }
 
-/** TIFF compression codes Tessera can decode (through libvips/libtiff), with their names. */
+/**
+ * TIFF compression codes Tessera can decode, with their names: JPEG and JPEG 2000 by its own tile decoder, the
+ * lossless codecs through libvips/libtiff.
+ */
 export const SUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
   1: 'none',
   5: 'LZW',
@@ -45,6 +48,9 @@ export const SUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
   8: 'Deflate',
   32773: 'PackBits',
   32946: 'Deflate',
+  33003: 'Aperio JPEG 2000 (YCbCr)',
+  33005: 'Aperio JPEG 2000 (RGB)',
+  34712: 'JPEG 2000',
   50000: 'Zstandard',
   50001: 'WebP',
 };
@@ -52,9 +58,6 @@ export const SUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
 /** Names of compression codes seen in slides that Tessera cannot decode. */
 const UNSUPPORTED_COMPRESSIONS: Readonly<Record<number, string>> = {
   6: 'old-style JPEG',
-  33003: 'Aperio JPEG 2000 (YCbCr)',
-  33005: 'Aperio JPEG 2000 (RGB)',
-  34712: 'JPEG 2000',
   34892: 'lossy JPEG (DNG)',
   65000: 'Hamamatsu NDPI JPEG',
 };
@@ -80,9 +83,10 @@ export function unsupportedCompression(path: string, level: number, code: number
   const error = new SlideFormatError(
     `Slide "${path}" level ${level} uses ${compressionName(code)} (TIFF compression ${code}); expected one of ` +
       `${[...new Set(Object.values(SUPPORTED_COMPRESSIONS))].join(', ')}.`,
-    'Convert the slide to a JPEG or Deflate pyramidal TIFF first, e.g. with QuPath (File > Export > OME-TIFF) or ' +
-      '`vips tiffsave` on a build of libvips with OpenJPEG: `vips tiffsave in.svs out.tif --tile --pyramid ' +
-      '--compression jpeg`.',
+    'Convert the slide to a JPEG pyramidal TIFF first, e.g. with QuPath (File > Export > OME-TIFF), or with ' +
+      'libvips through its OpenSlide loader where OpenSlide reads the file: `vips tiffsave in.svs out.tif --tile ' +
+      "--pyramid --compression jpeg --Q 90` (`vipsheader -f vips-loader in.svs` must say openslideload; libvips's " +
+      'own TIFF loader decodes such tiles in false colour).',
   );
   setCode(error, 'E_SLIDE_COMPRESSION');
   return error;

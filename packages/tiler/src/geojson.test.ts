@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { saveTinyUnet } from '../test/tiny-model.js';
 import { TilerOptionError } from './errors.js';
-import { writePolygonsGeoJson } from './geojson.js';
+import { checkObjectType, writePolygonsGeoJson } from './geojson.js';
 import { predictSlide } from './predict-slide.js';
 import { openSlide } from './slide.js';
 
@@ -58,7 +58,7 @@ function areasOf(features: Feature[]): Map<string, number> {
 }
 
 describe('writePolygonsGeoJson', () => {
-  it('writes a FeatureCollection of QuPath annotations with class names and colours', async () => {
+  it('writes a FeatureCollection of QuPath detections with class names and colours', async () => {
     // 6 x 4: a nucleus frame with a stroma pixel inside it, a stroma speck
     const rows = ['.ssss.', '.ssss.', 'nnn..s', 'nsn...'].map((r) =>
       [...r].map((c) => (c === 'n' ? 255 : c === 's' ? 128 : 0)),
@@ -73,7 +73,7 @@ describe('writePolygonsGeoJson', () => {
     expect(features).toHaveLength(4);
     expect(features[0].type).toBe('Feature');
     expect(features.find((f) => f.properties.classification.name === 'nucleus')?.properties).toEqual({
-      objectType: 'annotation',
+      objectType: 'detection',
       classification: { name: 'nucleus', color: [255, 128, 0] },
     });
     const areas = areasOf(features);
@@ -87,6 +87,50 @@ describe('writePolygonsGeoJson', () => {
 
     const some = await writePolygonsGeoJson(path, [labels], { width: 6, classes, include: ['stroma'], minArea: 2 });
     expect(some.classes).toEqual([{ name: 'stroma', value: 128, polygons: 1, dropped: 2, pixels: 8 }]);
+  });
+
+  it('writes annotations when asked, and refuses other object types', async () => {
+    const path = join(tmp, 'annotations.geojson');
+    const labels = Uint8Array.from([255, 0, 0, 128]);
+    await writePolygonsGeoJson(path, [labels], { width: 2, classes, objectType: 'annotation' });
+    const features = JSON.parse(await readFile(path, 'utf8')).features as Feature[];
+    expect(features.map((f) => f.properties)).toEqual([
+      { objectType: 'annotation', classification: { name: 'nucleus', color: [255, 128, 0] } },
+      { objectType: 'annotation', classification: { name: 'stroma', color: [0, 255, 0] } },
+    ]);
+    const cell = 'cell' as 'detection';
+    const bad = writePolygonsGeoJson(join(tmp, 'cells.geojson'), [labels], { width: 2, classes, objectType: cell });
+    await expect(bad).rejects.toBeInstanceOf(TilerOptionError);
+    await expect(bad).rejects.toThrow('Expected objectType to be one of "detection", "annotation" but received "cell"');
+    expect(checkObjectType(undefined)).toBe('detection');
+    expect(() => checkObjectType('Detection', '--geojson-object')).toThrow(
+      'Expected --geojson-object to be one of "detection", "annotation" but received "Detection" of type string.',
+    );
+    expect((await readdir(tmp)).filter((n) => n.startsWith('cells'))).toEqual([]);
+  });
+
+  it("leaves out the background class of core's rule, not the first class", async () => {
+    const path = join(tmp, 'rule.geojson');
+    const labels = Uint8Array.from([0, 1, 1, 0, 5, 5]); // 3 x 2
+    const trace = async (
+      cls: { name: string; value: number; color: string; background?: boolean }[],
+      include?: string[],
+    ) => (await writePolygonsGeoJson(path, [labels], { width: 3, classes: cls, include })).classes.map((c) => c.name);
+    // Automatic class map of an older model: class_0 (value 0) is the background by its value.
+    const auto = [
+      { name: 'class_0', value: 0, color: '#000000' },
+      { name: 'class_1', value: 1, color: '#e6194b' },
+      { name: 'class_5', value: 5, color: '#3cb44b' },
+    ];
+    expect(await trace(auto)).toEqual(['class_1', 'class_5']);
+    // The background need not come first: a class named Background anywhere, or a flag on a non-zero class.
+    expect(await trace([auto[1], auto[0], { ...auto[2], name: 'Background' }])).toEqual(['class_1', 'class_0']);
+    const flagged = [{ ...auto[0], name: 'tumour' }, auto[1], { ...auto[2], name: 'glass', background: true }];
+    expect(await trace(flagged)).toEqual(['tumour', 'class_1']);
+    // No background at all (value 0 flagged false): every class is traced.
+    expect(await trace([{ ...auto[0], background: false }, auto[1]])).toEqual(['class_0', 'class_1']);
+    // include still asks for the background by name.
+    expect(await trace(flagged, ['glass', 'tumour'])).toEqual(['tumour', 'glass']);
   });
 
   it('refuses unknown classes and a bad minimum area, and leaves no file behind', async () => {
@@ -163,18 +207,26 @@ describe('predictSlide with geojson', () => {
       workers: 1,
       backend: 'cpu',
       tissue: false,
-      geojson: { minArea: 50 },
+      geojson: { minArea: 50, objectType: 'annotation' },
     });
+    expect(features.every((f) => f.properties.objectType === 'detection')).toBe(true);
+    const annotations = JSON.parse(await readFile(specks.outputs.polygons!.path, 'utf8')).features as Feature[];
+    expect(annotations.length).toBeGreaterThan(0);
+    expect(annotations.every((f) => f.properties.objectType === 'annotation')).toBe(true);
     const kept = specks.outputs.polygons!.classes;
     const all = outputs.polygons!.classes;
     expect(kept.map((c) => c.polygons + c.dropped)).toEqual(all.map((c) => c.polygons));
     expect(kept.some((c) => c.dropped > 0)).toBe(true);
   });
 
-  it('checks the minimum area before predicting', async () => {
+  it('checks the minimum area and the object type before predicting', async () => {
     await expect(
       predictSlide(CMU, { model: join(tmp, 'model'), out: join(tmp, 'never'), geojson: { minArea: Number.NaN } }),
     ).rejects.toThrow('Expected --geojson-min-area to be a number of pixels >= 0 but received NaN.');
+    const objectType = 'tile' as 'annotation';
+    await expect(
+      predictSlide(CMU, { model: join(tmp, 'model'), out: join(tmp, 'never'), geojson: { objectType } }),
+    ).rejects.toThrow('Expected --geojson-object to be one of "detection", "annotation" but received "tile"');
     expect(await readdir(tmp)).not.toContain('never');
   });
 });

@@ -1,11 +1,11 @@
 /**
  * GeoJSON output of label maps: the polygons of {@link Polygonizer} as a FeatureCollection that QuPath imports as
- * classified annotations (File > Import objects, or `importObjectsFromFile` in a script). Streamed to a temporary
- * file and renamed when complete.
+ * classified detections or annotations (File > Import objects, or `importObjectsFromFile` in a script). Streamed to a
+ * temporary file and renamed when complete.
  */
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
-import { OutputError, parseColor } from '@tessera/core';
+import { backgroundClass, describeValue, OutputError, parseColor } from '@tessera/core';
 import { checkMinArea, Polygonizer, type LabelPolygon } from './polygons.js';
 import { TilerOptionError } from './errors.js';
 
@@ -16,16 +16,31 @@ export interface GeoJsonClass {
   value: number;
   /** `#rrggbb`. */
   color: string;
+  /** The class map's background flag (see core's `backgroundClass`); absent in older model folders. */
+  background?: boolean;
 }
+
+/** The QuPath object types a polygon can be written as. */
+const OBJECT_TYPES = ['detection', 'annotation'] as const;
 
 /** Options of {@link writePolygonsGeoJson}. */
 export interface PolygonsGeoJsonOptions {
   /** Width of the label map. */
   width: number;
-  /** The classes of the model, the first being the background. */
+  /** The classes of the model, in class-index order. */
   classes: readonly GeoJsonClass[];
-  /** Names of the classes to trace. Default: every class but the first. */
+  /**
+   * Names of the classes to trace (the background class too, when named here). Default: every class but the
+   * background class of core's `backgroundClass` (the class marked `background: true`, else the class named
+   * `background` in any case, else the class of value 0; with none of these, every class).
+   */
   include?: readonly string[];
+  /**
+   * QuPath object type of each polygon, written as `properties.objectType`: `'detection'` (light, for the thousands
+   * of nuclei or cells of a slide) or `'annotation'` (editable, for a few large regions; QuPath slows down with many).
+   * Default `'detection'`.
+   */
+  objectType?: 'detection' | 'annotation';
   /** Regions of fewer label-map pixels are left out. Default 0 (none). */
   minArea?: number;
   /** Level-0 pixels per label-map pixel (the map may be predicted at a reduced level or scale). Default 1. */
@@ -56,6 +71,25 @@ export interface PolygonsGeoJson {
   ms: number;
 }
 
+/**
+ * Checks the `objectType` option of {@link writePolygonsGeoJson}.
+ * @param name - How the caller calls it, named in the error (e.g. `'--geojson-object'`).
+ * @returns the object type, `'detection'` when `objectType` is undefined.
+ * @throws {@link TilerOptionError} quoting the value and the valid choices.
+ */
+export function checkObjectType(objectType: unknown, name = 'objectType'): 'detection' | 'annotation' {
+  if (objectType === undefined) return 'detection';
+  if (typeof objectType !== 'string' || !(OBJECT_TYPES as readonly string[]).includes(objectType)) {
+    throw new TilerOptionError(
+      `Expected ${name} to be one of ${OBJECT_TYPES.map((t) => `"${t}"`).join(', ')} but received ` +
+        `${describeValue(objectType)}.`,
+      'Use "detection" for many small objects such as nuclei (QuPath draws thousands quickly), "annotation" for a ' +
+        'few regions to edit by hand.',
+    );
+  }
+  return objectType as 'detection' | 'annotation';
+}
+
 /** A coordinate as written: integers as they are, else rounded to 1/1000 pixel. */
 function coordinate(value: number): string {
   return Number.isInteger(value) ? String(value) : String(Math.round(value * 1000) / 1000);
@@ -74,12 +108,13 @@ function geometry(polygon: LabelPolygon): string {
  * Traces the regions of a label map, streamed in chunks of whole rows, and writes them to `path` as a GeoJSON
  * FeatureCollection in level-0 pixel coordinates (origin at the top-left corner of the slide, y down, as QuPath
  * expects), one `Polygon` Feature per 4-connected region, exterior counter-clockwise and holes clockwise as RFC 7946
- * asks. Each Feature is a QuPath annotation of its class: `{"type":"Feature","geometry":{...},"properties":
- * {"objectType":"annotation","classification":{"name":"nucleus","color":[255,0,0]}}}`.
+ * asks. Each Feature is a QuPath object (a detection by default) of its class: `{"type":"Feature","geometry":{...},
+ * "properties":{"objectType":"detection","classification":{"name":"nucleus","color":[255,0,0]}}}`. The background
+ * class (core's `backgroundClass`) is left out unless `include` names it.
  * Holds the polygonizer's state and one chunk: memory is bounded by the width, not the height.
  * @param rows - label-map rows of class values `[rows, width]`, in order, any number of whole rows per chunk.
- * @throws {@link TilerOptionError} for an unknown class name or a bad `minArea`; core's `OutputError` when the file
- * cannot be written; the abort reason when `signal` fires.
+ * @throws {@link TilerOptionError} for an unknown class name, a bad `minArea` or `objectType`; core's `OutputError`
+ * when the file cannot be written; the abort reason when `signal` fires.
  * @example
  * const written = await writePolygonsGeoJson('out/a_polygons.geojson', [labels], { width, classes: manifest.classes });
  * // written.classes: [{ name: 'nucleus', value: 1, polygons: 212, dropped: 0, pixels: 48311 }]
@@ -99,15 +134,19 @@ export async function writePolygonsGeoJson(
       );
     }
   }
-  const traced = options.include ? classes.filter((c) => options.include!.includes(c.name)) : classes.slice(1);
+  const background = backgroundClass(classes);
+  const traced = options.include
+    ? classes.filter((c) => options.include!.includes(c.name))
+    : classes.filter((c) => c !== background);
   const minArea = checkMinArea(options.minArea, '--geojson-min-area');
+  const objectType = checkObjectType(options.objectType);
   const counts = new Map<number, ClassPolygons>(
     traced.map((c) => [c.value, { name: c.name, value: c.value, polygons: 0, dropped: 0, pixels: 0 }]),
   );
   const properties = new Map(
     traced.map((c) => [
       c.value,
-      JSON.stringify({ objectType: 'annotation', classification: { name: c.name, color: parseColor(c.color) } }),
+      JSON.stringify({ objectType, classification: { name: c.name, color: parseColor(c.color) } }),
     ]),
   );
   const tmp = options.tmp ?? `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;

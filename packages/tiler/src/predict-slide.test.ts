@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -229,6 +229,46 @@ describe('predictSlide', () => {
     await expect(promise).rejects.toThrow(/crop\.png" was interrupted before any row of the output was finished/);
     await expect(promise).rejects.toMatchObject({ code: 'E_INTERRUPTED', exitCode: 130, partial: null });
     expect(await readdir(out)).toEqual([]);
+  });
+});
+
+describe('tiles skipped as background', () => {
+  it("get the model's background class, also when it is not class 0", async () => {
+    // White glass with a stained patch in the top-left corner: only tiles near the patch are predicted.
+    const [width, height] = [192, 128];
+    const pixels = new Uint8Array(width * height * 3).fill(255);
+    for (let y = 0; y < 48; y++) for (let x = 0; x < 48; x++) pixels.set([170, 70, 150], (y * width + x) * 3);
+    const slide = join(tmp, 'glass.png');
+    await sharp(pixels, { raw: { width, height, channels: 3 } })
+      .png()
+      .toFile(slide);
+    // The tiny model with its third class (stroma, value 2) flagged as the background.
+    const model = join(tmp, 'model-flagged');
+    await saveTinyUnet(model);
+    const manifest = JSON.parse(await readFile(join(model, 'manifest.json'), 'utf8'));
+    manifest.classes[2].background = true;
+    await writeFile(join(model, 'manifest.json'), JSON.stringify(manifest));
+    const labelsOf = async (modelDir: string, out: string) => {
+      const { outputs, run } = await predictSlide(slide, {
+        model: modelDir,
+        out,
+        tile: 64,
+        workers: 1,
+        backend: 'cpu',
+      });
+      expect(run.tilesSkipped).toBeGreaterThan(0);
+      return { labels: await sharp(outputs.labels).extractChannel(0).raw().toBuffer(), outputs };
+    };
+    const corner = (labels: Buffer) => [...labels.subarray((height - 1) * width + width - 32, height * width)];
+    const flagged = await labelsOf(model, join(tmp, 'glass-flagged'));
+    expect(new Set(corner(flagged.labels))).toEqual(new Set([2]));
+    // The overlay leaves that background untinted: the glass corner of the thumbnail stays white.
+    const overlay = await sharp(flagged.outputs.overlay).raw().toBuffer({ resolveWithObject: true });
+    const last = (overlay.info.width * overlay.info.height - 1) * 3;
+    expect([...overlay.data.subarray(last, last + 3)]).toEqual([255, 255, 255]);
+    // Without the flag the class named "background" (value 0) is the background, as before.
+    const plain = await labelsOf(modelDir, join(tmp, 'glass-plain'));
+    expect(new Set(corner(plain.labels))).toEqual(new Set([0]));
   });
 });
 

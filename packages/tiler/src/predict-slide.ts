@@ -8,9 +8,10 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
+import { backgroundClass, imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { BandMerger, RowPool, type Band } from './merger.js';
+import { checkObjectType } from './geojson.js';
 import { checkMinArea } from './polygons.js';
 import { chooseLevel, openSlide, readThumbnail, type SlideInfo } from './slide.js';
 import {
@@ -44,7 +45,10 @@ export interface TilerOptions {
   overlap?: number;
   /** µm/px to predict at. Default: the model's µm/px when the model and the slide both know theirs, else level 0. */
   mpp?: number;
-  /** Skip tiles without tissue (Otsu on a thumbnail's saturation). Default true. */
+  /**
+   * Skip tiles without tissue (Otsu on a thumbnail's saturation); their pixels get the background class (core's
+   * `backgroundClass`), or class index 0 when the model has none. Default true.
+   */
   tissue?: boolean;
   /** Tile blending weights. Default `gaussian`. */
   blend?: 'gaussian' | 'constant';
@@ -225,6 +229,12 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
   };
 }
 
+/** Class index given to the pixels of tiles skipped as background: the background class, else 0. */
+function skippedTileClass(manifest: ModelManifest): number {
+  const background = backgroundClass(manifest.classes);
+  return background ? manifest.classes.indexOf(background) : 0;
+}
+
 /** Path of the compiled worker module (tests run from `src/`, the worker always from `dist/`). */
 function workerFile(): string {
   const here = fileURLToPath(import.meta.url);
@@ -272,6 +282,7 @@ export async function streamSlidePrediction(
   }
   const stripes = splitStripes(plan, resolved.stripeWidth);
   const k = manifest.classes.length;
+  const fallbackClass = skippedTileClass(manifest);
   const pool = new Piscina({
     filename: workerFile(),
     minThreads: resolved.workers,
@@ -328,6 +339,7 @@ export async function streamSlidePrediction(
       const merger = new BandMerger({
         plan: stripe.plan,
         numClasses: k,
+        fallbackClass,
         blend: resolved.blend,
         startRow,
         x: stripe.x,
@@ -477,12 +489,13 @@ export interface PredictSlideOptions extends TilerOptions {
    */
   resume?: boolean;
   /**
-   * Also write `<stem>_polygons.geojson`: a GeoJSON FeatureCollection that QuPath imports as annotations, one
-   * polygon (with holes) per 4-connected region of every class but the first, in level-0 pixel coordinates of the
-   * slide. `minArea`: regions of fewer pixels of the label map are left out (default 0: every region is kept, and the
-   * polygon areas per class add up to `<stem>_areas.json`'s pixels). Default false.
+   * Also write `<stem>_polygons.geojson`: a GeoJSON FeatureCollection that QuPath imports, one polygon (with holes)
+   * per 4-connected region of every class but the background class (core's `backgroundClass`), in level-0 pixel
+   * coordinates of the slide. `minArea`: regions of fewer pixels of the label map are left out (default 0: every
+   * region is kept, and the polygon areas per class add up to `<stem>_areas.json`'s pixels). `objectType`: QuPath
+   * object type of the polygons, `'detection'` (default) or `'annotation'`. Default false.
    */
-  geojson?: boolean | { minArea?: number };
+  geojson?: boolean | { minArea?: number; objectType?: 'detection' | 'annotation' };
 }
 
 /** What a partial work folder holds besides the maps: the settings it was made with and how far it got. */
@@ -629,12 +642,16 @@ export async function predictSlide(
   options: PredictSlideOptions,
 ): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
   const manifest = await readManifest(options.model);
-  if (typeof options.geojson === 'object') checkMinArea(options.geojson.minArea, '--geojson-min-area');
+  if (typeof options.geojson === 'object') {
+    checkMinArea(options.geojson.minArea, '--geojson-min-area');
+    checkObjectType(options.geojson.objectType, '--geojson-object');
+  }
   // Polygons are written in level-0 pixels: the output may be of a reduced level or scale.
   const geojsonOutput = async (geometry: OutputGeometry) => {
     const slide = await openSlide(slidePath);
     const scale = { x: slide.width / geometry.width, y: slide.height / geometry.height };
-    return { scale, minArea: typeof options.geojson === 'object' ? options.geojson.minArea : undefined };
+    const { minArea, objectType } = typeof options.geojson === 'object' ? options.geojson : {};
+    return { scale, minArea, objectType };
   };
   try {
     await mkdir(options.out, { recursive: true });
@@ -674,7 +691,12 @@ export async function predictSlide(
           slideModified: file.mtime.toISOString(),
           modelWeights: manifest.files.weights.sha256,
           modelTopology: manifest.files.topology.sha256,
-          classes: manifest.classes.map((c) => `${c.name}=${c.value}`).join(', '),
+          // Skipped tiles get the background class: named when it is not class 0 (older runs always used class 0).
+          classes:
+            manifest.classes.map((c) => `${c.name}=${c.value}`).join(', ') +
+            (skippedTileClass(manifest) !== 0
+              ? `; skipped tiles: ${manifest.classes[skippedTileClass(manifest)].name}`
+              : ''),
           level: geometry.level,
           scale: geometry.scale,
           mpp: geometry.mpp,

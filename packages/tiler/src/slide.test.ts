@@ -5,7 +5,8 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidInputError } from '@tessera/core';
 import { SlideFormatError, SlideRegionError } from './errors.js';
-import { chooseLevel, openSlide, parseOmeMpp, readRegion, readThumbnail } from './slide.js';
+import { chooseLevel, openSlide, parseOmeMpp, parsePhilipsMpp, readRegion, readThumbnail } from './slide.js';
+import { writeTiledTiff } from '../test/tiff-writer.mjs';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
 const SLIDES = join(DATA, 'slides');
@@ -92,7 +93,7 @@ describe('openSlide', () => {
   });
 
   it('refuses JPEG 2000 compression, naming it and the fix', async () => {
-    // A copy of boxes.tiff whose level 1 says compression 33005 (Aperio JPEG 2000).
+    // A copy of boxes.tiff whose level 0 says compression 65000 (Hamamatsu NDPI JPEG, not a TIFF codec).
     const bytes = Buffer.from(await readFile(join(FIXTURES, 'boxes.tiff')));
     const { fromArrayBuffer } = await import('geotiff');
     const tiff = await fromArrayBuffer(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
@@ -100,12 +101,12 @@ describe('openSlide', () => {
     const entries = bytes.readUInt16LE(offset);
     for (let i = 0; i < entries; i++) {
       const at = offset + 2 + i * 12;
-      if (bytes.readUInt16LE(at) === 259) bytes.writeUInt16LE(33005, at + 8);
+      if (bytes.readUInt16LE(at) === 259) bytes.writeUInt16LE(65000, at + 8);
     }
-    const j2k = join(tmp, 'j2k.svs');
-    await writeFile(j2k, bytes);
-    await expect(openSlide(j2k)).rejects.toThrow(/j2k\.svs" level 0 uses Aperio JPEG 2000 \(RGB\).*33005/);
-    await expect(openSlide(j2k)).rejects.toMatchObject({ code: 'E_SLIDE_COMPRESSION', exitCode: 5 });
+    const ndpi = join(tmp, 'ndpi.tif');
+    await writeFile(ndpi, bytes);
+    await expect(openSlide(ndpi)).rejects.toThrow(/ndpi\.tif" level 0 uses Hamamatsu NDPI JPEG.*65000/);
+    await expect(openSlide(ndpi)).rejects.toMatchObject({ code: 'E_SLIDE_COMPRESSION', exitCode: 5 });
   });
 });
 
@@ -154,5 +155,77 @@ describe('readRegion', () => {
     expect(chooseLevel(slide, 0.499)).toEqual({ level: 0, scale: 1, mpp: 0.499 });
     expect(chooseLevel(slide, 0.998).scale).toBeCloseTo(0.5, 6);
     expect(() => chooseLevel(slide, 0.2)).toThrow(/expected --mpp of at least 0.4990 \(its level 0\) but received 0.2/);
+  });
+});
+
+describe('vendor layouts built on TIFF', () => {
+  /** A one-tile JPEG page (16x16) with the given description and extra tags. */
+  async function page(description: string, extra: object[] = [], size = 16) {
+    const tile = await sharp({ create: { width: 16, height: 16, channels: 3, background: '#d05a8c' } })
+      .jpeg()
+      .toBuffer();
+    const n = Math.ceil(size / 16) ** 2;
+    return {
+      width: size,
+      height: size,
+      tileWidth: 16,
+      tileHeight: 16,
+      tiles: Array(n).fill(tile),
+      compression: 7,
+      photometric: 2,
+      description,
+      extra,
+    };
+  }
+
+  it.each([
+    [
+      'Leica SCN',
+      '<?xml version="1.0"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">',
+      [],
+      /is a Leica SCN file/,
+    ],
+    ['Hamamatsu NDPI', 'ndpi', [{ tag: 271, type: 'ascii', value: 'Hamamatsu' }], /is a Hamamatsu NDPI file/],
+    [
+      'Ventana BIF (XMP)',
+      'Label Image',
+      [{ tag: 700, type: 'undefined', value: Buffer.from('<iScan Magnification="40"/>') }],
+      /is a Ventana BIF file/,
+    ],
+  ] as const)('refuses %s with exit code 5 and a conversion that works', async (_name, description, extra, message) => {
+    const path = join(tmp, `${_name.replace(/\W/g, '')}.tif`);
+    writeTiledTiff(path, [await page(description, [...extra])]);
+    const error = await openSlide(path).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SlideFormatError);
+    expect((error as SlideFormatError).message).toMatch(message);
+    expect((error as SlideFormatError).hint).toMatch(/vips tiffsave .* --tile --pyramid --compression jpeg/);
+    expect((error as SlideFormatError).exitCode).toBe(5);
+  });
+
+  it('refuses a MIRAX index file (its tiles live in the folder beside it), whatever its bytes', async () => {
+    const path = join(tmp, 'slide.mrxs');
+    await writeFile(
+      path,
+      await sharp({ create: { width: 8, height: 8, channels: 3, background: '#fff' } })
+        .jpeg()
+        .toBuffer(),
+    );
+    await expect(openSlide(path)).rejects.toThrow(/is a MIRAX \(3DHISTECH\) slide.*Slidedat\.ini/);
+  });
+
+  it('reads a Philips TIFF: its level chain, and µm/px from its XML', async () => {
+    const xml =
+      '<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">' +
+      '<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" PMSVR="IDoubleArray">' +
+      '&quot;0.000226907&quot; &quot;0.000226907&quot;</Attribute></DataObject>';
+    const path = join(tmp, 'philips.tiff');
+    writeTiledTiff(path, [await page(xml, [], 64), await page('', [], 32), await page('', [], 16)]);
+    const slide = await openSlide(path);
+    expect(slide).toMatchObject({ vendor: 'philips', mppSource: 'philips-xml' });
+    expect(slide.mpp?.x).toBeCloseTo(0.226907, 6);
+    expect(slide.levels.map((l) => l.width)).toEqual([64, 32, 16]);
+    const pixel = (await readRegion(slide, { x: 40, y: 40, width: 1, height: 1 })).data;
+    expect(Math.abs(pixel[0] - 0xd0) + Math.abs(pixel[1] - 0x5a) + Math.abs(pixel[2] - 0x8c)).toBeLessThan(12);
+    expect(parsePhilipsMpp('<DataObject/>')).toBeNull();
   });
 });

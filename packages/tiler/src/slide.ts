@@ -7,6 +7,9 @@ import { extname } from 'node:path';
 import { fromFile } from 'geotiff';
 import sharp from 'sharp';
 import { InputNotFoundError, type RasterImage } from '@tessera/core';
+import { isDicomHeader, openDicomSlide, dicomTileGrid } from './dicom.js';
+import { readGridRegion, type TileGrid } from './tiles.js';
+import { tiffDecoder, tiffTileGrid, type TiffDirectory } from './tiff-tiles.js';
 import {
   SUPPORTED_COMPRESSIONS,
   SlideFormatError,
@@ -20,7 +23,7 @@ import {
 } from './errors.js';
 
 /** File formats {@link openSlide} recognises. */
-export type SlideFormat = 'svs' | 'ome-tiff' | 'tiff' | 'png' | 'jpeg';
+export type SlideFormat = 'svs' | 'ome-tiff' | 'tiff' | 'dicom' | 'png' | 'jpeg';
 
 /** One resolution level of a slide. */
 export interface SlideLevel {
@@ -38,6 +41,15 @@ export interface SlideLevel {
   /** libvips addressing of the level: `page` (IFD in the main chain) and, for OME SubIFD pyramids, `subifd`. */
   page: number;
   subifd: number;
+  /**
+   * Who decodes the level's pixels: `tiles`, Tessera's own tile decoder ({@link TileGrid}: JPEG with its colour rule,
+   * JPEG 2000, DICOM frames), or `libvips` (lossless TIFF codecs, PNG and JPEG files).
+   */
+  decoder: 'libvips' | 'tiles';
+  /** The file holding this level when it is not {@link SlideInfo.path} (DICOM: one instance per level). */
+  file?: string;
+  /** How the level's pixels are encoded when that is not a TIFF compression code (DICOM: the transfer syntax). */
+  encoding?: string;
 }
 
 /** The structure of a slide, as read by {@link openSlide}. */
@@ -55,7 +67,7 @@ export interface SlideInfo {
   /** µm per pixel at level 0 along x and y, or `null` when the file does not say. */
   mpp: { x: number; y: number } | null;
   /** Where {@link mpp} came from. */
-  mppSource: 'aperio' | 'ome-xml' | 'tiff-resolution' | null;
+  mppSource: 'aperio' | 'ome-xml' | 'philips-xml' | 'tiff-resolution' | 'dicom' | null;
   /** Other images stored in the file and not part of the pyramid (thumbnail, label, macro). */
   associated: { name: string; width: number; height: number }[];
   /** File size in bytes. */
@@ -70,31 +82,15 @@ export interface Region {
   height: number;
 }
 
-interface Directory {
-  ImageWidth: number;
-  ImageLength: number;
-  TileWidth?: number;
-  TileLength?: number;
-  TileOffsets?: ArrayLike<number>;
-  TileByteCounts?: ArrayLike<number>;
-  StripOffsets?: ArrayLike<number>;
-  StripByteCounts?: ArrayLike<number>;
-  Compression?: number;
-  SamplesPerPixel?: number;
-  NewSubfileType?: number;
-  ImageDescription?: string;
-  XResolution?: ArrayLike<number>;
-  YResolution?: ArrayLike<number>;
-  ResolutionUnit?: number;
-  SubIFDs?: ArrayLike<number> | number;
-}
+type Directory = TiffDirectory;
 
-/** Reads the first bytes: TIFF ('II*\0', 'MM\0*', BigTIFF '+'), PNG or JPEG. */
-async function sniff(path: string): Promise<'tiff' | 'png' | 'jpeg' | null> {
+/** Reads the first bytes: TIFF ('II*\0', 'MM\0*', BigTIFF '+'), PNG, JPEG or DICOM ('DICM' after 128 bytes). */
+async function sniff(path: string): Promise<'tiff' | 'png' | 'jpeg' | 'dicom' | null> {
   const handle = await open(path, 'r');
   try {
-    const head = Buffer.alloc(8);
-    await handle.read(head, 0, 8, 0);
+    const head = Buffer.alloc(132);
+    await handle.read(head, 0, 132, 0);
+    if (isDicomHeader(head)) return 'dicom';
     const tag = head.readUInt16LE(0);
     if (tag === 0x4949 || tag === 0x4d4d) {
       const magic = tag === 0x4949 ? head.readUInt16LE(2) : head.readUInt16BE(2);
@@ -136,6 +132,51 @@ export function parseOmeMpp(xml: string): { x: number; y: number } | null {
   return x && y ? { x, y } : null;
 }
 
+/**
+ * µm/px from a Philips TIFF's XML ImageDescription: the first `DICOM_PIXEL_SPACING` attribute (row and column
+ * spacing in mm, quoted: `"0.000227" "0.000227"`), which is level 0's.
+ */
+export function parsePhilipsMpp(xml: string): { x: number; y: number } | null {
+  const match =
+    /Name="DICOM_PIXEL_SPACING"[^>]*>\s*&quot;([0-9.eE+-]+)&quot;\s*&quot;([0-9.eE+-]+)&quot;/.exec(xml) ??
+    /Name="DICOM_PIXEL_SPACING"[^>]*>\s*"([0-9.eE+-]+)"\s*"([0-9.eE+-]+)"/.exec(xml);
+  if (!match) return null;
+  const y = Number(match[1]) * 1000;
+  const x = Number(match[2]) * 1000;
+  return x > 0 && y > 0 && Number.isFinite(x) && Number.isFinite(y) ? { x, y } : null;
+}
+
+/**
+ * Refuses TIFF-based vendor formats whose layout this reader would misread: their first IFD is not the slide
+ * (Leica SCN starts with its macro image, Ventana BIF with its label), their tiles overlap (BIF), or their levels are
+ * single JPEG streams too large to decode whole (Hamamatsu NDPI).
+ */
+function refuseUnreadLayouts(path: string, directories: Directory[]): void {
+  const first = directories[0] as Directory & { Make?: string; XMP?: ArrayLike<number> | string };
+  const description = String(first.ImageDescription ?? '');
+  const xmp =
+    typeof first.XMP === 'string' ? first.XMP : first.XMP ? Buffer.from(Array.from(first.XMP)).toString('latin1') : '';
+  const names = directories.map((d) => String(d.ImageDescription ?? ''));
+  const refuse = (format: string, why: string) => {
+    throw new SlideFormatError(
+      `Slide "${path}" is a ${format} file, which Tessera does not read: ${why}.`,
+      'Convert it with libvips, whose OpenSlide loader reads it: `vips tiffsave "' +
+        path +
+        '" out.tif --tile --pyramid --compression jpeg --Q 90` (`vipsheader -f vips-loader` on the slide must say ' +
+        'openslideload), then predict out.tif.',
+    );
+  };
+  if (/<scn\b/i.test(description) && /leica/i.test(description)) {
+    refuse('Leica SCN', "its first image is the macro overview, and the slide's own pyramid is named in its XML");
+  }
+  if (String(first.Make ?? '').startsWith('Hamamatsu') || 65420 in first) {
+    refuse('Hamamatsu NDPI', 'each level is one JPEG stream of the whole level, too large to decode at once');
+  }
+  if (xmp.includes('iScan') || names.some((n) => /^level=\d+ mag=/.test(n)) || /^Label[ _]Image/.test(description)) {
+    refuse('Ventana BIF', 'its first image is the label, and its tiles overlap by amounts given in its XMP');
+  }
+}
+
 /** µm/px from an Aperio ImageDescription (`|MPP = 0.4990|`). */
 export function parseAperioMpp(description: string): number | null {
   const match = /\|\s*MPP\s*=\s*([0-9.eE+-]+)/.exec(description);
@@ -166,6 +207,7 @@ function levelOf(d: Directory, page: number, subifd: number, index: number, base
     compression: d.Compression ?? 1,
     page,
     subifd,
+    decoder: tiffDecoder(d),
   };
 }
 
@@ -196,20 +238,34 @@ export async function openSlide(path: string): Promise<SlideInfo> {
   let bytes: number;
   try {
     const info = await stat(path);
+    if (info.isDirectory()) return await openDicomSlide(path);
     if (!info.isFile()) throw new Error('not a file');
     bytes = info.size;
   } catch (error) {
+    if (error instanceof SlideFormatError) throw error;
     throw new InputNotFoundError(
       `Slide "${path}" does not exist or is not a file.`,
       'Check the path (relative paths start from the current folder).',
       error,
     );
   }
+  if (extname(path).toLowerCase() === '.mrxs') {
+    throw new SlideFormatError(
+      `Slide "${path}" is a MIRAX (3DHISTECH) slide, which Tessera does not read: its tiles are in the Data*.dat ` +
+        'files of the folder beside it, indexed by Slidedat.ini, and the .mrxs file itself is not the slide.',
+      `Convert it with libvips, whose OpenSlide loader reads it: \`vips tiffsave "${path}" out.tif --tile --pyramid ` +
+        '--compression jpeg --Q 90`, then predict out.tif.',
+    );
+  }
   const kind = await sniff(path);
   if (kind === null) {
     const ext = extname(path).toLowerCase();
-    throw notASlide(path, `its first bytes are not a TIFF, PNG or JPEG signature${ext ? ` (extension ${ext})` : ''}`);
+    throw notASlide(
+      path,
+      `its first bytes are not a TIFF, PNG, JPEG or DICOM signature${ext ? ` (extension ${ext})` : ''}`,
+    );
   }
+  if (kind === 'dicom') return openDicomSlide(path);
   if (kind !== 'tiff') return openPlainImage(path, kind, bytes);
 
   let tiff: Awaited<ReturnType<typeof fromFile>>;
@@ -226,6 +282,8 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     const description = String(first.ImageDescription ?? '');
     const isOme = description.includes('<OME') || path.toLowerCase().endsWith('.ome.tif');
     const isAperio = description.startsWith('Aperio');
+    const isPhilips = description.includes('<DataObject') && description.includes('DPUfsImport');
+    refuseUnreadLayouts(path, directories);
     const levels: SlideLevel[] = [levelOf(first, 0, -1, 0)];
     const associated: SlideInfo['associated'] = [];
     const subOffsets = first.SubIFDs === undefined ? [] : Array.from(first.SubIFDs as ArrayLike<number>);
@@ -268,6 +326,9 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     } else if (isOme && parseOmeMpp(description)) {
       mpp = parseOmeMpp(description);
       mppSource = 'ome-xml';
+    } else if (isPhilips && parsePhilipsMpp(description)) {
+      mpp = parsePhilipsMpp(description);
+      mppSource = 'philips-xml';
     } else if (tiffResolutionMpp(first)) {
       mpp = tiffResolutionMpp(first);
       mppSource = 'tiff-resolution';
@@ -276,7 +337,7 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     return {
       path,
       format: isAperio ? 'svs' : isOme ? 'ome-tiff' : 'tiff',
-      vendor: isAperio ? 'aperio' : isOme ? 'ome' : 'generic',
+      vendor: isAperio ? 'aperio' : isOme ? 'ome' : isPhilips ? 'philips' : 'generic',
       width: first.ImageWidth,
       height: first.ImageLength,
       channels: samples >= 3 ? 3 : 1,
@@ -314,6 +375,7 @@ async function openPlainImage(path: string, kind: 'png' | 'jpeg', bytes: number)
     compression: null,
     page: 0,
     subifd: -1,
+    decoder: 'libvips',
   };
   return {
     path,
@@ -364,6 +426,95 @@ export function levelInput(slide: SlideInfo, level: SlideLevel): sharp.SharpOpti
   return options;
 }
 
+/** Source rectangle of a read, in the (unscaled) level's pixels when `scale` is 1, else in scaled pixels. */
+interface SourceRect {
+  x0: number;
+  y0: number;
+  w: number;
+  h: number;
+}
+
+/** The level pixels under a rectangle of the scaled level, and the rectangle's size once scaled. */
+function unscaled(level: SlideLevel, rect: SourceRect, scale: number) {
+  if (scale === 1) return { left: rect.x0, top: rect.y0, width: rect.w, height: rect.h };
+  const left = Math.floor(rect.x0 / scale);
+  const top = Math.floor(rect.y0 / scale);
+  const right = Math.min(level.width, Math.ceil((rect.x0 + rect.w) / scale));
+  const bottom = Math.min(level.height, Math.ceil((rect.y0 + rect.h) / scale));
+  return { left, top, width: right - left, height: bottom - top };
+}
+
+/** Resampling and colour conversion of a read, the same for both decoders. */
+function finish(pipeline: sharp.Sharp, rect: SourceRect, scale: number, channels: 1 | 3): sharp.Sharp {
+  if (scale !== 1) pipeline = pipeline.resize(rect.w, rect.h, { fit: 'fill', kernel: 'lanczos3' });
+  pipeline = pipeline.removeAlpha();
+  return channels === 1 ? pipeline.toColourspace('b-w') : pipeline.toColourspace('srgb');
+}
+
+async function readVipsRegion(
+  slide: SlideInfo,
+  level: SlideLevel,
+  rect: SourceRect,
+  scale: number,
+  channels: 1 | 3,
+): Promise<Uint8Array> {
+  const source = sharp(slide.path, levelInput(slide, level)).extract(unscaled(level, rect, scale));
+  const raw = await finish(source, rect, scale, channels).raw({ depth: 'uchar' }).toBuffer();
+  return new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+}
+
+async function readTiledRegion(
+  slide: SlideInfo,
+  level: SlideLevel,
+  rect: SourceRect,
+  scale: number,
+  channels: 1 | 3,
+): Promise<Uint8Array> {
+  const grid = await tileGridOf(slide, level);
+  const { left, top, width, height } = unscaled(level, rect, scale);
+  const pixels = await readGridRegion(grid, left, top, width, height);
+  if (scale === 1 && channels === grid.samples) return pixels;
+  const source = sharp(pixels, { raw: { width, height, channels: grid.samples } });
+  const raw = await finish(source, rect, scale, channels).raw({ depth: 'uchar' }).toBuffer();
+  return new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+}
+
+/** Tile grids of tile-decoded levels, per thread, by file, size and level. */
+const grids = new Map<string, Promise<TileGrid>>();
+
+/**
+ * The tile grid of a level that Tessera decodes itself (`level.decoder === 'tiles'`), read from the file once per
+ * thread: worker threads receive the slide's structure, not its tile tables.
+ */
+export function tileGridOf(slide: SlideInfo, level: SlideLevel): Promise<TileGrid> {
+  const file = level.file ?? slide.path;
+  const key = `${file}\0${slide.bytes}\0${level.index}\0${level.page}\0${level.subifd}`;
+  const cached = grids.get(key);
+  if (cached) return cached;
+  const grid = slide.format === 'dicom' ? dicomTileGrid(file, level.index) : tiffGrid(file, level);
+  grids.set(key, grid);
+  grid.catch(() => grids.delete(key));
+  if (grids.size > 64) grids.delete(grids.keys().next().value!);
+  return grid;
+}
+
+async function tiffGrid(path: string, level: SlideLevel): Promise<TileGrid> {
+  const tiff = await fromFile(path);
+  try {
+    let directory: Directory;
+    if (level.subifd >= 0) {
+      const first = (await tiff.getImage(level.page)).fileDirectory as Directory;
+      const subs = typeof first.SubIFDs === 'number' ? [first.SubIFDs] : Array.from(first.SubIFDs ?? []);
+      directory = (await tiff.parseFileDirectoryAt(Number(subs[level.subifd]))).fileDirectory as Directory;
+    } else {
+      directory = (await tiff.getImage(level.page)).fileDirectory as Directory;
+    }
+    return tiffTileGrid(path, directory, level.index);
+  } finally {
+    await Promise.resolve(tiff.close()).catch(() => undefined);
+  }
+}
+
 /**
  * Reads a rectangle of a level as 8-bit interleaved pixels. Only the tiles the region touches are decoded. A region
  * may reach past the bottom or right edge of `bounds`: those pixels mirror the ones inside, so tiles at the edge
@@ -404,24 +555,14 @@ export async function readRegion(
   const y0 = Math.min(...ys);
   const w = Math.max(...xs) - x0 + 1;
   const h = Math.max(...ys) - y0 + 1;
-  let pipeline: sharp.Sharp;
-  if (scale === 1) {
-    pipeline = sharp(slide.path, levelInput(slide, level)).extract({ left: x0, top: y0, width: w, height: h });
-  } else {
-    const left = Math.floor(x0 / scale);
-    const top = Math.floor(y0 / scale);
-    const right = Math.min(level.width, Math.ceil((x0 + w) / scale));
-    const bottom = Math.min(level.height, Math.ceil((y0 + h) / scale));
-    pipeline = sharp(slide.path, levelInput(slide, level))
-      .extract({ left, top, width: right - left, height: bottom - top })
-      .resize(w, h, { fit: 'fill', kernel: 'lanczos3' });
-  }
-  pipeline = pipeline.removeAlpha();
-  pipeline = channels === 1 ? pipeline.toColourspace('b-w') : pipeline.toColourspace('srgb');
-  let raw: Buffer;
+  let raw: Uint8Array;
   try {
-    raw = await pipeline.raw({ depth: 'uchar' }).toBuffer();
+    raw =
+      level.decoder === 'tiles'
+        ? await readTiledRegion(slide, level, { x0, y0, w, h }, scale, channels)
+        : await readVipsRegion(slide, level, { x0, y0, w, h }, scale, channels);
   } catch (error) {
+    if (error instanceof SlideFormatError) throw error;
     throw new SlideFormatError(
       `Slide "${slide.path}" level ${index} region x ${x0}, y ${y0}, ${w}x${h} could not be decoded ` +
         `(${compressionName(level.compression ?? 1)}): ${(error as Error).message}.`,
@@ -429,7 +570,7 @@ export async function readRegion(
       error,
     );
   }
-  const source = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+  const source = raw;
   if (w === width && h === height && x0 === x && y0 === y) return { data: source, width, height, channels };
   const data = new Uint8Array(width * height * channels);
   for (let r = 0; r < height; r++) {
@@ -478,11 +619,49 @@ export function chooseLevel(slide: SlideInfo, mpp: number): { level: number; sca
 export async function readThumbnail(slide: SlideInfo, maxSide: number, channels: 1 | 3 = 3): Promise<RasterImage> {
   let level = slide.levels[0];
   for (const l of slide.levels) if (Math.max(l.width, l.height) >= maxSide) level = l;
-  const pipeline = sharp(slide.path, levelInput(slide, level))
+  let source: sharp.Sharp;
+  if (level.decoder === 'libvips') {
+    source = sharp(slide.path, levelInput(slide, level));
+  } else if (level.width * level.height <= THUMBNAIL_WHOLE_LEVEL) {
+    const grid = await tileGridOf(slide, level);
+    const pixels = await readGridRegion(grid, 0, 0, level.width, level.height);
+    source = sharp(pixels, { raw: { width: level.width, height: level.height, channels: grid.samples } });
+  } else {
+    return readThumbnailInBands(slide, level, maxSide, channels);
+  }
+  const pipeline = source
     .resize(maxSide, maxSide, { fit: 'inside', withoutEnlargement: true })
     .removeAlpha()
     .toColourspace(channels === 1 ? 'b-w' : 'srgb');
   const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   const pixels = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   return { data: pixels, width: info.width, height: info.height, channels };
+}
+
+/** Levels up to this many pixels are decoded whole for a thumbnail; larger ones in bands of rows. */
+const THUMBNAIL_WHOLE_LEVEL = 32 * 1024 * 1024;
+
+/** A thumbnail of a large tile-decoded level, resampled band by band so that memory stays bounded. */
+async function readThumbnailInBands(
+  slide: SlideInfo,
+  level: SlideLevel,
+  maxSide: number,
+  channels: 1 | 3,
+): Promise<RasterImage> {
+  const factor = Math.min(maxSide / level.width, maxSide / level.height, 1);
+  const width = Math.max(1, Math.round(level.width * factor));
+  const height = Math.max(1, Math.round(level.height * factor));
+  const scale = width / level.width;
+  const data = new Uint8Array(width * height * channels);
+  const band = Math.max(1, Math.floor((16 * 1024 * 1024) / (level.width * 3) / Math.ceil(1 / scale)));
+  for (let y = 0; y < height; y += band) {
+    const rows = Math.min(band, height - y);
+    const part = await readRegion(
+      slide,
+      { x: 0, y, width, height: rows },
+      { level: level.index, scale, bounds: { width, height }, channels },
+    );
+    data.set(part.data, y * width * channels);
+  }
+  return { data, width, height, channels };
 }

@@ -86,6 +86,39 @@ describe('SlideOutputWriter', () => {
     }
   });
 
+  it('leaves the background of an automatic class map (class_0) untinted and out of the polygons', async () => {
+    // Old model folders without a background flag: class_0 (value 0) is coloured black and is the background.
+    const auto = [
+      { name: 'class_0', value: 0, color: '#000000' },
+      { name: 'class_1', value: 1, color: '#e6194b' },
+    ];
+    const dir = await mkdtemp(join(tmp, 'auto-'));
+    const [width, height] = [40, 20];
+    const writer = new SlideOutputWriter({
+      dir,
+      stem: 'a',
+      width,
+      height,
+      classes: auto,
+      mpp: null,
+      geojson: { objectType: 'annotation' },
+    });
+    const labels = new Uint8Array(width * height);
+    for (let i = 0; i < labels.length; i++) labels[i] = i % width < 10 ? 1 : 0; // class_1 on the left quarter
+    writer.write({ y: 0, x: 0, stripe: 0, height, width, labels, probabilities: new Float32Array(width * height * 2) });
+    const white = { data: new Uint8Array(width * height * 3).fill(255), width, height, channels: 3 };
+    const outputs = await writer.finish(white);
+    const overlay = await sharp(outputs.overlay).raw().toBuffer();
+    const at = (x: number) => [...overlay.subarray(x * 3, x * 3 + 3)];
+    expect(at(30)).toEqual([255, 255, 255]); // white glass stays white
+    expect(at(0)).toEqual([245, 163, 183]); // 0.6 * 255 + 0.4 * (0xe6, 0x19, 0x4b)
+    const features = JSON.parse(await readFile(outputs.polygons!.path, 'utf8')).features;
+    expect(features.map((f: { properties: unknown }) => f.properties)).toEqual([
+      { objectType: 'annotation', classification: { name: 'class_1', color: [230, 25, 75] } },
+    ]);
+    expect(outputs.polygons!.classes.map((c) => c.name)).toEqual(['class_1']);
+  });
+
   it('leaves no file behind when aborted', async () => {
     const dir = await mkdtemp(join(tmp, 'abort-'));
     const writer = new SlideOutputWriter({

@@ -152,6 +152,8 @@ export interface OutputClass {
   /** Pixel value of the class in the label map. */
   value: number;
   color: string;
+  /** The class map's background flag (see core's `backgroundClass`); absent in older model folders. */
+  background?: boolean;
 }
 
 /** Options of {@link SlideOutputWriter}. */
@@ -168,11 +170,12 @@ export interface SlideOutputOptions {
   /** Also write one 8-bit probability pyramid per class. Default false. */
   probabilities?: boolean;
   /**
-   * Also write `<stem>_polygons.geojson`: one polygon per 4-connected region of every class but the first, in
-   * level-0 pixel coordinates (see {@link writePolygonsGeoJson}). `scale`: level-0 pixels per output pixel (default
-   * 1); `minArea`: regions of fewer output pixels are left out (default 0). Default: no GeoJSON.
+   * Also write `<stem>_polygons.geojson`: one polygon per 4-connected region of every class but the background class
+   * (core's `backgroundClass`), in level-0 pixel coordinates (see {@link writePolygonsGeoJson}). `scale`: level-0
+   * pixels per output pixel (default 1); `minArea`: regions of fewer output pixels are left out (default 0);
+   * `objectType`: QuPath object type of the polygons (default `'detection'`). Default: no GeoJSON.
    */
-  geojson?: { scale?: { x: number; y: number }; minArea?: number };
+  geojson?: { scale?: { x: number; y: number }; minArea?: number; objectType?: 'detection' | 'annotation' };
   /** Tile size of the TIFFs. Default 256. */
   tileSize?: number;
   /**
@@ -344,7 +347,8 @@ export class SlideOutputWriter {
 
   /**
    * Closes the streams and writes the final files: `<stem>_labels.tif`, `<stem>_prob_<class>.tif` (with
-   * probabilities), `<stem>_overlay.png` (the label colours over `thumbnail`), `<stem>_areas.json` and `.csv`, and
+   * probabilities), `<stem>_overlay.png` (the label colours over `thumbnail`, the background class untinted: see
+   * core's `backgroundClass`), `<stem>_areas.json` and `.csv`, and
    * with `geojson` `<stem>_polygons.geojson`, traced from the label map read back row by row (bounded memory).
    * Removes the maps when done, and on failure unless they are in `workDir`.
    * @param thumbnail - an RGB overview of the slide, any size with the slide's aspect ratio.
@@ -429,6 +433,7 @@ export class SlideOutputWriter {
       classes,
       minArea: geojson?.minArea,
       scale: geojson?.scale,
+      objectType: geojson?.objectType,
       tmp: this.tmpFor(path),
       signal,
     });

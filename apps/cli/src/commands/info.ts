@@ -1,3 +1,4 @@
+import { basename } from 'node:path';
 import { requireTiler } from '../tiler.js';
 /** Options of `tessera info`. */
 export interface InfoCliOptions {
@@ -24,8 +25,13 @@ export async function infoCommand(path: string, opts: InfoCliOptions): Promise<v
     `  levels:   ${slide.levels.length}`,
     ...slide.levels.map((l) => {
       const tiles = l.tileWidth ? `tiles ${l.tileWidth}x${l.tileHeight}` : 'not tiled';
-      const compression = l.compression === null ? '' : `, ${compressionName(l.compression)}`;
-      const where = l.subifd >= 0 ? `page ${l.page} subifd ${l.subifd}` : `page ${l.page}`;
+      const encoding = l.compression === null ? l.encoding : compressionName(l.compression);
+      const compression = encoding ? `, ${encoding}` : '';
+      const where = l.file
+        ? basename(l.file)
+        : l.subifd >= 0
+          ? `page ${l.page} subifd ${l.subifd}`
+          : `page ${l.page}`;
       return `    ${l.index}: ${l.width} x ${l.height}, downsample ${l.downsample.toFixed(3)}, ${tiles}${compression} (${where})`;
     }),
   ];

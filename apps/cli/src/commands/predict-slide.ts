@@ -1,4 +1,5 @@
-import { readManifest } from '@tessera/core';
+import { stat } from 'node:fs/promises';
+import { InvalidOptionError, readManifest } from '@tessera/core';
 import type { PolygonsGeoJson, SlideInfo } from '@tessera/tiler';
 import { writeSlideReport } from '../slide-report.js';
 import { info, ProgressBar, type OutputOptions } from '../progress.js';
@@ -26,23 +27,63 @@ export interface SlidePredictCliOptions {
   threads?: number;
   /** Continue an interrupted prediction from its partial work folder in `out`. */
   resume?: boolean;
-  /** Also write `<stem>_polygons.geojson` (implied by `geojsonMinArea`). */
+  /** Also write `<stem>_polygons.geojson` (implied by `geojsonMinArea` and `geojsonObject`). */
   geojson?: boolean;
   geojsonMinArea?: number;
+  /** QuPath object type of the polygons: `detection` (default) or `annotation` (see {@link checkGeojsonOptions}). */
+  geojsonObject?: string;
 }
 
-/** Whether a slide goes to the tiler: SVS, OME-TIFF, tiled or pyramidal TIFF, or any image over 4096 x 4096. */
+/** The values `--geojson-object` takes. */
+export const GEOJSON_OBJECT_TYPES = ['detection', 'annotation'] as const;
+
+/**
+ * Checks `--geojson-min-area` and `--geojson-object` before anything is predicted.
+ * @throws core's `InvalidOptionError` (exit code 2) quoting the value and what is valid.
+ */
+export function checkGeojsonOptions(opts: SlidePredictCliOptions): void {
+  const minArea = opts.geojsonMinArea;
+  if (minArea !== undefined && !(Number.isFinite(minArea) && minArea >= 0)) {
+    throw new InvalidOptionError(
+      `Expected --geojson-min-area to be a number of pixels >= 0 but received ${minArea}.`,
+      'Give the smallest region to keep in pixels of the label map, e.g. 20; 0 keeps every region.',
+    );
+  }
+  const type = opts.geojsonObject;
+  if (type !== undefined && !(GEOJSON_OBJECT_TYPES as readonly string[]).includes(type)) {
+    const choices = GEOJSON_OBJECT_TYPES.map((t) => `"${t}"`).join(', ');
+    throw new InvalidOptionError(
+      `Expected --geojson-object to be one of ${choices} but received "${type}".`,
+      'Use detection for many small objects such as nuclei (QuPath draws thousands of them quickly), annotation ' +
+        'for a few regions to edit by hand.',
+    );
+  }
+}
+
+/**
+ * Whether a slide goes to the tiler: SVS, OME-TIFF, DICOM, tiled or pyramidal TIFF, or any image over 4096 x 4096.
+ */
 export function isWholeSlide(slide: SlideInfo): boolean {
-  if (slide.format === 'svs' || slide.format === 'ome-tiff') return true;
+  if (slide.format === 'svs' || slide.format === 'ome-tiff' || slide.format === 'dicom') return true;
   if (slide.format === 'tiff' && (slide.levels.length > 1 || slide.levels[0].tileWidth !== null)) return true;
   return slide.width * slide.height > WHOLE_SLIDE_PIXELS;
 }
 
-/** The slide structure of a file when it should go to the tiler, else `null` (unreadable files included). */
+/** Files that can only be slides (never ordinary images): their errors are the slide reader's. */
+const SLIDE_ONLY = /\.(svs|btf|dcm)$/i;
+
+async function isFolder(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => null))?.isDirectory() ?? false;
+}
+
+/**
+ * The slide structure of a file (or of a folder holding a DICOM slide) when it should go to the tiler, else `null`
+ * (unreadable files included).
+ */
 export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
   const tiler = await importTiler(); // lazy: the tiler is an optional peer dependency
   if (!tiler) {
-    if (/\.(svs|btf)$/i.test(path)) await requireTiler(`Whole slide ${path}`);
+    if (SLIDE_ONLY.test(path)) await requireTiler(`Whole slide ${path}`);
     return null; // without the tiler every other file is an ordinary image
   }
   try {
@@ -53,15 +94,17 @@ export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
     // a vaguer message: report the slide reader's.
     const code = String((error as { code?: string }).code);
     if (code === 'E_SLIDE_COMPRESSION' || code === 'E_SLIDE_TRUNCATED') throw error;
-    if (code === 'E_SLIDE_FORMAT' && /\.(svs|btf)$/i.test(path)) throw error;
+    if (code === 'E_SLIDE_FORMAT' && (SLIDE_ONLY.test(path) || (await isFolder(path)))) throw error;
     return null; // ordinary image path reports the error
   }
 }
 
-/** The `geojson` option of `predictSlide` for `--geojson` and `--geojson-min-area`. */
-export function geojsonOption(opts: SlidePredictCliOptions): { minArea?: number } | undefined {
-  if (!opts.geojson && opts.geojsonMinArea === undefined) return undefined;
-  return { minArea: opts.geojsonMinArea };
+/** The `geojson` option of `predictSlide` for `--geojson`, `--geojson-min-area` and `--geojson-object`. */
+export function geojsonOption(
+  opts: SlidePredictCliOptions,
+): { minArea?: number; objectType: 'detection' | 'annotation' } | undefined {
+  if (!opts.geojson && opts.geojsonMinArea === undefined && opts.geojsonObject === undefined) return undefined;
+  return { minArea: opts.geojsonMinArea, objectType: opts.geojsonObject === 'annotation' ? 'annotation' : 'detection' };
 }
 
 /** One line about a GeoJSON file: where it is, polygons per class, the time taken. */

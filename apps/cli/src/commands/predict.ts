@@ -5,7 +5,6 @@ import {
   IMAGE_EXTENSIONS,
   imageStem,
   InputNotFoundError,
-  InvalidOptionError,
   normalizeImage,
   OutputError,
   predictProbabilities,
@@ -17,7 +16,14 @@ import {
 import { loadRegistry } from '../plugins.js';
 import { info, ProgressBar } from '../progress.js';
 import { requireTiler } from '../tiler.js';
-import { describePolygons, geojsonOption, polygonsRecord, predictWholeSlide, wholeSlideOf } from './predict-slide.js';
+import {
+  checkGeojsonOptions,
+  describePolygons,
+  geojsonOption,
+  polygonsRecord,
+  predictWholeSlide,
+  wholeSlideOf,
+} from './predict-slide.js';
 import { startEngine } from './shared.js';
 import { openPredictor } from '../runtime.js';
 
@@ -47,15 +53,21 @@ export interface PredictCliOptions {
   stripeWidth?: number;
   /** Continue interrupted whole-slide predictions from their partial work in `out`. */
   resume?: boolean;
-  /** Also write `<stem>_polygons.geojson` per image and slide (implied by `geojsonMinArea`). */
+  /** Also write `<stem>_polygons.geojson` per image and slide (implied by `geojsonMinArea` and `geojsonObject`). */
   geojson?: boolean;
   /** Regions of fewer label-map pixels are left out of the GeoJSON. Default 0. */
   geojsonMinArea?: number;
+  /** QuPath object type of the polygons: `detection` (default) or `annotation`. */
+  geojsonObject?: string;
 }
 
 /** Folder entries `predict` picks up: images, and whole-slide files. */
 const INPUT_EXTENSIONS = [...IMAGE_EXTENSIONS, '.svs', '.btf'];
 
+/**
+ * The files and slides named by the inputs: a folder gives its images and whole-slide files, and a folder holding
+ * DICOM files (`.dcm`) is one DICOM slide (its series: one instance per level), as is a single `.dcm` file.
+ */
 async function expandInputs(inputs: string[]): Promise<string[]> {
   const files: string[] = [];
   for (const input of inputs) {
@@ -66,15 +78,16 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
       throw new InputNotFoundError(`Input ${input} does not exist.`, 'Give image files or folders of images.', error);
     }
     if (info.isDirectory()) {
-      const names = (await readdir(input)).filter(
-        (n) => !n.startsWith('.') && INPUT_EXTENSIONS.includes(extname(n).toLowerCase()),
-      );
-      if (names.length === 0) {
+      const entries = (await readdir(input)).filter((n) => !n.startsWith('.'));
+      const names = entries.filter((n) => INPUT_EXTENSIONS.includes(extname(n).toLowerCase()));
+      const dicom = entries.some((n) => extname(n).toLowerCase() === '.dcm');
+      if (names.length === 0 && !dicom) {
         throw new InputNotFoundError(
-          `Folder ${input} holds no images (${IMAGE_EXTENSIONS.join(', ')}).`,
-          'Point at a folder of images.',
+          `Folder ${input} holds no images (${IMAGE_EXTENSIONS.join(', ')}) and no DICOM slide (.dcm).`,
+          'Point at a folder of images, or at a folder holding the DICOM files of one slide.',
         );
       }
+      if (dicom) files.push(input);
       files.push(...names.sort().map((n) => join(input, n)));
     } else files.push(input);
   }
@@ -87,13 +100,7 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
  */
 export async function predictCommand(inputs: string[], opts: PredictCliOptions): Promise<void> {
   const out = { quiet: opts.quiet, json: opts.json };
-  const minArea = opts.geojsonMinArea;
-  if (minArea !== undefined && !(Number.isFinite(minArea) && minArea >= 0)) {
-    throw new InvalidOptionError(
-      `Expected --geojson-min-area to be a number of pixels >= 0 but received ${minArea}.`,
-      'Give the smallest region to keep in pixels of the label map, e.g. 20; 0 keeps every region.',
-    );
-  }
+  checkGeojsonOptions(opts);
   const slides: string[] = [];
   const files: string[] = [];
   for (const file of await expandInputs(inputs)) ((await wholeSlideOf(file)) ? slides : files).push(file);
@@ -172,6 +179,7 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
         width: image.width,
         classes: manifest.classes,
         minArea: geojson.minArea,
+        objectType: geojson.objectType,
       });
       Object.assign(record, polygonsRecord(polygons));
       bar.clear();
@@ -210,6 +218,7 @@ async function writeResolved(opts: PredictCliOptions, inputs: string[], wholeSli
         overlay: !!opts.overlay,
         geojson: !!geojsonOption(opts),
         geojsonMinArea: opts.geojsonMinArea ?? null,
+        geojsonObject: geojsonOption(opts)?.objectType ?? null,
       },
       null,
       2,

@@ -7,6 +7,7 @@ import {
   CLASS_PALETTE,
   IGNORE_INDEX,
   UNKNOWN_INDEX,
+  backgroundClass,
   encodeMask,
   inferClassMap,
   loadClassMap,
@@ -84,11 +85,12 @@ describe('parseClassMap', () => {
       'Class map "classes.json": unknown key "ignored"; expected only "classes", "ignore".',
     );
     expect(message({ classes: ['a'] })).toBe(
-      'Class map "classes.json": expected classes[0] to be an object {name, value, color?} but received ' +
+      'Class map "classes.json": expected classes[0] to be an object {name, value, color?, background?} but received ' +
         '"a" of type string.',
     );
     expect(message({ classes: [{ name: 'a', value: 0, colour: '#ff0000' }] })).toBe(
-      'Class map "classes.json": unknown key "colour" in classes[0]; expected only "name", "value", "color".',
+      'Class map "classes.json": unknown key "colour" in classes[0]; expected only "name", "value", "color", ' +
+        '"background".',
     );
     expect(message({ classes: [{ name: '', value: 0 }] })).toBe(
       'Class map "classes.json": expected classes[0].name to be a non-empty string but received "" of type string.',
@@ -132,6 +134,67 @@ describe('parseClassMap', () => {
       }),
     ).toBe('Class map "classes.json": "ignore" is 5, which is also the value of class "b" (classes[1]).');
   });
+
+  it('accepts a boolean background flag, keeps it, and refuses other values and two flagged classes', () => {
+    const map = parseClassMap(
+      {
+        classes: [
+          { name: 'tumour', value: 0, color: '#ff0000', background: false },
+          { name: 'glass', value: 9, color: '#ffffff', background: true },
+          { name: 'stroma', value: 3, color: '#00ff00' },
+        ],
+      },
+      SRC,
+    );
+    expect(map.classes).toEqual([
+      { name: 'tumour', value: 0, color: '#ff0000', background: false },
+      { name: 'glass', value: 9, color: '#ffffff', background: true },
+      { name: 'stroma', value: 3, color: '#00ff00' },
+    ]);
+    expect('background' in map.classes[2]).toBe(false); // no flag given, none written (manifests stay as they were)
+    expect(message({ classes: [{ name: 'a', value: 0, background: 'yes' }] })).toBe(
+      'Class map "classes.json": expected classes[0].background to be true or false but received "yes" of type string.',
+    );
+    expect(message({ classes: [{ name: 'a', value: 0, background: 1 }] })).toContain('but received 1 of type number');
+    expect(
+      message({
+        classes: [
+          { name: 'glass', value: 0, background: true },
+          { name: 'nucleus', value: 1 },
+          { name: 'empty', value: 2, background: true },
+        ],
+      }),
+    ).toBe(
+      'Class map "classes.json": classes[0] ("glass") and classes[2] ("empty") are both marked "background": true; ' +
+        'expected at most one background class.',
+    );
+  });
+});
+
+describe('backgroundClass', () => {
+  const c = (name: string, value: number, background?: boolean) => ({
+    name,
+    value,
+    ...(background === undefined ? {} : { background }),
+  });
+
+  it('takes the flagged class, else the class named background (any case), else value 0, else none', () => {
+    expect(backgroundClass([c('tumour', 0), c('glass', 9, true), c('Background', 4)])?.name).toBe('glass');
+    expect(backgroundClass([c('tumour', 0), c('BACKGROUND', 4)])?.name).toBe('BACKGROUND');
+    expect(backgroundClass([c('class_1', 1), c('class_0', 0)])?.name).toBe('class_0');
+    expect(backgroundClass([c('a', 1), c('b', 2)])).toBeUndefined();
+  });
+
+  it('passes over classes flagged false, so value 0 can be a real class', () => {
+    expect(backgroundClass([c('tumour', 0, false), c('stroma', 1)])).toBeUndefined();
+    expect(backgroundClass([c('background', 0, false), c('stroma', 1)])).toBeUndefined();
+    expect(backgroundClass([c('tumour', 0, false), c('empty', 7), c('Background', 5)])?.name).toBe('Background');
+  });
+
+  it('returns the same object, so callers can compare classes and find its index', () => {
+    const classes = [c('nucleus', 255), c('glass', 0)];
+    expect(classes.indexOf(backgroundClass(classes)!)).toBe(1);
+  });
 });
 
 describe('loadClassMap', () => {
@@ -173,6 +236,12 @@ describe('inferClassMap', () => {
     ]);
     expect(new Set(map.classes.map((c) => c.color)).size).toBe(3);
     expect(map.ignore).toBeUndefined();
+    expect(map.classes.map((c) => c.background)).toEqual([true, undefined, undefined]);
+    expect(backgroundClass(map.classes)?.name).toBe('class_0');
+    // Masks without 0 have no background class.
+    const noZero = inferClassMap([1, 2]);
+    expect(noZero.classes.some((c) => 'background' in c)).toBe(false);
+    expect(backgroundClass(noZero.classes)).toBeUndefined();
     expect(() => inferClassMap([])).toThrow(InvalidOptionError);
     expect(() => inferClassMap([1, 300])).toThrow('integers between 0 and 255 but received 300 of type number');
   });

@@ -7,6 +7,7 @@
  *   "ignore": 128 }
  * ```
  * The order of `classes` is the order of the model's output channels: class index `k` is `classes[k]`.
+ * A class may carry `"background": true` (or `false`); {@link backgroundClass} says which class is the background.
  */
 
 import { promises as fs } from 'node:fs';
@@ -20,6 +21,13 @@ export interface ClassDef {
   value: number;
   /** Display colour `'#rrggbb'` (lower case). */
   color: string;
+  /**
+   * `true`: this is the background class, which overlays leave untinted and polygon outputs leave out (at most one
+   * class of a map). `false`: this class is never the background, even when named `background` or of value 0.
+   * Absent (the usual case, and every model folder written before the flag existed): the fallback rule of
+   * {@link backgroundClass} decides.
+   */
+  background?: boolean;
 }
 
 /** The classes of a data set; class index `k` (model output channel `k`) is `classes[k]`. */
@@ -70,12 +78,12 @@ export const CLASS_PALETTE: readonly string[] = [
 ];
 
 const COLOR_PATTERN = /^#[0-9a-fA-F]{6}$/;
-const CLASS_KEYS = ['name', 'value', 'color'];
+const CLASS_KEYS = ['name', 'value', 'color', 'background'];
 const TOP_KEYS = ['classes', 'ignore'];
 const FORMAT_HINT =
-  'A class map looks like {"classes": [{"name": "background", "value": 0}, {"name": "nucleus", "value": 1, ' +
-  '"color": "#ff0000"}], "ignore": 255}: unique names, unique integer values 0..255, optional "#rrggbb" colours, ' +
-  'and an optional ignore value that is no class value.';
+  'A class map looks like {"classes": [{"name": "glass", "value": 0, "background": true}, {"name": "nucleus", ' +
+  '"value": 1, "color": "#ff0000"}], "ignore": 255}: unique names, unique integer values 0..255, optional "#rrggbb" ' +
+  'colours, "background": true on at most one class, and an optional ignore value that is no class value.';
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -107,7 +115,8 @@ export function parseColor(color: string): [number, number, number] {
  * @param source - Where it came from (a file path, or e.g. `'manifest.json classMap'`), named in errors.
  * @throws {@link InvalidInputError} quoting the bad value and `source` for: not an object, unknown keys, missing or
  * empty `classes`, a name that is not a non-empty string, a value that is not an integer in `0..255`, a malformed
- * colour, duplicate names or values, or an `ignore` that is invalid or equal to a class value.
+ * colour, a `background` flag that is not `true` or `false`, `"background": true` on two classes, duplicate names or
+ * values, or an `ignore` that is invalid or equal to a class value.
  * @example
  * parseClassMap({ classes: [{ name: 'membrane', value: 0 }, { name: 'cell', value: 255 }] }, 'classes.json');
  */
@@ -128,11 +137,12 @@ export function parseClassMap(json: unknown, source: string): ClassMap {
   const entries = rawClasses as unknown[];
   const names = new Map<string, number>();
   const values = new Map<number, number>();
-  const parsed: { name: string; value: number; color?: string }[] = [];
+  const parsed: { name: string; value: number; color?: string; background?: boolean }[] = [];
+  let flagged: number | undefined;
   entries.forEach((entry, i) => {
     const at = `classes[${i}]`;
     if (!isRecord(entry))
-      fail(`expected ${at} to be an object {name, value, color?} but received ${describeValue(entry)}`);
+      fail(`expected ${at} to be an object {name, value, color?, background?} but received ${describeValue(entry)}`);
     const e = entry as Record<string, unknown>;
     for (const key of Object.keys(e)) {
       if (!CLASS_KEYS.includes(key)) {
@@ -150,13 +160,30 @@ export function parseClassMap(json: unknown, source: string): ClassMap {
     if (e.color !== undefined && (typeof e.color !== 'string' || !COLOR_PATTERN.test(e.color))) {
       fail(`expected ${at}.color to be a colour "#rrggbb" but received ${describeValue(e.color)}`);
     }
+    if (e.background !== undefined && typeof e.background !== 'boolean') {
+      fail(`expected ${at}.background to be true or false but received ${describeValue(e.background)}`);
+    }
+    if (e.background === true) {
+      if (flagged !== undefined) {
+        fail(
+          `classes[${flagged}] ("${parsed[flagged].name}") and ${at} ("${name}") are both marked "background": true; ` +
+            'expected at most one background class',
+        );
+      }
+      flagged = i;
+    }
     const previousName = names.get(name);
     if (previousName !== undefined) fail(`duplicate class name "${name}" in classes[${previousName}] and ${at}`);
     const previousValue = values.get(value);
     if (previousValue !== undefined) fail(`duplicate class value ${value} in classes[${previousValue}] and ${at}`);
     names.set(name, i);
     values.set(value, i);
-    parsed.push({ name, value, color: typeof e.color === 'string' ? e.color.toLowerCase() : undefined });
+    parsed.push({
+      name,
+      value,
+      color: typeof e.color === 'string' ? e.color.toLowerCase() : undefined,
+      ...(typeof e.background === 'boolean' ? { background: e.background } : {}),
+    });
   });
   const ignore = top.ignore;
   if (ignore !== undefined) {
@@ -172,10 +199,11 @@ export function parseClassMap(json: unknown, source: string): ClassMap {
   const taken = new Set(parsed.map((c) => c.color).filter((c): c is string => c !== undefined));
   const free = CLASS_PALETTE.filter((c) => !taken.has(c));
   let next = 0;
-  const classes: ClassDef[] = parsed.map(({ name, value, color }) => ({
+  const classes: ClassDef[] = parsed.map(({ name, value, color, background }) => ({
     name,
     value,
     color: color ?? (free.length > 0 ? free[next++ % free.length] : CLASS_PALETTE[next++ % CLASS_PALETTE.length]),
+    ...(background !== undefined ? { background } : {}),
   }));
   return ignore === undefined ? { classes } : { classes, ignore: ignore as number };
 }
@@ -216,10 +244,10 @@ export async function loadClassMap(path: string): Promise<ClassMap> {
 
 /**
  * Builds a class map from the mask values found in a data set: each distinct value becomes a class `class_<value>`,
- * in increasing value order, with palette colours.
+ * in increasing value order, with palette colours. When the masks hold 0, `class_0` is marked `background: true`.
  * @throws {@link InvalidOptionError} when a value is not an integer in `0..255` or there are none.
  * @example
- * inferClassMap([255, 0, 0]); // classes class_0 (value 0) and class_255 (value 255)
+ * inferClassMap([255, 0, 0]); // classes class_0 (value 0, the background) and class_255 (value 255)
  */
 export function inferClassMap(values: Iterable<number>): ClassMap {
   const distinct = [...new Set(values)].sort((a, b) => a - b);
@@ -233,7 +261,47 @@ export function inferClassMap(values: Iterable<number>): ClassMap {
       'Pass the values collected from the masks (collectMaskValues).',
     );
   }
-  return parseClassMap({ classes: distinct.map((value) => ({ name: `class_${value}`, value })) }, '(inferred)');
+  return parseClassMap(
+    {
+      classes: distinct.map((value) => ({
+        name: `class_${value}`,
+        value,
+        ...(value === 0 ? { background: true } : {}),
+      })),
+    },
+    '(inferred)',
+  );
+}
+
+/** What {@link backgroundClass} needs of a class. */
+export interface BackgroundCandidate {
+  name: string;
+  value: number;
+  background?: boolean;
+}
+
+/**
+ * The background class of a class map: the one rule that overlays (left untinted), GeoJSON polygons (left out unless
+ * asked for by name) and skipped whole-slide tiles (given this class) follow.
+ *
+ * 1. the class marked `background: true`, if one is;
+ * 2. else the class named `background` (any case), if there is one;
+ * 3. else the class of value 0, if there is one;
+ * 4. else none.
+ *
+ * A class marked `background: false` is passed over by steps 2 and 3, so a map whose value 0 is a real class can say
+ * so. Model folders written before the flag existed follow steps 2 to 4.
+ * @param classes - The classes, in class-index order (e.g. `manifest.classes`).
+ * @returns The background class (the same object), or `undefined` when there is none.
+ * @example
+ * backgroundClass([{ name: 'class_0', value: 0 }, { name: 'class_1', value: 1 }]); // class_0 (value 0)
+ * backgroundClass([{ name: 'tumour', value: 0 }, { name: 'glass', value: 9, background: true }]); // glass
+ */
+export function backgroundClass<T extends BackgroundCandidate>(classes: readonly T[]): T | undefined {
+  const flagged = classes.find((c) => c.background === true);
+  if (flagged) return flagged;
+  const candidates = classes.filter((c) => c.background !== false);
+  return candidates.find((c) => c.name.toLowerCase() === 'background') ?? candidates.find((c) => c.value === 0);
 }
 
 /**

@@ -15,8 +15,10 @@ export {
   writePng,
 } from './image-io.js';
 export {
+  type BackgroundCandidate,
   type ClassDef,
   type ClassMap,
+  backgroundClass,
   type LabelLookup,
   CLASS_PALETTE,
   IGNORE_INDEX,

@@ -60,16 +60,18 @@ export interface FileDigest {
 }
 
 /**
- * Checks a parsed manifest.json.
- * @throws ModelFormatError naming the folder and the bad field.
+ * Checks a parsed manifest.json. Classes without a `background` flag (every folder written before it existed) are
+ * fine: core's `backgroundClass` then falls back to the class named `background`, else the class of value 0.
+ * @throws ModelFormatError naming the folder and the bad field (including a `background` flag that is not a boolean,
+ * or `"background": true` on more than one class).
  */
 export function validateManifest(value: unknown, dir: string): ModelManifest {
   const m = value as Partial<ModelManifest> | null;
-  const fail = (what: string) =>
-    new ModelFormatError(
-      `Model folder ${dir} has an invalid manifest.json: ${what}.`,
-      'Re-export or retrain the model.',
-    );
+  const fail = (what: string, hint = 'Re-export or retrain the model.') =>
+    new ModelFormatError(`Model folder ${dir} has an invalid manifest.json: ${what}.`, hint);
+  const flagHint =
+    'Edit manifest.json: "background": true on one class at most, or no flag at all (the class named ' +
+    '"background" is then the background, else the class of value 0).';
   if (!m || typeof m !== 'object') throw fail(`expected an object, received ${describeValue(value)}`);
   if (m.format !== 'tessera-model') throw fail(`"format" is ${describeValue(m.format)}, expected "tessera-model"`);
   if (typeof m.formatVersion !== 'number') throw fail('"formatVersion" is missing');
@@ -81,6 +83,21 @@ export function validateManifest(value: unknown, dir: string): ModelManifest {
   }
   if (!m.architecture || typeof m.architecture.name !== 'string') throw fail('"architecture.name" is missing');
   if (!Array.isArray(m.classes) || m.classes.length < 2) throw fail('"classes" must list at least two classes');
+  const flagged: string[] = [];
+  m.classes.forEach((c, i) => {
+    const flag = (c as { background?: unknown } | null)?.background;
+    if (flag !== undefined && typeof flag !== 'boolean') {
+      throw fail(`expected classes[${i}].background to be true or false but received ${describeValue(flag)}`, flagHint);
+    }
+    if (flag === true) flagged.push(`classes[${i}] ("${c.name}")`);
+  });
+  if (flagged.length > 1) {
+    throw fail(
+      `${flagged.join(' and ')} are ${flagged.length === 2 ? 'both' : 'all'} marked "background": true; ` +
+        'expected at most one background class',
+      flagHint,
+    );
+  }
   if (!Number.isInteger(m.inputChannels) || (m.inputChannels as number) < 1) throw fail('"inputChannels" is missing');
   if (!m.normalization || !Array.isArray(m.normalization.mean)) throw fail('"normalization" is missing');
   if (!m.files?.weights?.sha256 || !m.files?.topology?.sha256) throw fail('"files" with checksums is missing');

@@ -103,6 +103,31 @@ describe('model folders', () => {
     );
   });
 
+  it('keeps background flags and refuses a bad flag or two flagged classes', async () => {
+    const out = join(dir, 'flagged');
+    const classes = [
+      { name: 'tumour', value: 0, color: '#ff0000', background: false },
+      { name: 'glass', value: 255, color: '#ffffff', background: true },
+    ];
+    await saveModel(out, smallModel(), { ...draft, classes });
+    expect((await readManifest(out)).classes).toEqual(classes);
+    const manifest = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'));
+    manifest.classes[0].background = 'no';
+    await writeFile(join(out, 'manifest.json'), JSON.stringify(manifest));
+    await expect(readManifest(out)).rejects.toThrow(
+      `Model folder ${out} has an invalid manifest.json: expected classes[0].background to be true or false but ` +
+        'received "no" of type string.',
+    );
+    manifest.classes[0].background = true;
+    await writeFile(join(out, 'manifest.json'), JSON.stringify(manifest));
+    const both = readManifest(out);
+    await expect(both).rejects.toBeInstanceOf(ModelFormatError);
+    await expect(both).rejects.toThrow(
+      'classes[0] ("tumour") and classes[1] ("glass") are both marked "background": true; expected at most one ' +
+        'background class.',
+    );
+  });
+
   it('says when a folder is not a model', async () => {
     await expect(readManifest(join(dir, 'nope'))).rejects.toThrow(InputNotFoundError);
     await expect(readManifest(join(dir, 'nope'))).rejects.toThrow(

@@ -1,0 +1,111 @@
+/**
+ * TIFF levels decoded by Tessera's tile decoder: which ones ({@link tiffDecoder}) and their {@link TileGrid}s.
+ * JPEG and JPEG 2000 levels go this way, because their colour space is not the TIFF's alone to say (QuPath's JFIF
+ * tiles in Photometric RGB files, Aperio's YCbCr JPEG 2000) and libvips cannot decode Aperio's JPEG 2000 at all.
+ */
+import type { TileCodec, TileGrid } from './tiles.js';
+
+/** The TIFF tags of one image file directory that the slide reader uses (as geotiff names them). */
+export interface TiffDirectory {
+  ImageWidth: number;
+  ImageLength: number;
+  TileWidth?: number;
+  TileLength?: number;
+  TileOffsets?: ArrayLike<number>;
+  TileByteCounts?: ArrayLike<number>;
+  StripOffsets?: ArrayLike<number>;
+  StripByteCounts?: ArrayLike<number>;
+  RowsPerStrip?: number;
+  Compression?: number;
+  PhotometricInterpretation?: number;
+  SamplesPerPixel?: number;
+  BitsPerSample?: ArrayLike<number> | number;
+  PlanarConfiguration?: number;
+  JPEGTables?: ArrayLike<number>;
+  NewSubfileType?: number;
+  ImageDescription?: string;
+  XResolution?: ArrayLike<number>;
+  YResolution?: ArrayLike<number>;
+  ResolutionUnit?: number;
+  SubIFDs?: ArrayLike<number> | number;
+}
+
+/** TIFF compression codes whose levels Tessera decodes tile by tile, with the name of each. */
+export const TILE_DECODED_COMPRESSIONS: Readonly<Record<number, string>> = {
+  7: 'JPEG',
+  33003: 'Aperio JPEG 2000 (YCbCr)',
+  33005: 'Aperio JPEG 2000 (RGB)',
+  34712: 'JPEG 2000',
+};
+
+const PHOTOMETRIC_GREY = new Set([0, 1]);
+const PHOTOMETRIC_RGB = 2;
+const PHOTOMETRIC_YCBCR = 6;
+
+function bitsOf(d: TiffDirectory): number {
+  const bits = d.BitsPerSample;
+  if (bits === undefined) return 1;
+  return typeof bits === 'number' ? bits : Number(bits[0]);
+}
+
+/**
+ * Who decodes a TIFF level: `tiles` for 8-bit, chunky JPEG and JPEG 2000 levels of grey, RGB or YCbCr samples;
+ * `libvips` for everything else (lossless codecs, other sample formats).
+ */
+export function tiffDecoder(d: TiffDirectory): 'libvips' | 'tiles' {
+  const compression = d.Compression ?? 1;
+  if (!(compression in TILE_DECODED_COMPRESSIONS)) return 'libvips';
+  const samples = d.SamplesPerPixel ?? 1;
+  const photometric = d.PhotometricInterpretation ?? (samples >= 3 ? PHOTOMETRIC_RGB : 1);
+  const colour = photometric === PHOTOMETRIC_RGB || photometric === PHOTOMETRIC_YCBCR;
+  const plain = (samples === 1 && PHOTOMETRIC_GREY.has(photometric)) || (samples === 3 && colour);
+  return plain && bitsOf(d) === 8 && (d.PlanarConfiguration ?? 1) === 1 ? 'tiles' : 'libvips';
+}
+
+/** The codec of a tile-decoded TIFF level. */
+export function tiffCodec(d: TiffDirectory): TileCodec {
+  const compression = d.Compression ?? 1;
+  const samples = d.SamplesPerPixel ?? 1;
+  const photometric = d.PhotometricInterpretation ?? (samples >= 3 ? PHOTOMETRIC_RGB : 1);
+  if (compression === 7) {
+    const tables = d.JPEGTables ? Uint8Array.from(d.JPEGTables) : undefined;
+    const space = samples === 1 ? 'grey' : photometric === PHOTOMETRIC_YCBCR ? 'ycbcr' : 'rgb';
+    return { kind: 'jpeg', tables, photometric: space };
+  }
+  // Aperio: 33003 holds YCbCr components, 33005 RGB; other JPEG 2000 in TIFF follows the Photometric tag.
+  const ycbcr = compression === 33003 || (compression === 34712 && photometric === PHOTOMETRIC_YCBCR);
+  return { kind: 'jpeg2000', colour: ycbcr ? 'ycbcr' : 'rgb' };
+}
+
+/** The tile grid of a tile-decoded TIFF level (tiles, or strips as tiles of the image's width). */
+export function tiffTileGrid(file: string, d: TiffDirectory, level: number): TileGrid {
+  const tiled = d.TileWidth !== undefined && d.TileOffsets !== undefined;
+  const tileWidth = tiled ? d.TileWidth! : d.ImageWidth;
+  const tileHeight = tiled ? (d.TileLength ?? d.TileWidth!) : Math.min(d.RowsPerStrip ?? d.ImageLength, d.ImageLength);
+  const offsets = (tiled ? d.TileOffsets : d.StripOffsets) ?? [];
+  const counts = (tiled ? d.TileByteCounts : d.StripByteCounts) ?? [];
+  const columns = Math.ceil(d.ImageWidth / tileWidth);
+  const rows = Math.ceil(d.ImageLength / tileHeight);
+  const n = columns * rows;
+  const grid: TileGrid = {
+    file,
+    width: d.ImageWidth,
+    height: d.ImageLength,
+    tileWidth,
+    tileHeight,
+    columns,
+    rows,
+    offsets: new Float64Array(n),
+    lengths: new Float64Array(n),
+    codec: tiffCodec(d),
+    samples: (d.SamplesPerPixel ?? 1) >= 3 ? 3 : 1,
+    fill: 255,
+    encoding: TILE_DECODED_COMPRESSIONS[d.Compression ?? 1] ?? `compression ${d.Compression}`,
+    level,
+  };
+  for (let i = 0; i < n && i < offsets.length; i++) {
+    grid.offsets[i] = Number(offsets[i]);
+    grid.lengths[i] = Number(offsets[i]) > 0 ? Number(counts[i] ?? 0) : 0;
+  }
+  return grid;
+}
