@@ -132,6 +132,74 @@ describe('whole-slide prediction through the CLI', () => {
   });
 });
 
+describe('slides in JPEG 2000 and DICOM through the CLI', () => {
+  const hasOpj = spawnSync('opj_compress', ['-h']).status !== null;
+  const FIXTURES = join(DATA, 'slides/wsi-openslide-python-fixtures');
+
+  it.skipIf(!hasOpj)('predicts an Aperio JPEG 2000 SVS (33003): the pipeline gets exactly the decoded pixels', async () => {
+    const { writeJpeg2000Svs } = await import('../../../packages/tiler/test/make-slides.mjs');
+    const { openSlide, readRegion } = await import('@tessera/tiler');
+    const cmu = await openSlide(CMU);
+    const { data } = await readRegion(cmu, { x: 600, y: 900, width: 720, height: 600 });
+    const svs = join(root, 'j2k.svs');
+    await writeJpeg2000Svs(svs, data, 720, 600, { compression: 33003, downsamples: [] });
+    const info = run(process.execPath, [BIN, 'info', svs]);
+    expect(info.stdout).toMatch(/0: 720 x 600, downsample 1\.000, tiles 240x240, Aperio JPEG 2000 \(YCbCr\)/);
+    const out = join(root, 'out-j2k');
+    const result = run(process.execPath, [BIN, 'predict', svs, '--model', model, '--out', out, '--json']);
+    expect(result.stderr).not.toMatch(/error/i);
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout).outputs[0].wholeSlide).toMatchObject({ width: 720, height: 600, mpp: 0.499 });
+    // The pipeline gets exactly the decoded pixels: the same pixels in a lossless tiled TIFF give the same labels.
+    const decoded = await readRegion(await openSlide(svs), { x: 0, y: 0, width: 720, height: 600 });
+    const lossless = join(root, 'j2k-decoded.tif');
+    await sharp(decoded.data, { raw: { width: 720, height: 600, channels: 3 } })
+      .tiff({ tile: true, tileWidth: 256, tileHeight: 256, compression: 'deflate' })
+      .toFile(lossless);
+    expect(run(process.execPath, [BIN, 'predict', lossless, '--model', model, '--out', out]).code).toBe(0);
+    const labels = async (name: string) => sharp(join(out, name)).extractChannel(0).raw().toBuffer();
+    const fromJ2k = await labels('j2k_labels.tif');
+    expect(fromJ2k.equals(await labels('j2k-decoded_labels.tif'))).toBe(true);
+    expect(new Set(fromJ2k).size).toBe(2); // both classes present: the comparison can fail
+  });
+
+  it('predicts a DICOM slide given as its folder or as one of its files, and names non-slide DICOM files', async () => {
+    const { copyFile, mkdir, writeFile } = await import('node:fs/promises');
+    const folder = join(root, 'dicom-slide');
+    await mkdir(folder);
+    for (const name of ['boxes_0.dcm', 'boxes_1.dcm']) await copyFile(join(FIXTURES, name), join(folder, name));
+    const info = run(process.execPath, [BIN, 'info', folder]);
+    expect(info.code).toBe(0);
+    expect(info.stdout).toMatch(/format: +dicom/);
+    expect(info.stdout).toMatch(/0: 16 x 16, downsample 1\.000, tiles 64x64, DICOM JPEG baseline \(boxes_0\.dcm\)/);
+    const out = join(root, 'out-dicom');
+    const result = run(process.execPath, [BIN, 'predict', folder, '--model', model, '--out', out, '--json']);
+    expect(result.stderr).not.toMatch(/error/i);
+    expect(result.code).toBe(0);
+    const outputs = JSON.parse(result.stdout).outputs;
+    expect(outputs).toHaveLength(1); // one slide, not one per instance
+    expect(outputs[0].wholeSlide).toMatchObject({ width: 16, height: 16, mpp: 0.499 });
+    expect((await sharp(join(out, 'dicom-slide_labels.tif')).metadata()).width).toBe(16);
+    const single = run(process.execPath, [BIN, 'predict', join(folder, 'boxes_0.dcm'), '--model', model, '--out', out]);
+    expect(single.code).toBe(0);
+    // A DICOM file that is not a slide: exit 5 naming what it is, never "not an image".
+    const ct = join(root, 'ct.dcm');
+    const bytes = Buffer.from(await readFile(join(FIXTURES, 'boxes_0.dcm')));
+    const sop = bytes.indexOf('1.2.840.10008.5.1.4.1.1.77.1.6');
+    bytes.write('1.2.840.10008.5.1.4.1.1.2\0\0\0\0\0', sop, 'latin1'); // CT Image Storage, same length
+    let next = bytes.indexOf('1.2.840.10008.5.1.4.1.1.77.1.6', sop + 1);
+    while (next >= 0) {
+      bytes.write('1.2.840.10008.5.1.4.1.1.2\0\0\0\0\0', next, 'latin1');
+      next = bytes.indexOf('1.2.840.10008.5.1.4.1.1.77.1.6', next + 1);
+    }
+    await writeFile(ct, bytes);
+    const refused = run(process.execPath, [BIN, 'predict', ct, '--model', model, '--out', join(root, 'out-ct')]);
+    expect(refused.code).toBe(5);
+    expect(refused.stderr).toMatch(/a DICOM file/);
+    expect(refused.stderr).toMatch(/CT Image/);
+  });
+});
+
 describe('interrupted whole-slide prediction', () => {
   it('SIGTERM exits 130 keeping the finished rows, and --resume completes to the same bytes', async () => {
     // A 1024 x 1536 crop of CMU-1 as a tiled pyramidal TIFF: 7 bands of rows with 256 px tiles.

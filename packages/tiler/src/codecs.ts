@@ -239,6 +239,11 @@ function toSamples(tile: DecodedTile, samples: 1 | 3): DecodedTile {
  */
 export async function decodeTile(bytes: Uint8Array, grid: TileGrid, index: number): Promise<DecodedTile> {
   try {
+    if (grid.codec.kind === 'raw') {
+      const expected = grid.tileWidth * grid.tileHeight * grid.samples;
+      if (bytes.length !== expected) throw new Error(`expected ${expected} bytes of samples but found ${bytes.length}`);
+      return { data: bytes, width: grid.tileWidth, height: grid.tileHeight, channels: grid.samples };
+    }
     const tile =
       grid.codec.kind === 'jpeg'
         ? await decodeJpeg(bytes, { ...grid, codec: grid.codec })

@@ -28,12 +28,15 @@ const SUPPORTED_SYNTAXES: Readonly<Record<string, { name: string; encoding: stri
     encoding: 'DICOM HTJ2K',
   },
   '1.2.840.10008.1.2.4.203': { name: 'High-Throughput JPEG 2000', encoding: 'DICOM HTJ2K' },
+  '1.2.840.10008.1.2.1': { name: 'Explicit VR Little Endian (uncompressed)', encoding: 'DICOM uncompressed' },
+  '1.2.840.10008.1.2': { name: 'Implicit VR Little Endian (uncompressed)', encoding: 'DICOM uncompressed' },
 };
+
+/** Transfer syntaxes whose frames are stored as they are, one after the other (native pixel data). */
+const NATIVE_SYNTAXES = new Set(['1.2.840.10008.1.2.1', '1.2.840.10008.1.2']);
 
 /** Names of transfer syntaxes seen in the wild that Tessera does not decode. */
 const OTHER_SYNTAXES: Readonly<Record<string, string>> = {
-  '1.2.840.10008.1.2': 'Implicit VR Little Endian (uncompressed)',
-  '1.2.840.10008.1.2.1': 'Explicit VR Little Endian (uncompressed)',
   '1.2.840.10008.1.2.1.99': 'Deflated Explicit VR Little Endian',
   '1.2.840.10008.1.2.2': 'Explicit VR Big Endian (uncompressed)',
   '1.2.840.10008.1.2.4.57': 'JPEG Lossless, Non-Hierarchical (Process 14)',
@@ -123,7 +126,7 @@ function syntaxName(uid: string): string {
 }
 
 function sopClassName(uid: string): string {
-  return SOP_CLASSES[uid] ?? 'an unrecognised SOP class';
+  return SOP_CLASSES[uid] ?? `SOP class ${uid || '(missing)'}`;
 }
 
 function supportedList(): string {
@@ -154,13 +157,14 @@ function parserMessage(error: unknown): string {
 }
 
 /**
- * Parses the header bytes of a DICOM file up to the top-level pixel data element (included: its offset and length).
+ * Parses the header bytes of a DICOM file up to the top-level pixel data element (included: its offset and length),
+ * or all of it when `complete` and it has no pixel data (annotations, structured reports, DICOMDIR).
  * dicom-parser 1.8.21 reads elements of VR OV (the Extended Offset Table, 7FE0,0001 and 7FE0,0002) with the short
  * explicit-VR header and derails (cornerstonejs/dicomParser#284): then parsing stops before the table, and the two
  * table elements and the pixel data element are read from there with dicom-parser's element readers.
  * @throws what dicom-parser throws when the bytes end before the pixel data.
  */
-function parseHeaderBytes(bytes: Uint8Array): DataSet {
+function parseHeaderBytes(bytes: Uint8Array, complete: boolean): DataSet {
   let dataSet: DataSet | undefined;
   let failure: unknown;
   try {
@@ -170,8 +174,8 @@ function parseHeaderBytes(bytes: Uint8Array): DataSet {
     dataSet = (error as { dataSet?: DataSet } | undefined)?.dataSet;
   }
   if (dataSet?.elements.x7fe00001?.vr !== 'OV') {
-    if (failure !== undefined) throw failure;
-    if (!dataSet?.elements.x7fe00010) throw new Error('the bytes end before the pixel data (7FE0,0010)');
+    if (failure !== undefined || !dataSet) throw failure;
+    if (!dataSet.elements.x7fe00010 && !complete) throw new Error('the bytes end before the pixel data (7FE0,0010)');
     return dataSet;
   }
   const header = dicomParser.parseDicom(bytes, { untilTag: 'x7fe00001' });
@@ -225,7 +229,7 @@ async function readHeader(file: string): Promise<{ dataSet: DataSet; bytes: numb
       const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, bytesRead);
       if (!isDicomHeader(bytes)) return null;
       try {
-        return { dataSet: parseHeaderBytes(bytes), bytes: size };
+        return { dataSet: parseHeaderBytes(bytes, bytesRead >= size), bytes: size };
       } catch (error) {
         if (bytesRead >= size)
           throw damaged(file, `expected a DICOM header but dicom-parser failed: ${parserMessage(error)}`, error);
@@ -285,11 +289,13 @@ function instanceOf(file: string, dataSet: DataSet, bytes: number): Instance {
 }
 
 function notWsi(instance: Instance): SlideFormatError {
-  const what = instance.modality
-    ? `${sopClassName(instance.sopClass)} (SOP Class UID ${instance.sopClass}, modality ${instance.modality})`
-    : `${sopClassName(instance.sopClass)} (SOP Class UID ${instance.sopClass || 'missing'})`;
+  const name = SOP_CLASSES[instance.sopClass];
+  const modality = instance.modality ? `, modality ${instance.modality}` : '';
+  const what = name
+    ? `a ${name} (SOP Class UID ${instance.sopClass}${modality})`
+    : `an instance of an unrecognised SOP class (SOP Class UID ${instance.sopClass || 'missing'}${modality})`;
   return new SlideFormatError(
-    `"${instance.file}" is a DICOM file, but a ${what}; expected a VL Whole Slide Microscopy Image ` +
+    `"${instance.file}" is a DICOM file, but ${what}; expected a VL Whole Slide Microscopy Image ` +
       `(SOP Class UID ${WSI_SOP_CLASS}).`,
     'Tessera reads DICOM whole-slide images only: pass a slide instance (ImageType VOLUME) or the folder of its series.',
   );
@@ -316,7 +322,7 @@ function codecOf(instance: Instance, level: number): { codec: TileCodec; samples
   const uid = instance.transferSyntax;
   const syntax = SUPPORTED_SYNTAXES[uid];
   if (!syntax) {
-    const native = uid in OTHER_SYNTAXES && !/JPEG|RLE|Deflated/.test(OTHER_SYNTAXES[uid]);
+    const native = /uncompressed/.test(OTHER_SYNTAXES[uid] ?? '');
     const planar = native && instance.planar === 1 ? ', colour-by-plane' : '';
     throw new SlideFormatError(
       `${where} stores its frames as ${syntaxName(uid)}${planar} (transfer syntax ${uid || 'missing'}); expected ` +
@@ -344,6 +350,13 @@ function codecOf(instance: Instance, level: number): { codec: TileCodec; samples
   const allowed = uid.endsWith('.50') || uid.endsWith('.51') ? ['YBR_FULL_422', 'YBR_FULL', 'RGB', 'MONOCHROME2'] : [];
   if (uid.endsWith('.90') || uid.endsWith('.91')) allowed.push('YBR_ICT', 'YBR_RCT', 'RGB', 'YBR_FULL', 'MONOCHROME2');
   if (/\.20[123]$/.test(uid)) allowed.push('YBR_ICT', 'YBR_RCT', 'RGB', 'MONOCHROME2');
+  if (NATIVE_SYNTAXES.has(uid)) allowed.push('RGB', 'MONOCHROME2');
+  if (NATIVE_SYNTAXES.has(uid) && instance.planar === 1) {
+    throw new SlideFormatError(
+      `${where} stores its uncompressed frames colour-by-plane (PlanarConfiguration 1); expected colour-by-pixel (0).`,
+      `Tessera reads interleaved uncompressed frames only. ${REEXPORT_HINT}`,
+    );
+  }
   if (!allowed.includes(photometric) || grey !== (instance.samples === 1)) {
     throw new SlideFormatError(
       `${where}: expected a PhotometricInterpretation (0028,0004) of ${allowed.join(', ')} for ${syntax.name} ` +
@@ -355,6 +368,8 @@ function codecOf(instance: Instance, level: number): { codec: TileCodec; samples
   let codec: TileCodec;
   if (uid.endsWith('.50') || uid.endsWith('.51')) {
     codec = { kind: 'jpeg', photometric: grey ? 'grey' : photometric === 'RGB' ? 'rgb' : 'ycbcr' };
+  } else if (NATIVE_SYNTAXES.has(uid)) {
+    codec = { kind: 'raw' };
   } else if (uid.endsWith('.90') || uid.endsWith('.91')) {
     // YBR_ICT and YBR_RCT are undone by the codestream's own component transform; YBR_FULL is YCbCr without it.
     codec = { kind: 'jpeg2000', colour: photometric === 'YBR_FULL' ? 'ycbcr' : 'rgb' };
@@ -374,6 +389,9 @@ function checkGeometry(instance: Instance, level: number): void {
         `${instance.totalColumns}x${instance.totalRows}.`,
       'The file is not a complete whole-slide instance: export the series from the archive again.',
     );
+  }
+  if (!instance.dataSet.elements.x7fe00010) {
+    throw damaged(instance.file, `expected pixel data (7FE0,0010) for level ${level} but the file has none`);
   }
   if (instance.concatenation) {
     throw new SlideFormatError(
@@ -615,6 +633,7 @@ export async function dicomTileGrid(file: string, level: number): Promise<TileGr
   checkGeometry(instance, level);
   const { codec, samples, encoding } = codecOf(instance, level);
   const pixelData = instance.dataSet.elements.x7fe00010;
+  if (codec.kind === 'raw') return nativeTileGrid(instance, level, samples, encoding);
   if (!pixelData.hadUndefinedLength) {
     throw damaged(
       file,
@@ -661,16 +680,53 @@ export async function dicomTileGrid(file: string, level: number): Promise<TileGr
   };
 }
 
-/** The DICOM files of a folder with their headers (files that are not DICOM are skipped). */
-async function readFolder(folder: string): Promise<Instance[]> {
+/** The tile grid of an instance whose frames are stored uncompressed, one after the other. */
+function nativeTileGrid(instance: Instance, level: number, samples: 1 | 3, encoding: string): TileGrid {
+  const pixelData = instance.dataSet.elements.x7fe00010;
+  const columns = Math.ceil(instance.totalColumns / instance.columns);
+  const rows = Math.ceil(instance.totalRows / instance.rows);
+  const frameBytes = instance.columns * instance.rows * samples;
+  const tiles = frameTiles(instance, columns, rows, level);
+  const offsets = new Float64Array(columns * rows);
+  const lengths = new Float64Array(columns * rows);
+  for (let i = 0; i < tiles.length; i++) {
+    const tile = tiles[i];
+    if (tile < 0 || lengths[tile] > 0) continue;
+    const end = pixelData.dataOffset + (i + 1) * frameBytes;
+    if (end > instance.bytes) throw truncatedSlide(instance.file, level, end, instance.bytes);
+    offsets[tile] = pixelData.dataOffset + i * frameBytes;
+    lengths[tile] = frameBytes;
+  }
+  return {
+    file: instance.file,
+    width: instance.totalColumns,
+    height: instance.totalRows,
+    tileWidth: instance.columns,
+    tileHeight: instance.rows,
+    columns,
+    rows,
+    offsets,
+    lengths,
+    codec: { kind: 'raw' },
+    samples,
+    fill: 255,
+    encoding,
+    level,
+  };
+}
+
+/**
+ * The DICOM files of a folder with their headers; files that are not DICOM are skipped, and so are damaged DICOM
+ * files when `skipDamaged` (the siblings of a file asked for, which may belong to other series).
+ */
+async function readFolder(folder: string, skipDamaged: boolean): Promise<Instance[]> {
   const names = (await readdir(folder, { withFileTypes: true })).filter((entry) => entry.isFile()).map((e) => e.name);
   names.sort();
   const instances: Instance[] = [];
   for (const name of names) {
     const file = join(folder, name);
     const header = await readHeader(file).catch((error: unknown) => {
-      // A damaged file that is not the one asked for should not hide the others; a broken DICOM one is reported.
-      if (error instanceof SlideFormatError) throw error;
+      if (error instanceof SlideFormatError && !skipDamaged) throw error;
       return null;
     });
     if (header) instances.push(instanceOf(file, header.dataSet, header.bytes));
@@ -692,7 +748,7 @@ function describeSeries(instances: Instance[]): string {
 /**
  * Opens a DICOM whole-slide image and reads its structure (no pixels). `path` is one `.dcm` file, whose series is
  * every DICOM file in the same folder with the same SeriesInstanceUID (as OpenSlide does), or a folder holding one
- * series. The levels are the VL Whole Slide Microscopy instances of ImageType VOLUME (or THUMBNAIL when there is no
+ * slide series (series without a whole-slide instance beside it, such as annotations or a DICOMDIR, are ignored). The levels are the VL Whole Slide Microscopy instances of ImageType VOLUME (or THUMBNAIL when there is no
  * VOLUME), largest first, each in its own file (`level.file`) and decoded by Tessera's tile decoder; LABEL,
  * OVERVIEW and the THUMBNAIL beside VOLUME instances are listed in `associated` as `label`, `macro` and
  * `thumbnail`. µm per pixel comes from level 0's PixelSpacing (shared functional groups).
@@ -716,8 +772,10 @@ export async function openDicomSlide(path: string): Promise<SlideInfo> {
   }
   let series: Instance[];
   if (isFolder) {
-    const instances = await readFolder(path);
+    const instances = await readFolder(path, false);
     const uids = new Set(instances.map((i) => i.series));
+    // Series without a slide instance (annotations, reports, a DICOMDIR) do not make the folder ambiguous.
+    const slides = new Set(instances.filter((i) => i.sopClass === WSI_SOP_CLASS).map((i) => i.series));
     if (instances.length === 0) {
       throw new SlideFormatError(
         `Folder "${path}" holds no DICOM file (none starts with the DICM preamble); expected the files of one ` +
@@ -725,21 +783,22 @@ export async function openDicomSlide(path: string): Promise<SlideInfo> {
         'Pass the folder that holds the .dcm files of the slide, or one of those files.',
       );
     }
-    if (uids.size > 1) {
+    if (slides.size > 1 || (slides.size === 0 && uids.size > 1)) {
       throw new SlideFormatError(
-        `Folder "${path}" holds ${uids.size} DICOM series; expected one whole-slide series. Series: ` +
+        `Folder "${path}" holds ${uids.size} DICOM series${slides.size > 1 ? `, ${slides.size} of them slides` : ''}; ` +
+          `expected one whole-slide series. Series: ` +
           `${describeSeries(instances)}.`,
         'Pass one .dcm file of the slide instead (its series is then read from the folder), or move each series ' +
           'to a folder of its own.',
       );
     }
-    series = instances;
+    series = slides.size === 1 ? instances.filter((i) => slides.has(i.series)) : instances;
   } else {
     const header = await readHeader(path);
     if (!header) throw damaged(path, 'expected a DICOM Part 10 file (DICM at byte 128) but the file does not start so');
     const chosen = instanceOf(path, header.dataSet, header.bytes);
     if (chosen.sopClass !== WSI_SOP_CLASS) throw notWsi(chosen);
-    const siblings = await readFolder(dirname(path));
+    const siblings = await readFolder(dirname(path), true);
     series = siblings.filter((i) => i.series === chosen.series && basename(i.file) !== basename(path));
     series.unshift(chosen);
   }
@@ -818,6 +877,7 @@ export async function openDicomSlide(path: string): Promise<SlideInfo> {
     subifd: -1,
     decoder: 'tiles',
     file: instance.file,
+    encoding: SUPPORTED_SYNTAXES[instance.transferSyntax]?.encoding ?? syntaxName(instance.transferSyntax),
   }));
   const mpp = pixelSpacing(first.dataSet);
   return {

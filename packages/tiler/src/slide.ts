@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import { InputNotFoundError, type RasterImage } from '@tessera/core';
 import { isDicomHeader, openDicomSlide, dicomTileGrid } from './dicom.js';
 import { readGridRegion, type TileGrid } from './tiles.js';
-import { tiffDecoder, tiffTileGrid, type TiffDirectory } from './tiff-tiles.js';
+import { jpegLevelDecoder, tiffDecoder, tiffTileGrid, type TiffDirectory } from './tiff-tiles.js';
 import {
   SUPPORTED_COMPRESSIONS,
   SlideFormatError,
@@ -285,12 +285,14 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     const isPhilips = description.includes('<DataObject') && description.includes('DPUfsImport');
     refuseUnreadLayouts(path, directories);
     const levels: SlideLevel[] = [levelOf(first, 0, -1, 0)];
+    const subDirectories: Directory[] = [];
     const associated: SlideInfo['associated'] = [];
     const subOffsets = first.SubIFDs === undefined ? [] : Array.from(first.SubIFDs as ArrayLike<number>);
     if (typeof first.SubIFDs === 'number') subOffsets.push(first.SubIFDs);
     if (subOffsets.length > 0) {
       for (const [k, offset] of subOffsets.entries()) {
         const sub = (await tiff.parseFileDirectoryAt(Number(offset))).fileDirectory as Directory;
+        subDirectories.push(sub);
         levels.push(levelOf(sub, 0, k, levels.length, first));
         checkDirectory(path, sub, levels.length - 1, bytes);
       }
@@ -316,6 +318,12 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     }
     for (const level of levels) {
       if (level.subifd < 0) checkDirectory(path, directories[level.page], level.index, bytes);
+      if (level.decoder === 'tiles' && level.compression === 7) {
+        level.decoder = await jpegLevelDecoder(
+          path,
+          level.subifd < 0 ? directories[level.page] : subDirectories[level.subifd],
+        );
+      }
     }
     let mpp: SlideInfo['mpp'] = null;
     let mppSource: SlideInfo['mppSource'] = null;

@@ -3,6 +3,8 @@
  * JPEG and JPEG 2000 levels go this way, because their colour space is not the TIFF's alone to say (QuPath's JFIF
  * tiles in Photometric RGB files, Aperio's YCbCr JPEG 2000) and libvips cannot decode Aperio's JPEG 2000 at all.
  */
+import { open } from 'node:fs/promises';
+import { jpegColourSpace, scanJpegMarkers } from './codecs.js';
 import type { TileCodec, TileGrid } from './tiles.js';
 
 /** The TIFF tags of one image file directory that the slide reader uses (as geotiff names them). */
@@ -108,4 +110,37 @@ export function tiffTileGrid(file: string, d: TiffDirectory, level: number): Til
     grid.lengths[i] = Number(offsets[i]) > 0 ? Number(counts[i] ?? 0) : 0;
   }
   return grid;
+}
+
+/**
+ * Who decodes a JPEG level: libvips (faster: one call per region instead of one per tile) when it reads the level's
+ * colours right, that is when the colour space the stream states ({@link jpegColourSpace}, read from the first stored
+ * tile and the JPEGTables) is the one the Photometric tag says, which is all libvips and OpenSlide go by; Tessera's
+ * tile decoder otherwise (QuPath's JFIF tiles in Photometric RGB files).
+ */
+export async function jpegLevelDecoder(path: string, d: TiffDirectory): Promise<'libvips' | 'tiles'> {
+  const codec = tiffCodec(d);
+  if (codec.kind !== 'jpeg' || codec.photometric === 'grey') return 'tiles';
+  const offsets = d.TileOffsets ?? d.StripOffsets ?? [];
+  const counts = d.TileByteCounts ?? d.StripByteCounts ?? [];
+  let index = 0;
+  while (index < offsets.length && !(Number(offsets[index]) > 0 && Number(counts[index]) > 0)) index++;
+  if (index === offsets.length) return 'tiles';
+  const handle = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(Math.min(Number(counts[index]), 65536));
+    await handle.read(head, 0, head.length, Number(offsets[index]));
+    const tile = scanJpegMarkers(head);
+    const tables = codec.tables ? scanJpegMarkers(codec.tables) : tile;
+    const markers = {
+      jfif: tile.jfif || tables.jfif,
+      adobeTransform: tile.adobeTransform ?? tables.adobeTransform,
+      components: tile.components || tables.components,
+      ids: tile.ids.length ? tile.ids : tables.ids,
+    };
+    if (markers.components !== 3) return 'tiles';
+    return jpegColourSpace(markers, codec.photometric) === codec.photometric ? 'libvips' : 'tiles';
+  } finally {
+    await handle.close();
+  }
 }

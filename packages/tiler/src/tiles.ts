@@ -35,6 +35,10 @@ export type TileCodec =
   | {
       /** High-throughput JPEG 2000 (DICOM 1.2.840.10008.1.2.4.201/202/203). */
       kind: 'htj2k';
+    }
+  | {
+      /** Uncompressed 8-bit samples, interleaved, `tileWidth x tileHeight` of them (DICOM native pixel data). */
+      kind: 'raw';
     };
 
 /** A level stored as a grid of encoded tiles in one file. Plain data, so it can be sent to worker threads. */

@@ -3,6 +3,8 @@
   reference.py openslide <slide> <level> <x> <y> <w> <h>   RGB bytes of a region of a level (level pixels), OpenSlide
   reference.py tiles <slide> <level> <x> <y> <w> <h>       the same, each JPEG tile decoded by Pillow (libjpeg's own
                                                            colour rule), structure from tifffile (OME-TIFF included)
+  reference.py dicom <instance.dcm> <level> <x> <y> <w> <h> the same from one DICOM instance, its frames decoded by
+                                                           pydicom (Pillow for JPEG), placed in TILED_FULL order
   reference.py props <slide>                               OpenSlide's levels, downsamples and µm/px as JSON
 
 Regions are written to stdout as raw interleaved RGB, rows top to bottom.
@@ -58,6 +60,25 @@ def tile_region(path, level, x, y, w, h):
         return out.tobytes()
 
 
+def dicom_region(path, level, x, y, w, h):
+    import numpy as np
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array
+    if frames.ndim == 3 and int(getattr(ds, 'NumberOfFrames', 1)) == 1:
+        frames = frames[None]
+    th, tw = int(ds.Rows), int(ds.Columns)
+    width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+    columns = -(-width // tw)
+    rows = -(-height // th)
+    full = np.full((rows * th, columns * tw, 3), 255, dtype=np.uint8)
+    for i in range(min(len(frames), rows * columns)):
+        r, c = divmod(i, columns)
+        full[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = frames[i].reshape(th, tw, -1)[..., :3]
+    return full[y : y + h, x : x + w].tobytes()
+
+
 def props(path):
     import openslide
 
@@ -78,7 +99,8 @@ def main(argv):
         sys.stdout.write(json.dumps(props(path)))
         return
     level, x, y, w, h = (int(v) for v in argv[3:8])
-    data = (openslide_region if mode == 'openslide' else tile_region)(path, level, x, y, w, h)
+    readers = {'openslide': openslide_region, 'tiles': tile_region, 'dicom': dicom_region}
+    data = readers[mode](path, level, x, y, w, h)
     sys.stdout.buffer.write(data)
 
 
