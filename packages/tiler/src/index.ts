@@ -32,11 +32,13 @@ export {
 } from './splitter.js';
 export { BandMerger, RowPool, type Band, type MergerOptions, type RowAccumulator } from './merger.js';
 export {
+  quantizeBand,
   SlideOutputWriter,
   VipsFileWriter,
   vipsHeader,
   type ClassArea,
   type OutputClass,
+  type QuantizedBand,
   type SlideOutputOptions,
   type SlideOutputs,
 } from './writer.js';
@@ -49,13 +51,19 @@ export {
   type PolygonsGeoJsonOptions,
 } from './geojson.js';
 export {
+  assembleSlidePrediction,
+  planSlidePrediction,
   predictSlide,
   resolveTilerOptions,
+  splitRegions,
   streamSlidePrediction,
   TILER_DEFAULTS,
   type BandSink,
   type OutputGeometry,
   type PredictSlideOptions,
+  type RegionResults,
+  type SlidePlan,
+  type SlideRegion,
   type ResumePoint,
   type ResolvedTilerOptions,
   type TilerOptions,

@@ -332,6 +332,11 @@ export class BandMerger {
     return { y: y0, x: this.x, stripe: this.stripe, height, width, probabilities, labels };
   }
 
+  /** The image row after the last emitted one. */
+  get emittedRows(): number {
+    return this.emitted;
+  }
+
   /** Whether every row has been emitted. */
   get complete(): boolean {
     return this.emitted >= this.plan.height;

@@ -26,7 +26,7 @@ import {
   type TilePlan,
 } from './splitter.js';
 import { rethrowFailure, type InitResult, type PredictResult, type PredictTask, type TaskFailure } from './worker.js';
-import { SlideOutputWriter, type SlideOutputs } from './writer.js';
+import { SlideOutputWriter, type QuantizedBand, type SlideOutputs } from './writer.js';
 
 /** Options of {@link predictSlide} and {@link streamSlidePrediction}; all optional but `model`. */
 export interface TilerOptions {
@@ -80,11 +80,29 @@ export interface TilerOptions {
   signal?: AbortSignal;
   /** Called after each batch. */
   onProgress?: (progress: TilerProgress) => void;
+  /**
+   * Predict only these rows of one stripe ({@link splitRegions}), for distributed prediction: the bands handed to the
+   * sink cover exactly the region's rows, with the same bits as the same rows of a run over the whole slide (the
+   * tiles reaching the region are predicted in the same batches as in a whole run). The sink's `start` return value
+   * is ignored. Default: the whole slide.
+   */
+  region?: SlideRegion;
+}
+
+/** Rows `y..y+height-1` of stripe `stripe` of a slide's output (columns `x..x+width-1`). */
+export interface SlideRegion {
+  /** Position of the region in {@link splitRegions}' list. */
+  index: number;
+  stripe: number;
+  x: number;
+  y: number;
+  width: number;
+  height: number;
 }
 
 /** {@link TilerOptions} with every default filled in. */
 export interface ResolvedTilerOptions
-  extends Required<Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend' | 'onnx'>> {
+  extends Required<Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend' | 'onnx' | 'region'>> {
   mpp: number | null;
   backend: string | undefined;
   onnx: { file: string; threads: number; device?: string } | undefined;
@@ -241,21 +259,29 @@ function workerFile(): string {
   return here.endsWith('.ts') ? join(dirname(here), '../dist/worker.js') : join(dirname(here), 'worker.js');
 }
 
+/** Everything a run over a slide decides before the first tile: the model, options, level, size and tile plan. */
+export interface SlidePlan {
+  manifest: ModelManifest;
+  options: ResolvedTilerOptions;
+  slide: SlideInfo;
+  level: number;
+  scale: number;
+  mpp: number | null;
+  width: number;
+  height: number;
+  plan: TilePlan;
+  stripes: Stripe[];
+  numClasses: number;
+  /** Class index of the pixels of tiles skipped as background. */
+  fallbackClass: number;
+}
+
 /**
- * Predicts a slide tile by tile in a pool of worker threads and hands the finished bands of the output, top to
- * bottom, to `sink.band` (probabilities `[rows, width, numClasses]` and class indices). Memory stays bounded by a few
- * tile rows of the output whatever the slide size.
- * @throws {@link SlideFormatError} for unreadable slides, {@link TilerOptionError} for bad options, and core's
- * `ModelFormatError`/`EngineError` from the workers.
- * @example
- * const run = await streamSlidePrediction('slide.svs', { model: 'runs/unet', workers: 2 }, { band: (b) => save(b) });
+ * Plans the prediction of a slide as {@link streamSlidePrediction} does (the same level, size, tiles, tissue and
+ * stripes), without predicting anything: what a coordinator needs to cut the work into regions.
+ * @throws as {@link streamSlidePrediction} before its first tile.
  */
-export async function streamSlidePrediction(
-  slidePath: string,
-  options: TilerOptions,
-  sink: BandSink,
-): Promise<TilerRun> {
-  const started = performance.now();
+export async function planSlidePrediction(slidePath: string, options: TilerOptions): Promise<SlidePlan> {
   const manifest = await readManifest(options.model);
   const resolved = resolveTilerOptions(options, manifest);
   const slide = await openSlide(slidePath);
@@ -281,8 +307,93 @@ export async function streamSlidePrediction(
     markTissue(plan, tissueMask(thumbnail), thumbnail.width, thumbnail.height);
   }
   const stripes = splitStripes(plan, resolved.stripeWidth);
-  const k = manifest.classes.length;
-  const fallbackClass = skippedTileClass(manifest);
+  const numClasses = manifest.classes.length;
+  return {
+    manifest,
+    options: resolved,
+    slide,
+    level,
+    scale,
+    mpp,
+    width,
+    height,
+    plan,
+    stripes,
+    numClasses,
+    fallbackClass: skippedTileClass(manifest),
+  };
+}
+
+/**
+ * Cuts a planned slide into regions of about `tileRows` rows of tiles each, stripe by stripe, top to bottom. Region
+ * boundaries lie where a tile row's kept rows start, so each region needs only the tiles whose kept rows reach into
+ * it (those of the tile rows at a boundary are predicted for both regions, with the same bits).
+ * @example
+ * const regions = splitRegions(await planSlidePrediction('CMU-1.svs', { model }), 4);
+ */
+export function splitRegions(slidePlan: SlidePlan, tileRows: number): SlideRegion[] {
+  positiveInteger(tileRows, 'tileRows', 'Use regions of at least 1 row of tiles, e.g. 4.');
+  const regions: SlideRegion[] = [];
+  for (const stripe of slidePlan.stripes) {
+    const { rows, keptRowStarts, height } = stripe.plan;
+    for (let row = 0; row < rows; row += tileRows) {
+      const y = row === 0 ? 0 : keptRowStarts[row];
+      const end = row + tileRows >= rows ? height : keptRowStarts[row + tileRows];
+      if (end > y) {
+        regions.push({
+          index: regions.length,
+          stripe: stripe.index,
+          x: stripe.x,
+          y,
+          width: stripe.width,
+          height: end - y,
+        });
+      }
+    }
+  }
+  return regions;
+}
+
+function checkRegion(region: SlideRegion, stripes: Stripe[], height: number): void {
+  const stripe = stripes[region.stripe];
+  const ok =
+    stripe !== undefined &&
+    region.x === stripe.x &&
+    region.width === stripe.width &&
+    Number.isInteger(region.y) &&
+    Number.isInteger(region.height) &&
+    region.y >= 0 &&
+    region.height > 0 &&
+    region.y + region.height <= height;
+  if (!ok) {
+    throw new TilerOptionError(
+      `Expected a region of this slide's output (${stripes.length} stripe(s), ${height} rows) but received ` +
+        `${JSON.stringify(region)}.`,
+      'Take regions from splitRegions() of the same slide, model and options.',
+    );
+  }
+}
+
+/**
+ * Predicts a slide tile by tile in a pool of worker threads and hands the finished bands of the output, top to
+ * bottom, to `sink.band` (probabilities `[rows, width, numClasses]` and class indices). Memory stays bounded by a few
+ * tile rows of the output whatever the slide size.
+ * @throws {@link SlideFormatError} for unreadable slides, {@link TilerOptionError} for bad options, and core's
+ * `ModelFormatError`/`EngineError` from the workers.
+ * @example
+ * const run = await streamSlidePrediction('slide.svs', { model: 'runs/unet', workers: 2 }, { band: (b) => save(b) });
+ */
+export async function streamSlidePrediction(
+  slidePath: string,
+  options: TilerOptions,
+  sink: BandSink,
+): Promise<TilerRun> {
+  const started = performance.now();
+  const planned = await planSlidePrediction(slidePath, options);
+  const { slide, level, scale, mpp, width, height, plan, stripes, numClasses: k, fallbackClass } = planned;
+  const resolved = planned.options;
+  const region = options.region;
+  if (region) checkRegion(region, stripes, height);
   const pool = new Piscina({
     filename: workerFile(),
     minThreads: resolved.workers,
@@ -322,18 +433,23 @@ export async function streamSlidePrediction(
       engine,
       stripes: stripes.map((stripe) => ({ x: stripe.x, width: stripe.width })),
     };
-    const resumeAt = toResumePoint(await sink.start?.(geometry), stripes.length, height);
+    const asked = await sink.start?.(geometry);
+    const resumeAt = region ? { stripe: region.stripe, row: region.y } : toResumePoint(asked, stripes.length, height);
+    const regionEnd = region ? region.y + region.height : Infinity;
     resumed = resumeAt;
-    const pixelsTotal = width * height - resumedPixels(resumeAt, stripes, height);
+    const pixelsTotal = region
+      ? region.width * region.height
+      : width * height - resumedPixels(resumeAt, stripes, height);
+    const runStripes = region ? [stripes[region.stripe]] : stripes.slice(resumeAt.stripe);
     // Tiles left to do, for progress: the rest of the stripe resumed in and every later stripe.
     const neededIn = (stripe: Stripe) => (tile: TileLocation) =>
-      stripe.index > resumeAt.stripe || stripe.plan.keptRowEnds[tile.row] > resumeAt.row;
-    for (const stripe of stripes.slice(resumeAt.stripe))
-      tilesTotal += stripe.plan.tiles.filter(neededIn(stripe)).length;
+      (stripe.index > resumeAt.stripe || stripe.plan.keptRowEnds[tile.row] > resumeAt.row) &&
+      stripe.plan.keptRowStarts[tile.row] < regionEnd;
+    for (const stripe of runStripes) tilesTotal += stripe.plan.tiles.filter(neededIn(stripe)).length;
     const bounds = { width, height };
     // One set of row accumulators for every stripe: memory is that of the widest stripe, not of all of them.
     const rows = new RowPool(Math.max(...stripes.map((s) => s.width)), k);
-    for (const stripe of stripes.slice(resumeAt.stripe)) {
+    for (const stripe of runStripes) {
       if (signal?.aborted) break;
       const startRow = stripe.index === resumeAt.stripe ? resumeAt.row : 0;
       const merger = new BandMerger({
@@ -346,7 +462,10 @@ export async function streamSlidePrediction(
         stripe: stripe.index,
         probabilities: sink.probabilities ?? true,
         pool: rows,
-        onBand: (band) => {
+        onBand: (whole) => {
+          // A region's last tiles also cover rows below it, which are not all summed: those rows are left out.
+          const band = whole.y + whole.height > regionEnd ? cutBand(whole, regionEnd - whole.y) : whole;
+          if (band.height <= 0) return;
           pixelsDone += band.height * band.width;
           writing = writing.then(() => sink.band(band));
           writing.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
@@ -416,7 +535,12 @@ export async function streamSlidePrediction(
       await writing;
       signal?.throwIfAborted();
       peakRows = Math.max(peakRows, merger.peakRows);
-      if (!merger.complete) throw new Error(`internal: stripe ${stripe.index} incomplete after ${tilesDone} tiles`);
+      if (!merger.complete && !region) {
+        throw new Error(`internal: stripe ${stripe.index} incomplete after ${tilesDone} tiles`);
+      }
+      if (region && merger.emittedRows < regionEnd) {
+        throw new Error(`internal: region ${region.index} ended at row ${merger.emittedRows} of ${regionEnd}`);
+      }
     }
     signal?.throwIfAborted();
   } finally {
@@ -443,6 +567,17 @@ export async function streamSlidePrediction(
     timings,
     peakRows,
     stripes: stripes.length,
+  };
+}
+
+/** The first `rows` rows of a band. */
+function cutBand(band: Band, rows: number): Band {
+  const k = band.probabilities.length / (band.width * band.height) || 0;
+  return {
+    ...band,
+    height: Math.max(0, rows),
+    labels: band.labels.subarray(0, Math.max(0, rows) * band.width),
+    probabilities: band.probabilities.subarray(0, Math.max(0, rows) * band.width * k),
   };
 }
 
@@ -641,6 +776,106 @@ export async function predictSlide(
   slidePath: string,
   options: PredictSlideOptions,
 ): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
+  return writeSlideOutputs(slidePath, options, (sink) => streamSlidePrediction(slidePath, options, sink));
+}
+
+/** Receives the bands of a slide's output, as a run computes them or as region results bring them. */
+type OutputSink = Omit<BandSink, 'band'> & { band: (band: Band | QuantizedBand) => Promise<void> };
+
+/** Where the rows of a slide's output come from: a run here, or region results computed elsewhere. */
+type BandProducer = (sink: OutputSink) => Promise<TilerRun>;
+
+/** Region results to assemble into a slide's outputs with {@link assembleSlidePrediction}. */
+export interface RegionResults {
+  /** The engine every region was computed with (the output's bits depend on it). */
+  engine: string;
+  /** The regions of {@link splitRegions}, all of them, in any order. */
+  regions: SlideRegion[];
+  /** The bands of one region, top to bottom. */
+  read: (region: SlideRegion) => Promise<QuantizedBand[]>;
+  /** Time spent on the regions elsewhere, and tiles predicted there, for the run's record. */
+  timings?: { readMs: number; inferMs: number; mergeMs: number };
+  tilesPredicted?: number;
+}
+
+/**
+ * Writes a slide's outputs from region results computed elsewhere (distributed prediction): the same files, byte for
+ * byte, as {@link predictSlide} with the same options, because the regions' rows are those of a whole run and the
+ * writer is the same. Regions are written in order, one at a time.
+ * @throws {@link TilerOptionError} when the regions do not cover the output exactly once.
+ */
+export async function assembleSlidePrediction(
+  slidePath: string,
+  options: PredictSlideOptions,
+  results: RegionResults,
+): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
+  const started = performance.now();
+  return writeSlideOutputs(slidePath, { ...options, resume: false }, async (sink) => {
+    const planned = await planSlidePrediction(slidePath, options);
+    const { slide, level, scale, mpp, width, height, plan, stripes } = planned;
+    const regions = [...results.regions].sort((a, b) => a.stripe - b.stripe || a.y - b.y);
+    let covered = 0;
+    for (const [i, region] of regions.entries()) {
+      checkRegion(region, stripes, height);
+      const previous = regions[i - 1];
+      const expected = previous && previous.stripe === region.stripe ? previous.y + previous.height : 0;
+      if (region.y !== expected) {
+        throw new TilerOptionError(
+          `Expected the regions of stripe ${region.stripe} to follow each other from row 0, but region ` +
+            `${region.index} starts at row ${region.y} instead of ${expected}.`,
+          'Assemble every region of splitRegions() of the same slide, model and options.',
+        );
+      }
+      covered += region.width * region.height;
+    }
+    if (covered !== width * height) {
+      throw new TilerOptionError(
+        `Expected regions covering the ${width} x ${height} output once but they cover ${covered} pixels.`,
+        'Assemble every region of splitRegions() of the same slide, model and options.',
+      );
+    }
+    const geometry: OutputGeometry = {
+      width,
+      height,
+      mpp,
+      level,
+      scale,
+      numClasses: planned.numClasses,
+      options: planned.options,
+      engine: results.engine,
+      stripes: stripes.map((stripe) => ({ x: stripe.x, width: stripe.width })),
+    };
+    await sink.start?.(geometry);
+    for (const region of regions) for (const band of await results.read(region)) await sink.band(band);
+    const { tiles: _tiles, ...planSummary } = plan;
+    return {
+      slide,
+      level,
+      scale,
+      mpp,
+      width,
+      height,
+      options: planned.options,
+      plan: planSummary,
+      tilesPredicted: results.tilesPredicted ?? 0,
+      tilesSkipped: plan.tiles.filter((t) => !t.tissue).length,
+      resumedRows: 0,
+      resumedStripe: 0,
+      resumedPixels: 0,
+      engine: results.engine,
+      timings: { wallMs: performance.now() - started, readMs: 0, inferMs: 0, mergeMs: 0, ...results.timings },
+      peakRows: 0,
+      stripes: stripes.length,
+    };
+  });
+}
+
+/** predictSlide's work around a producer of bands: settings, partial work, the writer, and the final files. */
+async function writeSlideOutputs(
+  slidePath: string,
+  options: PredictSlideOptions,
+  produce: BandProducer,
+): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
   const manifest = await readManifest(options.model);
   if (typeof options.geojson === 'object') {
     checkMinArea(options.geojson.minArea, '--geojson-min-area');
@@ -679,7 +914,7 @@ export async function predictSlide(
     journaledAt = performance.now();
   };
   try {
-    const run = await streamSlidePrediction(slidePath, options, {
+    const run = await produce({
       start: async (geometry) => {
         height = geometry.height;
         stripeCount = geometry.stripes.length;

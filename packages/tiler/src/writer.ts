@@ -146,6 +146,37 @@ export class VipsFileWriter {
   }
 }
 
+/**
+ * A band as the outputs store it: class indices, and one 8-bit map per class of the probabilities times 255
+ * (rounded), `[height, width]` each. What a distributed region job hands to the machine that writes the outputs.
+ */
+export interface QuantizedBand {
+  quantized: true;
+  y: number;
+  x: number;
+  stripe: number;
+  height: number;
+  width: number;
+  /** Class index of each pixel. */
+  labels: Uint8Array;
+  /** Per class, `round(probability * 255)` of each pixel; empty without probability maps. */
+  probabilities: Uint8Array[];
+}
+
+/** The bytes the outputs store for a band: class indices and, with `probabilities`, 8-bit maps per class. */
+export function quantizeBand(band: Band, numClasses: number, probabilities: boolean): QuantizedBand {
+  const maps: Uint8Array[] = [];
+  if (probabilities) {
+    for (let c = 0; c < numClasses; c++) {
+      const bytes = new Uint8Array(band.labels.length);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = Math.round(band.probabilities[i * numClasses + c] * 255);
+      maps.push(bytes);
+    }
+  }
+  const { y, x, stripe, height, width } = band;
+  return { quantized: true, y, x, stripe, height, width, labels: band.labels, probabilities: maps };
+}
+
 /** A class as written to the outputs. */
 export interface OutputClass {
   name: string;
@@ -276,8 +307,11 @@ export class SlideOutputWriter {
     this.lookup = Uint8Array.from(classes.map((c) => c.value));
   }
 
-  /** Writes the next band: rows of a stripe top to bottom, stripe after stripe. */
-  write(band: Band): void {
+  /**
+   * Writes the next band: rows of a stripe top to bottom, stripe after stripe. A band already quantized
+   * ({@link quantizeBand}, e.g. computed on another machine) is written as it is: the same bytes.
+   */
+  write(band: Band | QuantizedBand): void {
     const { height } = this.options;
     let { stripe, row } = this.position;
     if (row === height && band.stripe === stripe + 1) [stripe, row] = [stripe + 1, 0];
@@ -289,19 +323,22 @@ export class SlideOutputWriter {
       );
     }
     this.position = { stripe, row: row + band.height };
-    const k = this.options.classes.length;
-    const values = new Uint8Array(band.labels.length);
+    const quantized =
+      'quantized' in band ? band : quantizeBand(band, this.options.classes.length, this.maps.length > 0);
+    if (quantized.probabilities.length !== this.maps.length) {
+      throw new Error(
+        `SlideOutputWriter: expected ${this.maps.length} probability maps per band but received ` +
+          `${quantized.probabilities.length}`,
+      );
+    }
+    const values = new Uint8Array(quantized.labels.length);
     for (let i = 0; i < values.length; i++) {
-      const label = band.labels[i];
+      const label = quantized.labels[i];
       values[i] = this.lookup[label];
       this.counts[label]++;
     }
     this.labels.writeRegion(band.x, band.y, band.width, values);
-    this.maps.forEach((map, c) => {
-      const bytes = new Uint8Array(band.labels.length);
-      for (let i = 0; i < bytes.length; i++) bytes[i] = Math.round(band.probabilities[i * k + c] * 255);
-      map.writeRegion(band.x, band.y, band.width, bytes);
-    });
+    this.maps.forEach((map, c) => map.writeRegion(band.x, band.y, band.width, quantized.probabilities[c]));
   }
 
   /**
