@@ -1,0 +1,20 @@
+/**
+ * `@tessera/queue`: distributed whole-slide prediction on BullMQ and Redis. Slides are cut into regions (the tiler's
+ * `splitRegions`), each a job any worker may run; a slide job writes the outputs from the region results once all are
+ * done, the same bytes as one machine's run. Importing it has no side effects.
+ */
+export * from './errors.js';
+export { parseQueueUrl, redactUrl, type QueueTarget } from './connection.js';
+export { QUEUES, type RegionJobData, type RegionResult, type RunSettings, type SlideJobData } from './jobs.js';
+export { parseShard, shardOf, type Shard } from './shard.js';
+export {
+  submitSlides,
+  waitForSlides,
+  type QueueProgress,
+  type SlideOutcome,
+  type SubmitRequest,
+  type SubmittedSlide,
+} from './submit.js';
+export { startWorker, type PreparedJob, type RunningWorker, type WorkerOptions } from './worker.js';
+export { cleanFinished, queueStatus, retryFailed, type JobCounts, type QueueStatus } from './status.js';
+export { readRegionFile, regionFile, writeRegionFile, type RegionHeader } from './region-files.js';
