@@ -83,3 +83,10 @@ export async function connect(target: QueueTarget, timeoutMs = 10_000): Promise<
   }
   client.disconnect();
 }
+
+/** A worker's name (`host:pid`) from BullMQ's `getWorkers()` entry (the part of its client name after `:w:`). */
+export function workerName(entry: { [key: string]: string }): string {
+  const raw = entry.rawname ?? '';
+  const at = raw.indexOf(':w:');
+  return at >= 0 ? raw.slice(at + 3) : (entry.addr ?? '?');
+}

@@ -1,6 +1,6 @@
 /** `tessera queue status|retry|clean`: what the queues hold, re-running failed jobs, and removing finished ones. */
 import { Queue } from 'bullmq';
-import { connect, type QueueTarget } from './connection.js';
+import { connect, workerName, type QueueTarget } from './connection.js';
 import { QUEUES, type SlideJobData } from './jobs.js';
 
 /** Job counts of one queue by state. */
@@ -62,7 +62,7 @@ export function queueStatus(target: QueueTarget, prefix?: string): Promise<Queue
       url: target.display,
       slides: await counts(slides),
       regions: await counts(regions),
-      workers: (await regions.getWorkers()).map((w) => w.name ?? w.addr ?? '?'),
+      workers: (await regions.getWorkers()).map(workerName),
       running,
       failed,
     };

@@ -10,7 +10,7 @@ import { OutputError } from '@tessera/core';
 import { FlowProducer, Queue, type Job } from 'bullmq';
 import { planSlidePrediction, splitRegions, type SlideRegion } from '@tessera/tiler';
 import { fileSha256, keyOf, modelChecksum } from './checksum.js';
-import { connect, type QueueTarget } from './connection.js';
+import { connect, workerName, type QueueTarget } from './connection.js';
 import { SlideFailedError } from './errors.js';
 import { QUEUES, regionJobId, slideJobId, type RegionJobData, type RunSettings, type SlideJobData } from './jobs.js';
 import { tilerOptions } from './run.js';
@@ -242,7 +242,7 @@ export async function waitForSlides(
           pixelsDone += (s.pixels * done) / Math.max(1, s.regions);
         }
       }
-      const workers = (await regionsQueue.getWorkers()).map((w) => w.name ?? w.addr ?? '?');
+      const workers = (await regionsQueue.getWorkers()).map(workerName);
       options.onProgress?.({
         regionsDone,
         regionsTotal: slides.reduce((n, s) => n + s.regions, 0),

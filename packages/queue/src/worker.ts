@@ -10,12 +10,15 @@ import { dirname, sep } from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import {
   assembleSlidePrediction,
+  createTilerPool,
   planSlidePrediction,
   quantizeBand,
   splitRegions,
   streamSlidePrediction,
   type QuantizedBand,
   type SlideOutputs,
+  type SlidePlan,
+  type TilerPool,
   type TilerRun,
 } from '@tessera/tiler';
 import { fileSha256, modelChecksum } from './checksum.js';
@@ -163,8 +166,10 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     maxStalledCount: 3,
   };
   const prepared = new Map<string, Promise<PreparedJob>>();
+  const runtimeKey = (data: SlideJobData) =>
+    `${data.model}\0${data.modelChecksum}\0${data.settings.runtime}\0${data.settings.backend ?? ''}`;
   const prepare = (data: SlideJobData) => {
-    const key = `${data.model}\0${data.modelChecksum}\0${data.settings.runtime}\0${data.settings.backend ?? ''}`;
+    const key = runtimeKey(data);
     let entry = prepared.get(key);
     if (!entry) {
       entry = options.prepare(data);
@@ -172,6 +177,30 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       entry.catch(() => prepared.delete(key));
     }
     return entry;
+  };
+  // One pool of tiler threads per model and runtime, kept across region jobs (each thread loads the model once).
+  const pools = new Map<string, Promise<TilerPool>>();
+  const poolFor = (data: SlideJobData, local: LocalTiler) => {
+    const key = runtimeKey(data);
+    let pool = pools.get(key);
+    if (!pool) {
+      pool = createTilerPool(tilerOptions(data, local));
+      pools.set(key, pool);
+      pool.catch(() => pools.delete(key));
+    }
+    return pool;
+  };
+  // Plans per run (the tissue mask reads a thumbnail of the slide): the regions of a slide share one.
+  const plans = new Map<string, Promise<SlidePlan>>();
+  const planFor = (data: SlideJobData, local: LocalTiler) => {
+    let plan = plans.get(data.run);
+    if (!plan) {
+      plan = planSlidePrediction(data.slide, tilerOptions(data, local));
+      plans.set(data.run, plan);
+      plan.catch(() => plans.delete(data.run));
+      if (plans.size > 16) plans.delete(plans.keys().next().value!);
+    }
+    return plan;
   };
 
   const regions = new Worker<RegionJobData, RegionResult>(
@@ -190,12 +219,14 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           const { engine, tiles } = existing.header;
           return { region: region.index, pixels, engine, tiles, reused: true, host: HOST, wallMs: 0 };
         }
-        const local = await prepare(data);
+        const prepared = await prepare(data);
+        const local = { ...prepared, workers: options.workers ?? prepared.workers };
+        const [pool, plan] = await Promise.all([poolFor(data, local), planFor(data, local)]);
         const bands: QuantizedBand[] = [];
         const planned = { probabilities: data.settings.probabilities };
         const run = await streamSlidePrediction(
           data.slide,
-          { ...tilerOptions(data, { ...local, workers: options.workers ?? local.workers }), region },
+          { ...tilerOptions(data, local), region, pool, plan },
           {
             probabilities: planned.probabilities,
             band: (band) => {
@@ -301,6 +332,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     name,
     close: async (force = false) => {
       await Promise.all([regions.close(force), slides.close(force)]);
+      for (const pool of pools.values()) await (await pool.catch(() => undefined))?.destroy();
       for (const entry of prepared.values()) await (await entry.catch(() => undefined))?.cleanup?.();
     },
   };

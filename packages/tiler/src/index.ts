@@ -52,6 +52,7 @@ export {
 } from './geojson.js';
 export {
   assembleSlidePrediction,
+  createTilerPool,
   planSlidePrediction,
   predictSlide,
   resolveTilerOptions,
@@ -64,6 +65,7 @@ export {
   type RegionResults,
   type SlidePlan,
   type SlideRegion,
+  type TilerPool,
   type ResumePoint,
   type ResolvedTilerOptions,
   type TilerOptions,

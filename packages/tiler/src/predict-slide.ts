@@ -87,6 +87,10 @@ export interface TilerOptions {
    * is ignored. Default: the whole slide.
    */
   region?: SlideRegion;
+  /** A plan made before by {@link planSlidePrediction} with the same slide and options (saves planning again). */
+  plan?: SlidePlan;
+  /** A pool of worker threads kept across runs ({@link createTilerPool}); default: a pool of this run's own. */
+  pool?: TilerPool;
 }
 
 /** Rows `y..y+height-1` of stripe `stripe` of a slide's output (columns `x..x+width-1`). */
@@ -102,7 +106,9 @@ export interface SlideRegion {
 
 /** {@link TilerOptions} with every default filled in. */
 export interface ResolvedTilerOptions
-  extends Required<Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend' | 'onnx' | 'region'>> {
+  extends Required<
+    Omit<TilerOptions, 'mpp' | 'signal' | 'onProgress' | 'backend' | 'onnx' | 'region' | 'plan' | 'pool'>
+  > {
   mpp: number | null;
   backend: string | undefined;
   onnx: { file: string; threads: number; device?: string } | undefined;
@@ -276,6 +282,34 @@ export interface SlidePlan {
   fallbackClass: number;
 }
 
+function createPiscina(resolved: ResolvedTilerOptions): Piscina {
+  return new Piscina({
+    filename: workerFile(),
+    minThreads: resolved.workers,
+    maxThreads: resolved.workers,
+    // ONNX inference runs off the worker's JS thread, so a second task can read and decode its tiles meanwhile.
+    concurrentTasksPerWorker: resolved.onnx ? 2 : 1,
+    idleTimeout: 1000,
+  });
+}
+
+/**
+ * A pool of tiler worker threads kept across runs (region jobs of a distributed worker): the threads load each model
+ * once and keep it, instead of a pool started and stopped per run. Pass it as {@link TilerOptions.pool} to runs with
+ * the same `workers` and runtime; `destroy` it when done.
+ */
+export interface TilerPool {
+  piscina: Piscina;
+  destroy: () => Promise<void>;
+}
+
+/** Starts a {@link TilerPool} for runs with these options (their `workers` and runtime). */
+export async function createTilerPool(options: TilerOptions): Promise<TilerPool> {
+  const resolved = resolveTilerOptions(options, await readManifest(options.model));
+  const piscina = createPiscina(resolved);
+  return { piscina, destroy: () => piscina.destroy() };
+}
+
 /**
  * Plans the prediction of a slide as {@link streamSlidePrediction} does (the same level, size, tiles, tissue and
  * stripes), without predicting anything: what a coordinator needs to cut the work into regions.
@@ -389,19 +423,12 @@ export async function streamSlidePrediction(
   sink: BandSink,
 ): Promise<TilerRun> {
   const started = performance.now();
-  const planned = await planSlidePrediction(slidePath, options);
+  const planned = options.plan ?? (await planSlidePrediction(slidePath, options));
   const { slide, level, scale, mpp, width, height, plan, stripes, numClasses: k, fallbackClass } = planned;
   const resolved = planned.options;
   const region = options.region;
   if (region) checkRegion(region, stripes, height);
-  const pool = new Piscina({
-    filename: workerFile(),
-    minThreads: resolved.workers,
-    maxThreads: resolved.workers,
-    // ONNX inference runs off the worker's JS thread, so a second task can read and decode its tiles meanwhile.
-    concurrentTasksPerWorker: resolved.onnx ? 2 : 1,
-    idleTimeout: 1000,
-  });
+  const pool = options.pool?.piscina ?? createPiscina(resolved);
   const signal = options.signal;
   const timings = { wallMs: 0, readMs: 0, inferMs: 0, mergeMs: 0 };
   let tilesDone = 0;
@@ -545,7 +572,7 @@ export async function streamSlidePrediction(
     signal?.throwIfAborted();
   } finally {
     await writing.catch(() => undefined); // the sink has every band emitted so far, also when stopped
-    await pool.destroy();
+    if (!options.pool) await pool.destroy();
   }
   timings.wallMs = performance.now() - started;
   const { tiles: _tiles, ...planSummary } = plan;
