@@ -42,7 +42,7 @@ const SMALL_OPTIONS: Record<string, Record<string, unknown>[]> = {
  */
 const LOCAL_FIELD_OPTIONS: Record<string, Record<string, unknown>> = { deeplabv3plus: { imagePooling: false } };
 
-const { registry } = await loadRegistry();
+const { registry, moduleOf } = await loadRegistry();
 const plugins = registry.list() as ArchitecturePlugin<any>[];
 const cases = plugins.flatMap((plugin) =>
   (SMALL_OPTIONS[plugin.name] ?? [{}]).map((options) => ({
@@ -144,14 +144,20 @@ describe('architecture conformance table', () => {
       if (multiple > 1) expect(message).toMatch(`Expected image height and width divisible by ${multiple}`);
     });
 
-    it('gives identical probabilities after saveModel / loadModel', async () => {
+    it('gives identical probabilities after saveModel / loadModel, here and in a fresh worker thread', async () => {
       const shape = { batch: 1, inputChannels: 3, numClasses: 3, height: 64, width: 64 };
       const multiple = plugin.inputMultiple({ ...plugin.defaults, ...options });
       shape.height = shape.width = Math.ceil(64 / multiple) * multiple;
       const { model, options: resolved } = checkOutputContract(plugin, options, shape);
       try {
-        const { maxDifference } = await time(label, 'save/load', () => checkSaveLoad(plugin, resolved, model, shape));
+        // The fresh thread imports only the plugin's module, as training and slide workers do: its layer classes
+        // must come from the plugin's "layers" (DeepLabv3+'s atrous convolution does).
+        const module = moduleOf.get(plugin.name);
+        const { maxDifference, freshThreadMaxDifference } = await time(label, 'save/load', () =>
+          checkSaveLoad(plugin, resolved, model, shape, { module }),
+        );
         expect(maxDifference).toBeLessThanOrEqual(1e-5);
+        expect(freshThreadMaxDifference).toBeLessThanOrEqual(1e-5);
       } finally {
         model.dispose();
       }

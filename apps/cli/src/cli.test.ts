@@ -184,11 +184,12 @@ describe('interruption', () => {
 
 describe('bad input gives one clear message, its own exit code, and no output', () => {
   beforeAll(async () => {
-    // boxes.tiff (a small tiled pyramid) whose level 0 claims Aperio JPEG 2000 (compression 33003), and a cut SVS.
+    // boxes.tiff (a small tiled pyramid) whose level 0 claims Hamamatsu NDPI JPEG (compression 65000, which no TIFF
+    // reader decodes), and a cut SVS.
     const tiff = await readFile(join(SLIDES, 'wsi-openslide-python-fixtures/boxes.tiff'));
     const ifd = tiff.readUInt32LE(4);
     for (let i = 0; i < tiff.readUInt16LE(ifd); i++) {
-      if (tiff.readUInt16LE(ifd + 2 + i * 12) === 259) tiff.writeUInt16LE(33003, ifd + 2 + i * 12 + 8);
+      if (tiff.readUInt16LE(ifd + 2 + i * 12) === 259) tiff.writeUInt16LE(65000, ifd + 2 + i * 12 + 8);
     }
     await writeFile(join(root, 'j2k.tif'), tiff);
     const svs = await readFile(join(SLIDES, 'wsi-cmu1-small-region-svs/CMU-1-Small-Region.svs'));
@@ -196,7 +197,7 @@ describe('bad input gives one clear message, its own exit code, and no output', 
   });
   const slideOut = () => join(root, 'bad-slide-out');
   const j2k =
-    /j2k\.tif" level 0 uses Aperio JPEG 2000 \(YCbCr\) \(TIFF compression 33003\); expected one of .*JPEG, Deflate.*\nhint: Convert the slide to a JPEG or Deflate pyramidal TIFF/;
+    /j2k\.tif" level 0 uses Hamamatsu NDPI JPEG \(TIFF compression 65000\); expected one of .*JPEG, Deflate.*\nhint: Convert the slide to a JPEG pyramidal TIFF/;
   const cases: [string, () => string[], number, RegExp][] = [
     [
       'missing images folder',
@@ -328,7 +329,7 @@ describe('bad input gives one clear message, its own exit code, and no output', 
     const file = join(root, 'a-file');
     await writeFile(file, 'x');
     const run = tessera(['train', '--images', images, '--masks', masks, '--out', join(file, 'model'), ...TINY]);
-    expect(run.stderr).toContain(`Cannot create the output folder ${join(file, 'model')}`);
+    expect(run.stderr).toContain(`Cannot use "${join(file, 'model')}" as the output folder: "${file}" is a file`);
     expect(run.code).toBe(10);
   });
 

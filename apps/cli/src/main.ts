@@ -1,6 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { TesseraError, TRAIN_DEFAULTS as D } from '@tessera/core';
 import { archsCommand } from './commands/archs.js';
+import { checkPluginCommand } from './commands/check-plugin.js';
 import { createPluginCommand } from './commands/create-plugin.js';
 import { demoCommand } from './commands/demo.js';
 import { doctorCommand } from './commands/doctor.js';
@@ -9,6 +10,8 @@ import { exportCommand } from './commands/export.js';
 import { infoCommand } from './commands/info.js';
 import { predictCommand } from './commands/predict.js';
 import { trainCommand } from './commands/train.js';
+import { registerView } from './commands/view.js';
+import { registerQueueCommands } from './commands/queue.js';
 import { colour } from './progress.js';
 
 /** Version of the CLI. */
@@ -122,6 +125,13 @@ export function buildProgram(): Command {
       .option('--runtime <name>', 'auto (ONNX where the model converts), onnx or tfjs', 'auto')
       .option('--device <name>', 'cpu, or cuda (ONNX runtime with its CUDA provider)', 'cpu')
       .option('--threads <n>', 'ONNX runtime threads (per worker for slides; default: cores / workers)', int)
+      .option(
+        '--queue <url>',
+        'whole slides: submit them to the workers of this Redis queue and wait (see "tessera worker")',
+      )
+      .option('--detach', 'with --queue: submit and exit without waiting')
+      .option('--region-pixels <n>', 'with --queue: output pixels per region job (default 16000000)', int)
+      .option('--shard <i/N>', 'predict only shard i of N of the sorted inputs (Kubernetes Indexed Jobs, SLURM arrays)')
       .addOption(backend()),
   ).action(async (inputs: string[], opts) => predictCommand(inputs, opts));
 
@@ -155,8 +165,22 @@ export function buildProgram(): Command {
       .command('create-plugin')
       .description('write a new architecture plugin package (tessera-arch-<name>) that passes the conformance kit')
       .argument('<name>', 'architecture name, lower-case kebab (e.g. attention-unet)')
-      .option('--dir <path>', 'folder to write the package into (default ./tessera-arch-<name>)'),
+      .option('--dir <path>', 'folder to write the package into (default ./tessera-arch-<name>)')
+      .option('--typescript', 'a TypeScript package (src/ compiled to dist/ by tsc) instead of plain JavaScript'),
   ).action(async (name: string, opts) => createPluginCommand(name, opts));
+
+  output(
+    program
+      .command('check-plugin')
+      .description(
+        'load an architecture plugin as train, evaluate and predict do, and run the conformance kit over it ' +
+          '(output, input multiple, save/load in a fresh worker thread, receptive field, training, ONNX export)',
+      )
+      .argument('<plugin>', 'plugin file (.js), package name or installed architecture name')
+      .option('--arch-option <key=value>', 'architecture option, repeatable (use a CPU-fit configuration)', collect, [])
+      .option('--no-training', 'skip the training check (the slowest)')
+      .addOption(backend()),
+  ).action(async (plugin: string, opts) => checkPluginCommand(plugin, opts));
 
   program
     .command('doctor')
@@ -173,6 +197,8 @@ export function buildProgram(): Command {
       .option('--seed <n>', 'random seed', int, 7)
       .addOption(backend()),
   ).action(async (opts) => demoCommand(opts));
+  registerView(program);
+  registerQueueCommands(program);
   return program;
 }
 

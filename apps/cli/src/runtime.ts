@@ -5,7 +5,7 @@ import {
   activeEngine,
   EngineError,
   InvalidOptionError,
-  loadModel,
+  readManifest,
   setupEngine,
   TesseraError,
   tfjsPredictor,
@@ -14,7 +14,8 @@ import {
   type Predictor,
 } from '@tessera/core';
 import { importOptional } from './optional.js';
-import { loadRegistry } from './plugins.js';
+import { explainModelLoadError, loadModelFolder } from './model-folder.js';
+import { loadRegistry, warnPluginVersion } from './plugins.js';
 import { info, warn, type OutputOptions } from './progress.js';
 
 /** Values of `--runtime`. */
@@ -81,6 +82,9 @@ export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions)
   if (request.threads !== undefined && !(Number.isInteger(request.threads) && request.threads >= 1)) {
     throw new InvalidOptionError(`Expected --threads to be a positive integer but received ${request.threads}.`);
   }
+  const plugins = await loadRegistry();
+  const modelManifest = await readManifest(request.model);
+  warnPluginVersion(plugins, modelManifest, request.model);
   if (runtime === 'tfjs') {
     if (device === 'cuda') {
       throw new InvalidOptionError(
@@ -116,7 +120,7 @@ export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions)
       warn(out, `${error.message} Falling back to the tfjs runtime.`);
       return { kind: 'tfjs', reason: 'the model does not convert to ONNX' };
     }
-    throw error;
+    throw explainModelLoadError(error, plugins, modelManifest, request.model);
   }
 }
 
@@ -127,7 +131,7 @@ export async function openPredictor(
 ): Promise<{ predictor: Predictor; manifest: ModelManifest }> {
   const choice = await chooseRuntime(request, out);
   if (choice.kind === 'tfjs') {
-    const { model, manifest } = await loadModel(request.model);
+    const { model, manifest } = await loadModelFolder(request.model);
     const predictor = tfjsPredictor(model);
     info(out, `runtime: ${predictor.description} (${choice.reason})`);
     return { predictor, manifest };

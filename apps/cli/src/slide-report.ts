@@ -6,6 +6,12 @@ import type { SlideOutputs, TilerRun } from '@tessera/tiler';
 const escape = (text: string) =>
   text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
+/** The shell command that opens a slide and its predictions in the viewer (`tessera view`), paths quoted as needed. */
+export function viewerCommandLine(slide: string, predictions: string): string {
+  const quote = (p: string) => (/^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`);
+  return `tessera view ${quote(slide)} --predictions ${quote(predictions)}`;
+}
+
 /**
  * Writes `<stem>_report.html` next to a slide's outputs: the overlay, per-class areas, the slide's structure and
  * the run's settings and timings. Self-contained (the overlay is inlined).
@@ -70,6 +76,7 @@ th{background:#fafafa}td:first-child{text-align:left}.settings td{text-align:lef
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;border:1px solid #999;vertical-align:middle}
 </style></head><body>
 <h1>Slide report: ${escape(basename(s.path))}</h1><p class="sub">${escape(new Date().toISOString())}</p>
+<p class="view">Look at the predictions over the slide, from the whole slide down to single nuclei: <code>${escape(viewerCommandLine(s.path, dirname(outputs.labels)))}</code></p>
 <div class="layout"><img src="data:image/png;base64,${overlay}" alt="overlay">
 <div><h2>Class areas</h2><table><tr><th>class</th><th>value</th><th>pixels</th><th>share</th><th>mm²</th></tr>${areaRows}</table></div></div>
 <h2>Slide and run</h2><table class="settings">${rows.map(([k, v]) => `<tr><th>${escape(k)}</th><td>${escape(v)}</td></tr>`).join('')}</table>

@@ -136,32 +136,35 @@ describe('slides in JPEG 2000 and DICOM through the CLI', () => {
   const hasOpj = spawnSync('opj_compress', ['-h']).status !== null;
   const FIXTURES = join(DATA, 'slides/wsi-openslide-python-fixtures');
 
-  it.skipIf(!hasOpj)('predicts an Aperio JPEG 2000 SVS (33003): the pipeline gets exactly the decoded pixels', async () => {
-    const { writeJpeg2000Svs } = await import('../../../packages/tiler/test/make-slides.mjs');
-    const { openSlide, readRegion } = await import('@tessera/tiler');
-    const cmu = await openSlide(CMU);
-    const { data } = await readRegion(cmu, { x: 600, y: 900, width: 720, height: 600 });
-    const svs = join(root, 'j2k.svs');
-    await writeJpeg2000Svs(svs, data, 720, 600, { compression: 33003, downsamples: [] });
-    const info = run(process.execPath, [BIN, 'info', svs]);
-    expect(info.stdout).toMatch(/0: 720 x 600, downsample 1\.000, tiles 240x240, Aperio JPEG 2000 \(YCbCr\)/);
-    const out = join(root, 'out-j2k');
-    const result = run(process.execPath, [BIN, 'predict', svs, '--model', model, '--out', out, '--json']);
-    expect(result.stderr).not.toMatch(/error/i);
-    expect(result.code).toBe(0);
-    expect(JSON.parse(result.stdout).outputs[0].wholeSlide).toMatchObject({ width: 720, height: 600, mpp: 0.499 });
-    // The pipeline gets exactly the decoded pixels: the same pixels in a lossless tiled TIFF give the same labels.
-    const decoded = await readRegion(await openSlide(svs), { x: 0, y: 0, width: 720, height: 600 });
-    const lossless = join(root, 'j2k-decoded.tif');
-    await sharp(decoded.data, { raw: { width: 720, height: 600, channels: 3 } })
-      .tiff({ tile: true, tileWidth: 256, tileHeight: 256, compression: 'deflate' })
-      .toFile(lossless);
-    expect(run(process.execPath, [BIN, 'predict', lossless, '--model', model, '--out', out]).code).toBe(0);
-    const labels = async (name: string) => sharp(join(out, name)).extractChannel(0).raw().toBuffer();
-    const fromJ2k = await labels('j2k_labels.tif');
-    expect(fromJ2k.equals(await labels('j2k-decoded_labels.tif'))).toBe(true);
-    expect(new Set(fromJ2k).size).toBe(2); // both classes present: the comparison can fail
-  });
+  it.skipIf(!hasOpj)(
+    'predicts an Aperio JPEG 2000 SVS (33003): the pipeline gets exactly the decoded pixels',
+    async () => {
+      const { writeJpeg2000Svs } = await import('../../../packages/tiler/test/make-slides.mjs');
+      const { openSlide, readRegion } = await import('@tessera/tiler');
+      const cmu = await openSlide(CMU);
+      const { data } = await readRegion(cmu, { x: 600, y: 900, width: 720, height: 600 });
+      const svs = join(root, 'j2k.svs');
+      await writeJpeg2000Svs(svs, data, 720, 600, { compression: 33003, downsamples: [] });
+      const info = run(process.execPath, [BIN, 'info', svs]);
+      expect(info.stdout).toMatch(/0: 720 x 600, downsample 1\.000, tiles 240x240, Aperio JPEG 2000 \(YCbCr\)/);
+      const out = join(root, 'out-j2k');
+      const result = run(process.execPath, [BIN, 'predict', svs, '--model', model, '--out', out, '--json']);
+      expect(result.stderr).not.toMatch(/error/i);
+      expect(result.code).toBe(0);
+      expect(JSON.parse(result.stdout).outputs[0].wholeSlide).toMatchObject({ width: 720, height: 600, mpp: 0.499 });
+      // The pipeline gets exactly the decoded pixels: the same pixels in a lossless tiled TIFF give the same labels.
+      const decoded = await readRegion(await openSlide(svs), { x: 0, y: 0, width: 720, height: 600 });
+      const lossless = join(root, 'j2k-decoded.tif');
+      await sharp(decoded.data, { raw: { width: 720, height: 600, channels: 3 } })
+        .tiff({ tile: true, tileWidth: 256, tileHeight: 256, compression: 'deflate' })
+        .toFile(lossless);
+      expect(run(process.execPath, [BIN, 'predict', lossless, '--model', model, '--out', out]).code).toBe(0);
+      const labels = async (name: string) => sharp(join(out, name)).extractChannel(0).raw().toBuffer();
+      const fromJ2k = await labels('j2k_labels.tif');
+      expect(fromJ2k.equals(await labels('j2k-decoded_labels.tif'))).toBe(true);
+      expect(new Set(fromJ2k).size).toBe(2); // both classes present: the comparison can fail
+    },
+  );
 
   it('predicts a DICOM slide given as its folder or as one of its files, and names non-slide DICOM files', async () => {
     const { copyFile, mkdir, writeFile } = await import('node:fs/promises');

@@ -25,7 +25,7 @@ export interface AtrousConv2DArgs {
  * (`registerDilatedGradients`, installed by `setupEngine`).
  *
  * Weights: `kernel` `[k, k, cin, filters]` (depthwise: `depthwise_kernel` `[k, k, cin, 1]`) and `bias`.
- * Serialised as class `TesseraAtrousConv2D`; {@link registerDeeplabLayers} registers it for model loading.
+ * Serialised as class `TesseraAtrousConv2D`, declared in the plugin's `layers` (core registers it for model loading).
  */
 export class AtrousConv2D extends layers.layers.Layer {
   /** @nocollapse */
@@ -92,8 +92,8 @@ let registered = false;
 
 /**
  * Registers the custom layer class of DeepLabv3+ models (`TesseraAtrousConv2D`) with tfjs's serialisation, so that
- * `loadModel` can rebuild saved models. Called by the plugin factory; call it yourself before loading a DeepLabv3+
- * model without creating the plugin. Idempotent.
+ * `loadModel` can rebuild saved models. Registering the plugin (`ArchitectureRegistry.register`, which registers its
+ * `layers`) does this; call it yourself only to load a DeepLabv3+ model without any registry. Idempotent.
  */
 export function registerDeeplabLayers(): void {
   if (registered) return;

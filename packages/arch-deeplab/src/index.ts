@@ -6,7 +6,7 @@ import {
   layers,
   type ArchitecturePlugin,
 } from '@tessera/core';
-import { AtrousConv2D, atrousOnnxConverter, registerDeeplabLayers } from './atrous.js';
+import { AtrousConv2D, atrousOnnxConverter } from './atrous.js';
 
 export { AtrousConv2D, atrousOnnxConverter, registerDeeplabLayers, type AtrousConv2DArgs } from './atrous.js';
 
@@ -185,7 +185,8 @@ export function deeplabReceptiveField(o: DeeplabOptions): number {
  * ReLU (ReLU6 in MobileNetV2); the image-level branch uses a bias instead of batch normalisation, so it behaves
  * the same with batches of one.
  *
- * Dilated convolutions use the {@link AtrousConv2D} layer (class `TesseraAtrousConv2D`, registered by this factory).
+ * Dilated convolutions use the {@link AtrousConv2D} layer (class `TesseraAtrousConv2D`), declared in the plugin's
+ * `layers`: core registers it wherever a model is loaded.
  *
  * Input `[batch, height, width, inputChannels]` with height and width multiples of `outputStride`; output
  * `[batch, height, width, numClasses]` probabilities. The declared receptive field
@@ -198,7 +199,6 @@ export function deeplabReceptiveField(o: DeeplabOptions): number {
  * ```
  */
 export default function deeplabv3plus(options: Partial<DeeplabOptions> = {}): ArchitecturePlugin<DeeplabOptions> {
-  registerDeeplabLayers();
   return defineArchitecture<DeeplabOptions>({
     name: 'deeplabv3plus',
     version: '0.1.0',
@@ -218,8 +218,8 @@ export default function deeplabv3plus(options: Partial<DeeplabOptions> = {}): Ar
     inputMultiple: (o) => o.outputStride,
     receptiveField: deeplabReceptiveField,
     onnxConverters: { [AtrousConv2D.className]: atrousOnnxConverter },
+    layers: [AtrousConv2D],
     build({ inputChannels, numClasses, options: o, seed = 0 }) {
-      registerDeeplabLayers();
       if (o.outputStride !== 8 && o.outputStride !== 16) {
         throw new InvalidOptionError(
           `Expected 8 or 16 for option "outputStride" of architecture "deeplabv3plus" but received ${o.outputStride}.`,

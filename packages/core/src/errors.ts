@@ -64,6 +64,20 @@ export class ModelFormatError extends TesseraError {
   }
 }
 
+/**
+ * A saved model has a layer whose class is not registered here: the plugin that made it is not installed, or does
+ * not declare the class in its `layers`. Exit code 7, like every model folder that cannot be read.
+ */
+export class UnknownLayerError extends ModelFormatError {
+  /** The unregistered layer class, e.g. `TesseraAtrousConv2D`. */
+  readonly className: string;
+
+  constructor(className: string, message: string, hint?: string, cause?: unknown) {
+    super(message, hint, cause);
+    this.className = className;
+  }
+}
+
 /** A plugin breaks its contract (wrong apiVersion, wrong output shape, duplicate name). Exit code 8. */
 export class PluginError extends TesseraError {
   constructor(message: string, hint?: string) {

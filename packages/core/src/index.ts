@@ -14,8 +14,16 @@ export {
   validatePlugin,
   type ArchitecturePlugin,
   type BuildSpec,
+  type LayerClass,
   type OptionSpec,
 } from './arch/architecture.js';
+export {
+  buildArchitecture,
+  checkModelOutput,
+  importPluginModules,
+  registerPluginLayers,
+  type OutputCheckShape,
+} from './arch/plugin-layers.js';
 export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
 export { batchNormalization, type BatchNormalizationArgs } from './arch/batch-norm.js';
 export type {
@@ -59,7 +67,9 @@ export {
 } from './model/manifest.js';
 export {
   countParameters,
+  checkOutputDir,
   loadModel,
+  makeOutputDir,
   readManifest,
   saveModel,
   MODEL_FILES,

@@ -1,4 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -27,7 +27,24 @@ export interface OnnxPredictorOptions {
 
 const CUDA_HINT =
   'The CUDA execution provider is not installed. On a machine with an NVIDIA GPU, CUDA 12 and internet access, ' +
-  'reinstall with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm install onnxruntime-node@1.30.0` (or run on --device cpu).';
+  'install it with `ONNXRUNTIME_NODE_INSTALL=1 npm rebuild onnxruntime-node` (or run on --device cpu).';
+
+/** The first bytes of an ELF shared library (Linux). */
+const ELF_MAGIC = [0x7f, 0x45, 0x4c, 0x46];
+
+function isLibrary(path: string): boolean {
+  if (process.platform !== 'linux') return true;
+  // @tessera/onnx's preinstall leaves small text markers under the provider's names so that installs do not download
+  // it (scripts/cpu-only.cjs); only a real library counts.
+  const head = Buffer.alloc(4);
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, head, 0, 4, 0);
+  } finally {
+    closeSync(fd);
+  }
+  return ELF_MAGIC.every((b, i) => head[i] === b);
+}
 
 /** Whether onnxruntime-node's CUDA provider library is present beside its binding. */
 export function cudaProviderInstalled(): boolean {
@@ -35,7 +52,7 @@ export function cudaProviderInstalled(): boolean {
     const root = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
     const dir = join(root, 'bin', `napi-v6`, process.platform, process.arch);
     const dirs = existsSync(dir) ? [dir] : [];
-    return dirs.some((d) => readdirSync(d).some((f) => f.includes('providers_cuda')));
+    return dirs.some((d) => readdirSync(d).some((f) => f.includes('providers_cuda') && isLibrary(join(d, f))));
   } catch {
     return false;
   }

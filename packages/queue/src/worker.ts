@@ -219,6 +219,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           const { engine, tiles } = existing.header;
           return { region: region.index, pixels, engine, tiles, reused: true, host: HOST, wallMs: 0 };
         }
+        log(`region ${region.index} of ${data.slide}: started`);
         const prepared = await prepare(data);
         const local = { ...prepared, workers: options.workers ?? prepared.workers };
         const [pool, plan] = await Promise.all([poolFor(data, local), planFor(data, local)]);

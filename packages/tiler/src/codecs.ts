@@ -109,7 +109,9 @@ export function completeJpeg(tile: Uint8Array, tables: Uint8Array | undefined, p
 
 async function decodeJpeg(bytes: Uint8Array, grid: TileGrid & { codec: { kind: 'jpeg' } }): Promise<DecodedTile> {
   const stream = completeJpeg(bytes, grid.codec.tables, grid.codec.photometric);
-  const { data, info } = await sharp(stream, { limitInputPixels: false, failOn: 'error' })
+  // A tile's stream may claim any size: allow the grid's tile size (and a margin), never a decompression bomb.
+  const limit = (grid.tileWidth + 16) * (grid.tileHeight + 16);
+  const { data, info } = await sharp(stream, { limitInputPixels: limit, failOn: 'error' })
     .raw({ depth: 'uchar' })
     .toBuffer({ resolveWithObject: true });
   return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), ...dims(info) };
@@ -193,7 +195,34 @@ async function decodeWasm(
   }
 }
 
+/**
+ * The image size a JPEG 2000 codestream declares in its SIZ marker (the codestream may sit inside a JP2 file: its
+ * SOC and SIZ markers are looked for in the first 4 KB), or `null` when none is found.
+ */
+export function j2kDeclaredSize(bytes: Uint8Array): { width: number; height: number } | null {
+  const end = Math.min(bytes.length - 24, 4096);
+  for (let at = 0; at < end; at++) {
+    if (bytes[at] === 0xff && bytes[at + 1] === 0x4f && bytes[at + 2] === 0xff && bytes[at + 3] === 0x51) {
+      const view = new DataView(bytes.buffer, bytes.byteOffset + at + 4);
+      // Lsiz (2), Rsiz (2), Xsiz, Ysiz, XOsiz, YOsiz (4 each)
+      return { width: view.getUint32(4) - view.getUint32(12), height: view.getUint32(8) - view.getUint32(16) };
+    }
+  }
+  return null;
+}
+
 async function decodeJpeg2000(bytes: Uint8Array, grid: TileGrid): Promise<DecodedTile> {
+  const declared = j2kDeclaredSize(bytes);
+  if (!declared) throw new Error('no JPEG 2000 codestream header (SOC and SIZ markers) in its first 4 KB');
+  if (
+    !(declared.width >= 1 && declared.height >= 1) ||
+    declared.width * declared.height > (grid.tileWidth + 16) * (grid.tileHeight + 16)
+  ) {
+    throw new Error(
+      `its codestream declares ${declared.width} x ${declared.height} px, larger than a ${grid.tileWidth} x ` +
+        `${grid.tileHeight} tile`,
+    );
+  }
   const htj2k = grid.codec.kind === 'htj2k';
   const decoded = htj2k
     ? await decodeWasm('@cornerstonejs/codec-openjph', 'HTJ2KDecoder', bytes)

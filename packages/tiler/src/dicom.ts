@@ -10,6 +10,7 @@ import { basename, dirname, join } from 'node:path';
 import dicomParser, { type DataSet } from 'dicom-parser';
 import { InputNotFoundError } from '@tessera/core';
 import { SlideFormatError, truncatedSlide } from './errors.js';
+import { STRUCTURE_LIMITS, checkLevelSize, maxSlidePixels } from './tiff-structure.js';
 import type { SlideInfo, SlideLevel } from './slide.js';
 import type { TileCodec, TileGrid } from './tiles.js';
 
@@ -388,6 +389,29 @@ function checkGeometry(instance: Instance, level: number): void {
         `TotalPixelMatrixRows) but found tiles ${instance.columns}x${instance.rows} and level ` +
         `${instance.totalColumns}x${instance.totalRows}.`,
       'The file is not a complete whole-slide instance: export the series from the archive again.',
+    );
+  }
+  // The sizes are claims like any other: within the limits, tiles that a decoder can hold, and no more pixels than
+  // the file's bytes can plausibly encode (a sparse level of a few frames claiming gigapixels is a bomb).
+  checkLevelSize(
+    { path: instance.file, level, maxPixels: maxSlidePixels() },
+    instance.totalColumns,
+    instance.totalRows,
+  );
+  const tiles = Math.ceil(instance.totalColumns / instance.columns) * Math.ceil(instance.totalRows / instance.rows);
+  if (instance.columns > 65536 || instance.rows > 65536 || tiles > STRUCTURE_LIMITS.tableEntries) {
+    throw damaged(
+      instance.file,
+      `level ${level} has tiles of ${instance.columns}x${instance.rows} px, ${tiles} of them (expected tiles of at ` +
+        `most 65536 px a side and at most ${STRUCTURE_LIMITS.tableEntries} tiles)`,
+    );
+  }
+  const pixels = instance.totalColumns * instance.totalRows;
+  if (pixels >= STRUCTURE_LIMITS.bombCheckPixels && pixels / instance.bytes > STRUCTURE_LIMITS.pixelsPerStoredByte) {
+    throw damaged(
+      instance.file,
+      `level ${level} declares ${instance.totalColumns}x${instance.totalRows} px in a file of ${instance.bytes} bytes ` +
+        `(over ${STRUCTURE_LIMITS.pixelsPerStoredByte} pixels per byte): it is truncated or a decompression bomb`,
     );
   }
   if (!instance.dataSet.elements.x7fe00010) {

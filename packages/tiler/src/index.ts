@@ -11,12 +11,15 @@ export {
   parseOmeMpp,
   readRegion,
   readThumbnail,
+  verifySlide,
+  type OpenSlideOptions,
   type ReadRegionOptions,
   type Region,
   type SlideFormat,
   type SlideInfo,
   type SlideLevel,
 } from './slide.js';
+export { DEFAULT_MAX_SLIDE_PIXELS, STRUCTURE_LIMITS, maxSlidePixels } from './tiff-structure.js';
 export {
   checkTileOptions,
   defaultOverlap,

@@ -8,12 +8,19 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { backgroundClass, imageStem, OutputError, readManifest, type ModelManifest } from '@tessera/core';
+import {
+  backgroundClass,
+  imageStem,
+  makeOutputDir,
+  OutputError,
+  readManifest,
+  type ModelManifest,
+} from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { BandMerger, RowPool, type Band } from './merger.js';
 import { checkObjectType } from './geojson.js';
 import { checkMinArea } from './polygons.js';
-import { chooseLevel, openSlide, readThumbnail, type SlideInfo } from './slide.js';
+import { chooseLevel, openSlide, readThumbnail, verifySlide, type SlideInfo } from './slide.js';
 import {
   checkTileOptions,
   defaultOverlap,
@@ -319,6 +326,7 @@ export async function planSlidePrediction(slidePath: string, options: TilerOptio
   const manifest = await readManifest(options.model);
   const resolved = resolveTilerOptions(options, manifest);
   const slide = await openSlide(slidePath);
+  await verifySlide(slide); // a slide no decoder reads fails here, before any output is made
   let level = 0;
   let scale = 1;
   let mpp: number | null = slide.mpp ? (slide.mpp.x + slide.mpp.y) / 2 : null;
@@ -915,15 +923,7 @@ async function writeSlideOutputs(
     const { minArea, objectType } = typeof options.geojson === 'object' ? options.geojson : {};
     return { scale, minArea, objectType };
   };
-  try {
-    await mkdir(options.out, { recursive: true });
-  } catch (error) {
-    throw new OutputError(
-      `Cannot create the output folder "${options.out}": ${(error as Error).message}.`,
-      'Choose a writable --out.',
-      error,
-    );
-  }
+  await makeOutputDir(options.out); // folder by folder: a path under /proc fails at once instead of spinning
   let writer: SlideOutputWriter | undefined;
   const stem = imageStem(basename(slidePath)).replace(/\.ome$/i, '');
   const partial = partialWorkDir(options.out, stem);

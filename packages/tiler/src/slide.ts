@@ -1,15 +1,25 @@
 /**
- * Whole-slide image reading: structure from the TIFF directories (geotiff), pixels from libvips (sharp), which
- * decodes only the tiles a region touches.
+ * Whole-slide image reading: structure from the TIFF directories (read and checked by `tiff-structure.ts` before
+ * anything is allocated), pixels from libvips (sharp) or Tessera's tile decoder, which decode only the tiles a region
+ * touches.
  */
-import { open, stat } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
-import { fromFile } from 'geotiff';
 import sharp from 'sharp';
 import { InputNotFoundError, type RasterImage } from '@tessera/core';
 import { isDicomHeader, openDicomSlide, dicomTileGrid } from './dicom.js';
 import { readGridRegion, type TileGrid } from './tiles.js';
 import { jpegLevelDecoder, tiffDecoder, tiffTileGrid, type TiffDirectory } from './tiff-tiles.js';
+import {
+  STRUCTURE_LIMITS,
+  checkLevelSize,
+  checkLevelStructure,
+  maxSlidePixels,
+  readTileTables,
+  readTiffStructure,
+  type ParsedDirectory,
+  type TiffStructure,
+} from './tiff-structure.js';
 import {
   SUPPORTED_COMPRESSIONS,
   SlideFormatError,
@@ -18,7 +28,6 @@ import {
   noSuchLevel,
   notASlide,
   regionOutside,
-  truncatedSlide,
   unsupportedCompression,
 } from './errors.js';
 
@@ -152,10 +161,9 @@ export function parsePhilipsMpp(xml: string): { x: number; y: number } | null {
  * single JPEG streams too large to decode whole (Hamamatsu NDPI).
  */
 function refuseUnreadLayouts(path: string, directories: Directory[]): void {
-  const first = directories[0] as Directory & { Make?: string; XMP?: ArrayLike<number> | string };
+  const first = directories[0];
   const description = String(first.ImageDescription ?? '');
-  const xmp =
-    typeof first.XMP === 'string' ? first.XMP : first.XMP ? Buffer.from(Array.from(first.XMP)).toString('latin1') : '';
+  const xmp = first.XMP ?? '';
   const names = directories.map((d) => String(d.ImageDescription ?? ''));
   const refuse = (format: string, why: string) => {
     throw new SlideFormatError(
@@ -169,7 +177,7 @@ function refuseUnreadLayouts(path: string, directories: Directory[]): void {
   if (/<scn\b/i.test(description) && /leica/i.test(description)) {
     refuse('Leica SCN', "its first image is the macro overview, and the slide's own pyramid is named in its XML");
   }
-  if (String(first.Make ?? '').startsWith('Hamamatsu') || 65420 in first) {
+  if (String(first.Make ?? '').startsWith('Hamamatsu') || first.ndpi) {
     refuse('Hamamatsu NDPI', 'each level is one JPEG stream of the whole level, too large to decode at once');
   }
   if (xmp.includes('iScan') || names.some((n) => /^level=\d+ mag=/.test(n)) || /^Label[ _]Image/.test(description)) {
@@ -211,16 +219,51 @@ function levelOf(d: Directory, page: number, subifd: number, index: number, base
   };
 }
 
-function checkDirectory(path: string, d: Directory, level: number, size: number): void {
+function checkCompression(path: string, d: Directory, level: number): void {
   const compression = d.Compression ?? 1;
   if (!(compression in SUPPORTED_COMPRESSIONS)) throw unsupportedCompression(path, level, compression);
-  const offsets = d.TileOffsets ?? d.StripOffsets;
-  const counts = d.TileByteCounts ?? d.StripByteCounts;
-  if (!offsets || !counts)
-    throw notASlide(path, `level ${level} has no tile or strip offsets (the file looks truncated)`);
-  let end = 0;
-  for (let i = 0; i < offsets.length; i++) end = Math.max(end, Number(offsets[i]) + Number(counts[i] ?? 0));
-  if (end > size) throw truncatedSlide(path, level, end, size);
+}
+
+/** Options of {@link openSlide}. */
+export interface OpenSlideOptions {
+  /**
+   * Largest level accepted, in pixels. Default: the `TESSERA_MAX_SLIDE_PIXELS` environment variable, else 1e11
+   * (100 gigapixels).
+   */
+  maxPixels?: number;
+}
+
+/**
+ * Reads a level's tile tables, picks its decoder and checks its structure (size, samples, tables against the file,
+ * decompression bombs) before any of its pixels is decoded.
+ */
+async function prepareLevel(
+  path: string,
+  handle: FileHandle,
+  bytes: number,
+  structure: TiffStructure,
+  level: SlideLevel,
+  d: ParsedDirectory,
+  maxPixels: number,
+): Promise<void> {
+  checkCompression(path, d, level.index);
+  const tables = await readTileTables(path, handle, bytes, d, structure.littleEndian, structure.bigTiff);
+  if (d.TileWidth !== undefined || d.TileLength !== undefined) {
+    d.TileOffsets = tables.offsets;
+    d.TileByteCounts = tables.counts;
+  } else {
+    d.StripOffsets = tables.offsets;
+    d.StripByteCounts = tables.counts;
+  }
+  const context = { path, level: level.index, fileSize: bytes, maxPixels, decoder: level.decoder };
+  // Structure first (sizes, tables within the file), so that the JPEG stream looked at next lies inside the file.
+  checkLevelStructure({ ...context, decoder: 'tiles' }, d, tables);
+  if (level.decoder === 'tiles' && level.compression === 7) {
+    level.decoder = await jpegLevelDecoder(path, d);
+    const sparse = tables.offsets.some((o, i) => !(o > 0 && tables.counts[i] > 0));
+    if (sparse) level.decoder = 'tiles'; // libvips reads no tile of byte count 0; Tessera's decoder fills it
+  }
+  if (level.decoder === 'libvips') checkLevelStructure({ ...context, decoder: 'libvips' }, d, tables);
 }
 
 /**
@@ -234,7 +277,7 @@ function checkDirectory(path: string, d: Directory, level: number, size: number)
  * @example
  * const slide = await openSlide('CMU-1-Small-Region.svs'); // slide.levels[0].width === 2220, slide.mpp.x === 0.499
  */
-export async function openSlide(path: string): Promise<SlideInfo> {
+export async function openSlide(path: string, options: OpenSlideOptions = {}): Promise<SlideInfo> {
   let bytes: number;
   try {
     const info = await stat(path);
@@ -242,10 +285,19 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     if (!info.isFile()) throw new Error('not a file');
     bytes = info.size;
   } catch (error) {
-    if (error instanceof SlideFormatError) throw error;
+    if (error instanceof SlideFormatError || error instanceof InputNotFoundError) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
     throw new InputNotFoundError(
-      `Slide "${path}" does not exist or is not a file.`,
-      'Check the path (relative paths start from the current folder).',
+      code === 'ENOENT'
+        ? `Slide "${path}" does not exist.`
+        : code === 'ELOOP'
+          ? `Slide "${path}" cannot be opened: its symbolic links form a loop.`
+          : code
+            ? `Slide "${path}" cannot be read (${(error as Error).message}).`
+            : `Slide "${path}" is not a file or folder (it is a device, socket or pipe).`,
+      code === 'ELOOP'
+        ? 'Point the link at the slide itself (`ls -l` shows where each link leads).'
+        : 'Check the path (relative paths start from the current folder) and the permissions.',
       error,
     );
   }
@@ -266,35 +318,32 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     );
   }
   if (kind === 'dicom') return openDicomSlide(path);
-  if (kind !== 'tiff') return openPlainImage(path, kind, bytes);
 
-  let tiff: Awaited<ReturnType<typeof fromFile>>;
-  const directories: Directory[] = [];
+  const maxPixels = maxSlidePixels(options.maxPixels);
+  if (kind !== 'tiff') return openPlainImage(path, kind, bytes, maxPixels);
+
+  const handle = await open(path, 'r');
   try {
-    tiff = await fromFile(path);
-  } catch (error) {
-    throw notASlide(path, `its TIFF header could not be parsed (${(error as Error).message})`, error);
-  }
-  try {
-    const count = await tiff.getImageCount();
-    for (let i = 0; i < count; i++) directories.push((await tiff.getImage(i)).fileDirectory as Directory);
+    const structure = await readTiffStructure(path, handle, bytes);
+    const directories = structure.directories;
     const first = directories[0];
+    // Sizes first: everything below divides by them.
+    directories.forEach((d, i) => checkLevelSize({ path, level: i, maxPixels: Infinity }, d.ImageWidth, d.ImageLength));
+    structure.subDirectories.forEach((d, k) =>
+      checkLevelSize({ path, level: k + 1, maxPixels: Infinity }, d.ImageWidth, d.ImageLength),
+    );
     const description = String(first.ImageDescription ?? '');
     const isOme = description.includes('<OME') || path.toLowerCase().endsWith('.ome.tif');
     const isAperio = description.startsWith('Aperio');
     const isPhilips = description.includes('<DataObject') && description.includes('DPUfsImport');
     refuseUnreadLayouts(path, directories);
     const levels: SlideLevel[] = [levelOf(first, 0, -1, 0)];
-    const subDirectories: Directory[] = [];
+    const levelDirectories: ParsedDirectory[] = [first];
     const associated: SlideInfo['associated'] = [];
-    const subOffsets = first.SubIFDs === undefined ? [] : Array.from(first.SubIFDs as ArrayLike<number>);
-    if (typeof first.SubIFDs === 'number') subOffsets.push(first.SubIFDs);
-    if (subOffsets.length > 0) {
-      for (const [k, offset] of subOffsets.entries()) {
-        const sub = (await tiff.parseFileDirectoryAt(Number(offset))).fileDirectory as Directory;
-        subDirectories.push(sub);
+    if (structure.subDirectories.length > 0) {
+      for (const [k, sub] of structure.subDirectories.entries()) {
         levels.push(levelOf(sub, 0, k, levels.length, first));
-        checkDirectory(path, sub, levels.length - 1, bytes);
+        levelDirectories.push(sub);
       }
     } else if (!isOme) {
       const aspect = first.ImageWidth / first.ImageLength;
@@ -307,6 +356,7 @@ export async function openSlide(path: string): Promise<SlideInfo> {
         const named = /\b(label|macro|thumbnail)\b/.exec(desc)?.[1];
         if (pyramidal && !named && (d.NewSubfileType ?? 0) !== 9) {
           levels.push(levelOf(d, i, -1, levels.length, first));
+          levelDirectories.push(d);
         } else {
           associated.push({
             name: named ?? (isAperio && i === 1 ? 'thumbnail' : `image ${i}`),
@@ -316,14 +366,8 @@ export async function openSlide(path: string): Promise<SlideInfo> {
         }
       }
     }
-    for (const level of levels) {
-      if (level.subifd < 0) checkDirectory(path, directories[level.page], level.index, bytes);
-      if (level.decoder === 'tiles' && level.compression === 7) {
-        level.decoder = await jpegLevelDecoder(
-          path,
-          level.subifd < 0 ? directories[level.page] : subDirectories[level.subifd],
-        );
-      }
+    for (const [k, level] of levels.entries()) {
+      await prepareLevel(path, handle, bytes, structure, level, levelDirectories[k], maxPixels);
     }
     let mpp: SlideInfo['mpp'] = null;
     let mppSource: SlideInfo['mppSource'] = null;
@@ -359,11 +403,16 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     if (error instanceof SlideFormatError) throw error;
     throw notASlide(path, `its TIFF directories could not be read (${(error as Error).message})`, error);
   } finally {
-    await Promise.resolve(tiff.close()).catch(() => undefined);
+    await handle.close();
   }
 }
 
-async function openPlainImage(path: string, kind: 'png' | 'jpeg', bytes: number): Promise<SlideInfo> {
+async function openPlainImage(
+  path: string,
+  kind: 'png' | 'jpeg',
+  bytes: number,
+  maxPixels: number,
+): Promise<SlideInfo> {
   let meta: sharp.Metadata;
   try {
     meta = await sharp(path, { limitInputPixels: false }).metadata();
@@ -372,6 +421,19 @@ async function openPlainImage(path: string, kind: 'png' | 'jpeg', bytes: number)
   }
   const width = meta.width ?? 0;
   const height = meta.height ?? 0;
+  checkLevelSize({ path, level: 0, maxPixels }, width, height);
+  // Deflate (PNG) packs at most 1032 bytes into one and JPEG a block of 64 pixels into a few bits: a header that
+  // claims far more pixels than the file can hold is a damaged file or a decompression bomb.
+  if (
+    width * height >= STRUCTURE_LIMITS.bombCheckPixels &&
+    (width * height) / bytes > STRUCTURE_LIMITS.pixelsPerStoredByte
+  ) {
+    throw notASlide(
+      path,
+      `its ${kind.toUpperCase()} header declares ${width} x ${height} px, which its ${bytes} bytes cannot hold ` +
+        `(over ${STRUCTURE_LIMITS.pixelsPerStoredByte} pixels per byte): it is truncated or a decompression bomb`,
+    );
+  }
   const colour = (meta.channels ?? 3) - (meta.hasAlpha ? 1 : 0);
   const level: SlideLevel = {
     index: 0,
@@ -499,27 +561,26 @@ export function tileGridOf(slide: SlideInfo, level: SlideLevel): Promise<TileGri
   const key = `${file}\0${slide.bytes}\0${level.index}\0${level.page}\0${level.subifd}`;
   const cached = grids.get(key);
   if (cached) return cached;
-  const grid = slide.format === 'dicom' ? dicomTileGrid(file, level.index) : tiffGrid(file, level);
+  const grid = slide.format === 'dicom' ? dicomTileGrid(file, level.index) : tiffGrid(file, level, slide.bytes);
   grids.set(key, grid);
   grid.catch(() => grids.delete(key));
   if (grids.size > 64) grids.delete(grids.keys().next().value!);
   return grid;
 }
 
-async function tiffGrid(path: string, level: SlideLevel): Promise<TileGrid> {
-  const tiff = await fromFile(path);
+async function tiffGrid(path: string, level: SlideLevel, bytes: number): Promise<TileGrid> {
+  const handle = await open(path, 'r');
   try {
-    let directory: Directory;
-    if (level.subifd >= 0) {
-      const first = (await tiff.getImage(level.page)).fileDirectory as Directory;
-      const subs = typeof first.SubIFDs === 'number' ? [first.SubIFDs] : Array.from(first.SubIFDs ?? []);
-      directory = (await tiff.parseFileDirectoryAt(Number(subs[level.subifd]))).fileDirectory as Directory;
-    } else {
-      directory = (await tiff.getImage(level.page)).fileDirectory as Directory;
-    }
+    // The structure is read and checked again in this thread (it was checked when the slide was opened; the file
+    // may have changed since).
+    const structure = await readTiffStructure(path, handle, bytes);
+    const directory = level.subifd >= 0 ? structure.subDirectories[level.subifd] : structure.directories[level.page];
+    if (!directory) throw notASlide(path, `level ${level.index} is no longer in the file (was it rewritten?)`);
+    const copy = { ...level };
+    await prepareLevel(path, handle, bytes, structure, copy, directory, Infinity);
     return tiffTileGrid(path, directory, level.index);
   } finally {
-    await Promise.resolve(tiff.close()).catch(() => undefined);
+    await handle.close();
   }
 }
 
@@ -569,14 +630,14 @@ export async function readRegion(
       level.decoder === 'tiles'
         ? await readTiledRegion(slide, level, { x0, y0, w, h }, scale, channels)
         : await readVipsRegion(slide, level, { x0, y0, w, h }, scale, channels);
+    if (raw.length !== w * h * channels) {
+      throw new Error(
+        `the decoder gave ${raw.length} bytes where ${w}x${h} pixels of ${channels} channel(s) take ${w * h * channels}`,
+      );
+    }
   } catch (error) {
     if (error instanceof SlideFormatError) throw error;
-    throw new SlideFormatError(
-      `Slide "${slide.path}" level ${index} region x ${x0}, y ${y0}, ${w}x${h} could not be decoded ` +
-        `(${compressionName(level.compression ?? 1)}): ${(error as Error).message}.`,
-      'The file may be truncated or corrupt: copy it again, or check it with `vips copy <slide> /tmp/check.v`.',
-      error,
-    );
+    throw undecodable(slide, level, `region x ${x0}, y ${y0}, ${w}x${h}`, error);
   }
   const source = raw;
   if (w === width && h === height && x0 === x && y0 === y) return { data: source, width, height, channels };
@@ -590,6 +651,36 @@ export async function readRegion(
     }
   }
   return { data, width, height, channels };
+}
+
+/** A decoder's failure on a region of a level, as a {@link SlideFormatError} naming the file, level and region. */
+function undecodable(slide: SlideInfo, level: SlideLevel, where: string, error: unknown): SlideFormatError {
+  const encoding =
+    level.compression === null ? (level.encoding ?? slide.format.toUpperCase()) : compressionName(level.compression);
+  const reason = String((error as Error)?.message ?? error)
+    .replace(/\s+$/, '')
+    .replace(/\.$/, '');
+  return new SlideFormatError(
+    `Slide "${slide.path}" level ${level.index} ${where} could not be decoded (${encoding}): ${reason}.`,
+    'The file may be truncated or corrupt: copy it again, or check it with `vips copy <slide> /tmp/check.v`.',
+    error,
+  );
+}
+
+/**
+ * Decodes one tile of every level (the top-left one, or the first rows of an untiled image): cheap, and it makes a
+ * slide whose pixels no decoder can read fail where its structure is read (`tessera info`, and before `predict`
+ * starts), not halfway through a prediction.
+ * @throws {@link SlideFormatError} naming the file, the level, the region and the decoder's message.
+ * @example
+ * await verifySlide(await openSlide('CMU-1-Small-Region.svs'));
+ */
+export async function verifySlide(slide: SlideInfo): Promise<void> {
+  for (const level of slide.levels) {
+    const width = Math.min(level.tileWidth ?? 256, level.width);
+    const height = Math.min(level.tileHeight ?? 256, level.height);
+    await readRegion(slide, { x: 0, y: 0, width, height }, { level: level.index });
+  }
 }
 
 /**
@@ -627,6 +718,20 @@ export function chooseLevel(slide: SlideInfo, mpp: number): { level: number; sca
 export async function readThumbnail(slide: SlideInfo, maxSide: number, channels: 1 | 3 = 3): Promise<RasterImage> {
   let level = slide.levels[0];
   for (const l of slide.levels) if (Math.max(l.width, l.height) >= maxSide) level = l;
+  try {
+    return await thumbnailOf(slide, level, maxSide, channels);
+  } catch (error) {
+    if (error instanceof SlideFormatError) throw error;
+    throw undecodable(slide, level, `(read whole for a ${maxSide} px thumbnail)`, error);
+  }
+}
+
+async function thumbnailOf(
+  slide: SlideInfo,
+  level: SlideLevel,
+  maxSide: number,
+  channels: 1 | 3,
+): Promise<RasterImage> {
   let source: sharp.Sharp;
   if (level.decoder === 'libvips') {
     source = sharp(slide.path, levelInput(slide, level));
@@ -642,6 +747,7 @@ export async function readThumbnail(slide: SlideInfo, maxSide: number, channels:
     .removeAlpha()
     .toColourspace(channels === 1 ? 'b-w' : 'srgb');
   const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  if (info.channels !== channels) throw new Error(`the decoder gave ${info.channels} channels instead of ${channels}`);
   const pixels = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   return { data: pixels, width: info.width, height: info.height, channels };
 }

@@ -7,7 +7,7 @@ import { open } from 'node:fs/promises';
 import { jpegColourSpace, scanJpegMarkers } from './codecs.js';
 import type { TileCodec, TileGrid } from './tiles.js';
 
-/** The TIFF tags of one image file directory that the slide reader uses (as geotiff names them). */
+/** The TIFF tags of one image file directory that the slide reader uses, by their TIFF names. */
 export interface TiffDirectory {
   ImageWidth: number;
   ImageLength: number;
@@ -29,7 +29,16 @@ export interface TiffDirectory {
   XResolution?: ArrayLike<number>;
   YResolution?: ArrayLike<number>;
   ResolutionUnit?: number;
-  SubIFDs?: ArrayLike<number> | number;
+  SubIFDs?: ArrayLike<number>;
+  Predictor?: number;
+  SampleFormat?: ArrayLike<number>;
+  YCbCrSubSampling?: ArrayLike<number>;
+  Make?: string;
+  XMP?: string;
+  /** Whether the IFD has Hamamatsu's private tag 65420 (NDPI). */
+  ndpi?: boolean;
+  /** File offset of the next IFD in the chain (0 at the end). */
+  nextIfd?: number;
 }
 
 /** TIFF compression codes whose levels Tessera decodes tile by tile, with the name of each. */

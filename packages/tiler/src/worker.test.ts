@@ -85,3 +85,47 @@ describe('worker predict', () => {
     expect(diff).toBeGreaterThan(1e-3);
   });
 });
+
+describe('worker predict on a damaged slide', () => {
+  it('returns the decoder failure as a Tessera error naming the file, level and region (exit code 5)', async () => {
+    // A tiled Deflate TIFF whose tile (2, 1) is damaged: the structure and tile (0, 0) read, that tile does not.
+    const path = join(tmp, 'damaged.tif');
+    await sharp(join(HE, (await readdir(HE)).filter((n) => n.endsWith('.tif')).sort()[0]))
+      .extract({ left: 0, top: 0, width: 256, height: 192 })
+      .tiff({ tile: true, tileWidth: 64, tileHeight: 64, compression: 'deflate' })
+      .toFile(path);
+    const { readFile, writeFile } = await import('node:fs/promises');
+    const bytes = Buffer.from(await readFile(path));
+    const ifd = bytes.readUInt32LE(4);
+    let offsets = 0;
+    for (let i = 0; i < bytes.readUInt16LE(ifd); i++) {
+      const at = ifd + 2 + 12 * i;
+      if (bytes.readUInt16LE(at) === 324) offsets = bytes.readUInt32LE(at + 8);
+    }
+    const tile = bytes.readUInt32LE(offsets + 4 * (1 * 4 + 2));
+    bytes.fill(0xa5, tile + 2, tile + 60);
+    await writeFile(path, bytes);
+    const damaged = await openSlide(path);
+    const task: PredictTask = {
+      model: modelDir,
+      backend: 'cpu',
+      slide: damaged,
+      level: 0,
+      scale: 1,
+      bounds: { width: 256, height: 192 },
+      tileWidth: T,
+      tileHeight: T,
+      tiles: [{ x: 128, y: 64 }],
+    };
+    const outcome = (await predict(task)) as unknown as Record<symbol, unknown>;
+    const error = (() => {
+      try {
+        rethrowFailure((outcome[valueSymbol] ?? outcome) as PredictResult);
+      } catch (e) {
+        return e as { code: string; exitCode: number; message: string };
+      }
+    })();
+    expect(error).toMatchObject({ code: 'E_SLIDE_FORMAT', exitCode: 5 });
+    expect(error!.message).toMatch(/damaged\.tif" level 0 region x 128, y 64, 64x64 could not be decoded \(Deflate\)/);
+  });
+});

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import {
   EngineError,
+  importPluginModules,
   loadModel,
   normalizeWindow,
   readManifest,
@@ -111,10 +112,8 @@ function load(task: InitTask): Promise<Loaded> {
       loaded = loadOnnx({ ...task, onnx: task.onnx });
     } else {
       engine ??= setupEngine(task.backend).then(async (info) => {
-        for (const specifier of task.plugins ?? []) {
-          const mod = (await import(specifier)) as { default?: unknown };
-          if (typeof mod.default === 'function') (mod.default as () => unknown)();
-        }
+        // The plugins register their `layers` (and, written before `layers`, whatever their factories register).
+        await importPluginModules(task.plugins ?? []);
         return info.name;
       });
       loaded = engine.then(async (name) => {

@@ -18,7 +18,7 @@ async function probeOnnx(): Promise<{ available: boolean; detail: string; cuda: 
     available: true,
     detail: `onnxruntime-node ${onnx.ONNXRUNTIME_VERSION}, prediction default; CUDA provider ${cuda ? 'present (--device cuda)' : 'absent'}`,
     cuda,
-    install: cuda ? undefined : 'for GPUs: ONNXRUNTIME_NODE_INSTALL=cuda12 npm install onnxruntime-node@1.30.0',
+    install: cuda ? undefined : 'for GPUs: ONNXRUNTIME_NODE_INSTALL=1 npm rebuild onnxruntime-node',
   };
 }
 

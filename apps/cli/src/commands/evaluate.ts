@@ -1,5 +1,5 @@
-import { evaluateSamples, loadModel, loadSamples, makeEvaluationReport, pairImagesAndMasks } from '@tessera/core';
-import { loadRegistry } from '../plugins.js';
+import { evaluateSamples, loadSamples, makeEvaluationReport, pairImagesAndMasks } from '@tessera/core';
+import { loadModelFolder } from '../model-folder.js';
 import { info, ProgressBar } from '../progress.js';
 import { startEngine } from './shared.js';
 
@@ -14,8 +14,8 @@ export async function evaluateCommand(opts: {
 }): Promise<void> {
   const out = { quiet: opts.quiet || opts.json, json: opts.json };
   await startEngine(opts.backend, out);
-  await loadRegistry(); // installed plugins register their custom layers before the model is rebuilt
-  const { model, manifest } = await loadModel(opts.model);
+  // Installed plugins register their layer classes before the model is rebuilt.
+  const { model, manifest } = await loadModelFolder(opts.model);
   const pairs = await pairImagesAndMasks(opts.images, opts.masks);
   const classMap = { classes: manifest.classes, ...(manifest.ignore !== undefined ? { ignore: manifest.ignore } : {}) };
   const samples = await loadSamples(pairs, {

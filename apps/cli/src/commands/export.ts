@@ -1,5 +1,6 @@
 import { join } from 'node:path';
-import { EngineError, InvalidOptionError, loadModel, tf, tfjsPredictor, writeFileAtomic } from '@tessera/core';
+import { EngineError, InvalidOptionError, tf, tfjsPredictor, writeFileAtomic } from '@tessera/core';
+import { loadModelFolder } from '../model-folder.js';
 import { info } from '../progress.js';
 import { importOnnx, pluginConverters } from '../runtime.js';
 import { startEngine } from './shared.js';
@@ -28,9 +29,10 @@ export async function exportCommand(
       'npm install @tessera/onnx',
     );
   }
-  await startEngine(opts.backend ?? 'cpu', out);
+  // The cpu engine unless --backend says otherwise (TESSERA_BACKEND does not apply here).
+  await startEngine(opts.backend, out, { engine: 'cpu', reason: 'the default of export; --backend chooses another' });
   const converters = await pluginConverters();
-  const { model, manifest } = await loadModel(modelDir);
+  const { model, manifest } = await loadModelFolder(modelDir);
   let reference: Float32Array;
   let bytes: Uint8Array;
   // Check the export against the tfjs model on a random input of a few input multiples.

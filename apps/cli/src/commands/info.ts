@@ -6,10 +6,14 @@ export interface InfoCliOptions {
   quiet?: boolean;
 }
 
-/** `tessera info <slide>`: prints the structure of a slide (levels, tiles, compression, vendor, µm/px). */
+/**
+ * `tessera info <slide>`: prints the structure of a slide (levels, tiles, compression, vendor, µm/px), after decoding
+ * one tile of each level.
+ */
 export async function infoCommand(path: string, opts: InfoCliOptions): Promise<void> {
-  const { compressionName, openSlide } = await requireTiler(`tessera info ${path}`);
+  const { compressionName, openSlide, verifySlide } = await requireTiler(`tessera info ${path}`);
   const slide = await openSlide(path);
+  await verifySlide(slide); // one tile of each level: a slide predict cannot decode fails here too
   if (opts.json) {
     process.stdout.write(JSON.stringify(slide, null, 2) + '\n');
     return;
@@ -27,11 +31,7 @@ export async function infoCommand(path: string, opts: InfoCliOptions): Promise<v
       const tiles = l.tileWidth ? `tiles ${l.tileWidth}x${l.tileHeight}` : 'not tiled';
       const encoding = l.compression === null ? l.encoding : compressionName(l.compression);
       const compression = encoding ? `, ${encoding}` : '';
-      const where = l.file
-        ? basename(l.file)
-        : l.subifd >= 0
-          ? `page ${l.page} subifd ${l.subifd}`
-          : `page ${l.page}`;
+      const where = l.file ? basename(l.file) : l.subifd >= 0 ? `page ${l.page} subifd ${l.subifd}` : `page ${l.page}`;
       return `    ${l.index}: ${l.width} x ${l.height}, downsample ${l.downsample.toFixed(3)}, ${tiles}${compression} (${where})`;
     }),
   ];

@@ -1,4 +1,3 @@
-import { stat } from 'node:fs/promises';
 import { InvalidOptionError, readManifest } from '@tessera/core';
 import type { PolygonsGeoJson, SlideInfo } from '@tessera/tiler';
 import { writeSlideReport } from '../slide-report.js';
@@ -72,13 +71,10 @@ export function isWholeSlide(slide: SlideInfo): boolean {
 /** Files that can only be slides (never ordinary images): their errors are the slide reader's. */
 const SLIDE_ONLY = /\.(svs|btf|dcm)$/i;
 
-async function isFolder(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => null))?.isDirectory() ?? false;
-}
-
 /**
  * The slide structure of a file (or of a folder holding a DICOM slide) when it should go to the tiler, else `null`
- * (unreadable files included).
+ * (an ordinary image). One decision for every command: a file the slide reader refuses is refused here too, with the
+ * reader's message (the same that `tessera info` gives), never read again as an ordinary image.
  */
 export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
   const tiler = await importTiler(); // lazy: the tiler is an optional peer dependency
@@ -86,17 +82,9 @@ export async function wholeSlideOf(path: string): Promise<SlideInfo | null> {
     if (SLIDE_ONLY.test(path)) await requireTiler(`Whole slide ${path}`);
     return null; // without the tiler every other file is an ordinary image
   }
-  try {
-    const slide = await tiler.openSlide(path);
-    return isWholeSlide(slide) ? slide : null;
-  } catch (error) {
-    // A TIFF with a compression nothing here decodes, or cut short, and any unreadable SVS, fail as images too, with
-    // a vaguer message: report the slide reader's.
-    const code = String((error as { code?: string }).code);
-    if (code === 'E_SLIDE_COMPRESSION' || code === 'E_SLIDE_TRUNCATED') throw error;
-    if (code === 'E_SLIDE_FORMAT' && (SLIDE_ONLY.test(path) || (await isFolder(path)))) throw error;
-    return null; // ordinary image path reports the error
-  }
+  const slide = await tiler.openSlide(path);
+  await tiler.verifySlide(slide); // one tile per level: what info checks, predict checks
+  return isWholeSlide(slide) ? slide : null;
 }
 
 /** The `geojson` option of `predictSlide` for `--geojson`, `--geojson-min-area` and `--geojson-object`. */

@@ -1,12 +1,14 @@
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import {
   argmaxLabels,
+  checkOutputDir,
   IMAGE_EXTENSIONS,
   imageStem,
   InputNotFoundError,
+  InvalidOptionError,
+  makeOutputDir,
   normalizeImage,
-  OutputError,
   predictProbabilities,
   renderOverlay,
   readImage,
@@ -25,6 +27,7 @@ import {
   wholeSlideOf,
 } from './predict-slide.js';
 import { startEngine } from './shared.js';
+import { predictWithQueue, requireQueue } from './queue.js';
 import { openPredictor } from '../runtime.js';
 
 /** Options of `tessera predict`. */
@@ -59,6 +62,14 @@ export interface PredictCliOptions {
   geojsonMinArea?: number;
   /** QuPath object type of the polygons: `detection` (default) or `annotation`. */
   geojsonObject?: string;
+  /** Submit whole slides to the workers of this Redis queue (`tessera worker`) instead of predicting them here. */
+  queue?: string;
+  /** With `queue`: submit and exit. */
+  detach?: boolean;
+  /** With `queue`: output pixels per region job. */
+  regionPixels?: number;
+  /** `i/N`: predict only shard `i` of `N` of the sorted inputs. */
+  shard?: string;
 }
 
 /** Folder entries `predict` picks up: images, and whole-slide files. */
@@ -75,7 +86,18 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
     try {
       info = await stat(input);
     } catch (error) {
-      throw new InputNotFoundError(`Input ${input} does not exist.`, 'Give image files or folders of images.', error);
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new InputNotFoundError(
+        code === 'ENOENT'
+          ? `Input ${input} does not exist.`
+          : code === 'ELOOP'
+            ? `Input ${input} cannot be opened: its symbolic links form a loop.`
+            : `Input ${input} cannot be read (${(error as Error).message}).`,
+        code === 'ELOOP'
+          ? 'Point the link at the file or folder itself (`ls -l` shows where each link leads).'
+          : 'Give image files or folders of images.',
+        error,
+      );
     }
     if (info.isDirectory()) {
       const entries = (await readdir(input)).filter((n) => !n.startsWith('.'));
@@ -101,22 +123,33 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
 export async function predictCommand(inputs: string[], opts: PredictCliOptions): Promise<void> {
   const out = { quiet: opts.quiet, json: opts.json };
   checkGeojsonOptions(opts);
+  await checkOutputDir(opts.out); // writable, before any work (and nothing is left behind when a slide is refused)
   const slides: string[] = [];
   const files: string[] = [];
-  for (const file of await expandInputs(inputs)) ((await wholeSlideOf(file)) ? slides : files).push(file);
-  try {
-    await mkdir(opts.out, { recursive: true });
-  } catch (error) {
-    throw new OutputError(
-      `Cannot create the output folder ${opts.out}: ${(error as Error).message}`,
-      'Choose a writable --out.',
-      error,
+  let expanded = await expandInputs(inputs);
+  if (opts.shard !== undefined) {
+    const { parseShard, shardOf } = await requireQueue(`predict --shard ${opts.shard}`);
+    const shard = parseShard(opts.shard);
+    const all = expanded.length;
+    expanded = shardOf(expanded, shard);
+    info(out, `shard ${shard.index}/${shard.count}: ${expanded.length} of ${all} input(s)`);
+  }
+  if (opts.detach && !opts.queue) {
+    throw new InvalidOptionError(
+      '--detach submits to a queue: it needs --queue <url>.',
+      'Add --queue redis://host:6379.',
     );
   }
+  for (const file of expanded) ((await wholeSlideOf(file)) ? slides : files).push(file);
+  await makeOutputDir(opts.out);
   // Installed plugins register their custom layers (here and, through `modules`, in the slide workers).
   const { modules } = await loadRegistry();
-  const slideRecords = [];
-  for (const slide of slides) slideRecords.push(await predictWholeSlide(slide, opts, out, modules));
+  const slideRecords: unknown[] = [];
+  if (opts.queue && slides.length > 0) {
+    slideRecords.push(...(await predictWithQueue(slides, { ...opts, ...out, queue: opts.queue })));
+  } else {
+    for (const slide of slides) slideRecords.push(await predictWholeSlide(slide, opts, out, modules));
+  }
   if (files.length === 0) {
     await writeResolved(opts, slides, slideRecords.length);
     info(out, `predicted ${slides.length} whole slide(s) into ${opts.out}`);

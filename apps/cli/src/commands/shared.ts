@@ -1,9 +1,17 @@
 import { InvalidOptionError, setupEngine, type EngineInfo } from '@tessera/core';
 import { info, type OutputOptions } from '../progress.js';
 
-/** Initialises the engine and says which one runs and why. */
-export async function startEngine(backend: string | undefined, out: OutputOptions): Promise<EngineInfo> {
-  const engine = await setupEngine(backend);
+/**
+ * Initialises the engine and says which one runs and why. `fallback` is the engine a command uses when `--backend`
+ * is not given, with the reason printed for it.
+ */
+export async function startEngine(
+  backend: string | undefined,
+  out: OutputOptions,
+  fallback?: { engine: string; reason: string },
+): Promise<EngineInfo> {
+  let engine = await setupEngine(backend ?? fallback?.engine);
+  if (backend === undefined && fallback) engine = { ...engine, reason: fallback.reason };
   const threads = engine.threads > 0 ? `${engine.threads} thread${engine.threads > 1 ? 's' : ''}` : 'all cores';
   info(out, `engine: ${engine.name} (${threads}; ${engine.reason})`);
   return engine;

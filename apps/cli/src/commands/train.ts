@@ -2,8 +2,8 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { defaultTrainer, writeFileAtomic, type TrainOptions } from '@tessera/core';
 import { mergeConfig, readConfig } from '../config.js';
-import { loadRegistry } from '../plugins.js';
-import { colour, formatDuration, info, ProgressBar } from '../progress.js';
+import { getArchitecture, loadRegistry } from '../plugins.js';
+import { colour, formatDuration, info, ProgressBar, warn } from '../progress.js';
 import { writeTrainingReport } from '../report.js';
 import { parseKeyValues, requireOption, startEngine } from './shared.js';
 
@@ -57,8 +57,9 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
   const out = { quiet: opts.quiet, json: opts.json };
   const engine = await startEngine(opts.backend, out);
-  const { registry, extraName, modules } = await loadRegistry(opts.arch);
-  const architecture = registry.get(extraName ?? opts.arch);
+  const plugins = await loadRegistry(opts.arch);
+  const { extraName, modules } = plugins;
+  const architecture = getArchitecture(plugins, extraName ?? opts.arch);
   const architectureOptions = Array.isArray(opts.archOption)
     ? parseKeyValues(opts.archOption, '--arch-option')
     : opts.archOption;
@@ -112,6 +113,10 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       pluginModules: modules,
       onEvent: (event) => {
         switch (event.type) {
+          case 'notice':
+            if (event.level === 'warning') warn(out, event.message);
+            else info(out, `note: ${event.message}`);
+            break;
           case 'data':
             info(
               out,

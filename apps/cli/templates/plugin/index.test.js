@@ -38,12 +38,18 @@ describe(`architecture "${plugin.name}" conformance`, { timeout: 120_000 }, () =
     if (multiple > 1) expect(message).toMatch(`divisible by ${multiple}`);
   });
 
-  it('gives identical probabilities after saveModel / loadModel', async () => {
+  it('gives identical probabilities after saveModel / loadModel, here and in a fresh worker thread', async () => {
     const side = Math.ceil(64 / multiple) * multiple;
     const shape = { batch: 1, inputChannels: 3, numClasses: 3, height: side, width: side };
     const { model, options } = checkOutputContract(plugin, OPTIONS, shape);
     try {
-      expect((await checkSaveLoad(plugin, options, model, shape)).maxDifference).toBeLessThanOrEqual(1e-5);
+      // Also loaded in a fresh worker thread that imports only this module, as training workers, evaluate and
+      // predict load models: a layer class registered in build() instead of declared in "layers" fails here.
+      const result = await checkSaveLoad(plugin, options, model, shape, {
+        module: new URL('./index.js', import.meta.url),
+      });
+      expect(result.maxDifference).toBeLessThanOrEqual(1e-5);
+      expect(result.freshThreadMaxDifference).toBeLessThanOrEqual(1e-5);
     } finally {
       model.dispose();
     }

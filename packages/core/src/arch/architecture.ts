@@ -73,7 +73,18 @@ export interface ArchitecturePlugin<O extends object = Record<string, unknown>> 
    * layers need none; without a converter, a custom layer makes ONNX export fail and prediction use tfjs.
    */
   readonly onnxConverters?: Readonly<Record<string, OnnxLayerConverter>>;
+  /**
+   * The plugin's own layer classes (subclasses of `layers.layers.Layer` with a unique static `className`), for models
+   * that use any. Core registers them for deserialisation wherever a model is loaded: the main thread, training
+   * workers, whole-slide workers, `evaluate`, `predict` and `export`. Do not register them yourself in `build()`:
+   * those places load saved models without calling it. Models made only of tfjs's layers and core's
+   * `batchNormalization` need none.
+   */
+  readonly layers?: readonly LayerClass[];
 }
+
+/** A custom layer class: a subclass of tfjs-layers' `Layer` with a static `className` (prefix it with the plugin's name). */
+export type LayerClass = (new (...args: any[]) => tfl.layers.Layer) & { readonly className: string };
 
 /** Identity helper that gives plugin authors types at no runtime cost. */
 export function defineArchitecture<O extends object>(plugin: ArchitecturePlugin<O>): ArchitecturePlugin<O> {
@@ -166,6 +177,22 @@ export function validatePlugin(plugin: unknown, source = 'plugin'): Architecture
   }
   if (typeof p.defaults !== 'object' || typeof p.optionsSchema !== 'object') {
     throw new PluginError(`Architecture "${p.name}" from ${source} must declare defaults and optionsSchema objects.`);
+  }
+  if (p.layers !== undefined) {
+    if (!Array.isArray(p.layers)) {
+      throw new PluginError(
+        `Expected "layers" of architecture "${p.name}" from ${source} to be an array of layer classes but received ${describeValue(p.layers)}.`,
+      );
+    }
+    p.layers.forEach((cls: unknown, i: number) => {
+      const name = (cls as { className?: unknown } | null)?.className;
+      if (typeof cls !== 'function' || typeof name !== 'string' || name === '') {
+        throw new PluginError(
+          `Expected layers[${i}] of architecture "${p.name}" from ${source} to be a layer class with a static className but received ${typeof cls === 'function' ? `class ${cls.name || '(anonymous)'} without a className` : describeValue(cls)}.`,
+          'Give the class a unique static className, e.g. static className = "MyNetScaleChannels".',
+        );
+      }
+    });
   }
   return p as ArchitecturePlugin<object>;
 }

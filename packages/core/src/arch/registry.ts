@@ -1,5 +1,6 @@
 import { PluginError, unknownName } from '../errors.js';
 import { validatePlugin, type ArchitecturePlugin } from './architecture.js';
+import { registerPluginLayers } from './plugin-layers.js';
 
 /** Where a registered plugin came from, shown by `tessera archs`. */
 export interface PluginOrigin {
@@ -21,7 +22,7 @@ export class ArchitectureRegistry {
   private readonly plugins = new Map<string, { plugin: ArchitecturePlugin<object>; origin: PluginOrigin }>();
 
   /**
-   * Adds a plugin after checking its name, apiVersion and functions.
+   * Adds a plugin after checking its name, apiVersion and functions, and registers its `layers` for model loading.
    * @throws PluginError when the name is already registered or the plugin breaks the contract.
    */
   register(plugin: ArchitecturePlugin<any>, origin: PluginOrigin = { source: 'builtin' }): this {
@@ -34,6 +35,7 @@ export class ArchitectureRegistry {
         'Give the plugin another name, or install only one of the two packages.',
       );
     }
+    registerPluginLayers(checked, `architecture "${checked.name}" from ${origin.source}`);
     this.plugins.set(checked.name, { plugin: checked, origin });
     return this;
   }

@@ -5,8 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DatasetError, InputNotFoundError, InvalidOptionError } from '../errors.js';
 import { inferClassMap, parseClassMap } from './class-map.js';
 import {
+  classPixelNotices,
   collectMaskValues,
   computeNormalization,
+  inspectImages,
   loadSamples,
   naturalCompare,
   normalizeImage,
@@ -266,5 +268,91 @@ describe('real data: ISBI 2012 EM membranes', () => {
       const seen = new Set(s.labels);
       expect([...seen].sort()).toEqual([0, 1]);
     }
+  });
+});
+
+describe('inspectImages and classPixelNotices: what the data set converts, refuses and warns about', () => {
+  it('says which images lose alpha, are scaled from 16 bits or expanded from grey, and refuses a 1x1 image', async () => {
+    const { images, masks } = await makeFolders('inspect');
+    const sharp = (await import('sharp')).default;
+    const rgb = { data: new Uint8Array(16 * 16 * 3).fill(120), width: 16, height: 16, channels: 3 };
+    await writePng(join(images, 'a.png'), rgb);
+    await writePng(join(images, 'b.png'), {
+      data: new Uint8Array(16 * 16 * 4).fill(200),
+      width: 16,
+      height: 16,
+      channels: 4,
+    });
+    await writePng(join(images, 'c.png'), {
+      data: new Uint8Array(16 * 16).fill(90),
+      width: 16,
+      height: 16,
+      channels: 1,
+    });
+    await sharp(new Uint16Array(16 * 16 * 3).fill(40000), { raw: { width: 16, height: 16, channels: 3 } })
+      .toColourspace('rgb16')
+      .png()
+      .toFile(join(images, 'd.png'));
+    for (const stem of ['a', 'b', 'c', 'd']) {
+      await writePng(join(masks, `${stem}.png`), { data: new Uint8Array(256), width: 16, height: 16, channels: 1 });
+    }
+    const pairs = await pairImagesAndMasks(images, masks);
+    const notices = await inspectImages(pairs, 3);
+    expect(notices.map((n) => n.message)).toEqual([
+      '1 of 4 images have an alpha channel, dropped when read (b)',
+      '1 of 4 images have more than 8 bits per sample, scaled to 8 bits (d)',
+      '1 of 4 images are grey, expanded to RGB to match the others (c)',
+    ]);
+    expect(notices.every((n) => n.level === 'info')).toBe(true);
+    await writePng(join(images, 'e.png'), { data: new Uint8Array(1), width: 1, height: 1, channels: 1 });
+    await writePng(join(masks, 'e.png'), { data: new Uint8Array(1), width: 1, height: 1, channels: 1 });
+    const tiny = await inspectImages(await pairImagesAndMasks(images, masks), 3).catch((e: unknown) => e);
+    expect(tiny).toBeInstanceOf(DatasetError);
+    expect((tiny as Error).message).toMatch(/Image ".*e\.png" is 1x1 pixels; expected at least 8x8\./);
+  });
+
+  it('warns about a class of very few pixels: a stray mask value when the classes are inferred', async () => {
+    const { images, masks } = await makeFolders('rare');
+    const labels = new Uint8Array(64 * 64);
+    for (let i = 0; i < labels.length / 2; i++) labels[i] = 1;
+    labels[5] = 7; // stray values, as an editor's anti-aliasing leaves them
+    labels[9] = 128;
+    labels[10] = 128;
+    await writePng(join(images, 'x.png'), {
+      data: new Uint8Array(64 * 64).fill(100),
+      width: 64,
+      height: 64,
+      channels: 1,
+    });
+    await writePng(join(masks, 'x.png'), { data: labels, width: 64, height: 64, channels: 1 });
+    const pairs = await pairImagesAndMasks(images, masks);
+    const classMap = inferClassMap(await collectMaskValues(pairs));
+    const samples = await loadSamples(pairs, { classMap, normalization: { mean: [0.5], std: [0.25] } });
+    const notices = classPixelNotices(samples, classMap, true);
+    expect(notices.map((n) => [n.level, n.message.split('.')[0]])).toEqual([
+      ['warning', 'Class "class_7" (mask value 7) has only 1 pixel(s) (0'],
+      ['warning', 'Class "class_128" (mask value 128) has only 2 pixel(s) (0'],
+    ]);
+    expect(notices[0].message).toMatch(/in x\. Without --classes every value found in the masks becomes a class/);
+    const given = parseClassMap(
+      {
+        classes: [
+          { name: 'bg', value: 0 },
+          { name: 'cell', value: 1 },
+          { name: 'mitosis', value: 7 },
+          { name: 'x', value: 128 },
+        ],
+      },
+      'test',
+    );
+    const none = classPixelNotices(
+      samples.map((s) => ({ ...s, labels: s.labels.map((l) => (l >= 2 ? 0 : l)) })),
+      given,
+      false,
+    );
+    expect(none.map((n) => n.message)).toEqual([
+      'Class "mitosis" (mask value 7) has no pixels in the masks. The network will hardly learn it: check the masks, or merge it into another class.',
+      'Class "x" (mask value 128) has no pixels in the masks. The network will hardly learn it: check the masks, or merge it into another class.',
+    ]);
   });
 });

@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import { type ClassMap, encodeMask, makeLabelLookup } from './class-map.js';
-import { IMAGE_EXTENSIONS, type RasterImage, imageStem, readImage, readMask } from './image-io.js';
+import { IMAGE_EXTENSIONS, type RasterImage, imageStem, readImage, readImageHeader, readMask } from './image-io.js';
 
 /** An image and its label mask, matched by file stem. */
 export interface SamplePair {
@@ -85,9 +85,16 @@ async function listImageFiles(dir: string, role: 'Images' | 'Masks'): Promise<{ 
   try {
     stat = await fs.stat(dir);
   } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
     throw new InputNotFoundError(
-      `${role} folder "${dir}" does not exist.`,
-      `Check the ${role.toLowerCase()} folder path (relative paths start from the current folder).`,
+      code === 'ENOENT'
+        ? `${role} folder "${dir}" does not exist.`
+        : code === 'ELOOP'
+          ? `${role} folder "${dir}" cannot be opened: its symbolic links form a loop.`
+          : `${role} folder "${dir}" cannot be read (${(error as Error).message}).`,
+      code === 'ELOOP'
+        ? 'Point the link at the folder itself (`ls -l` shows where each link leads).'
+        : `Check the ${role.toLowerCase()} folder path (relative paths start from the current folder).`,
       error,
     );
   }
@@ -405,4 +412,125 @@ export async function collectMaskValues(pairs: readonly SamplePair[]): Promise<S
     });
   });
   return values;
+}
+
+/** A remark about a training data set: what reading it converts (`info`), or what looks wrong (`warning`). */
+export interface DataNotice {
+  level: 'info' | 'warning';
+  message: string;
+}
+
+/** Smallest side of a training image, in pixels: smaller images hold no tissue to learn from. */
+export const MIN_TRAINING_IMAGE_SIDE = 8;
+
+/** A class with fewer labelled pixels than this share of all labelled pixels (or than 64 pixels) is warned about. */
+export const RARE_CLASS_SHARE = 1e-4;
+
+function listed(stems: string[], max = 3): string {
+  return stems.slice(0, max).join(', ') + (stems.length > max ? ` and ${stems.length - max} more` : '');
+}
+
+/**
+ * Checks the images of a data set from their headers, before any pixel is loaded: refuses images too small to train
+ * on, and says what reading them as 8-bit `channels`-channel images converts (alpha dropped, 16-bit samples scaled to
+ * 8 bits, CMYK converted to RGB, grey expanded to RGB or colour reduced to grey).
+ * @returns one `info` notice per kind of conversion, naming how many images and which.
+ * @throws {@link DatasetError} (exit code 6) for an image smaller than {@link MIN_TRAINING_IMAGE_SIDE} on a side.
+ * @example
+ * for (const n of await inspectImages(pairs, 3)) console.log(n.message);
+ */
+export async function inspectImages(pairs: readonly SamplePair[], channels: 1 | 3): Promise<DataNotice[]> {
+  const headers = await mapLimit(pairs, 8, async (pair) => ({ pair, header: await readImageHeader(pair.imagePath) }));
+  const tiny = headers.filter(
+    ({ header }) => header.width < MIN_TRAINING_IMAGE_SIDE || header.height < MIN_TRAINING_IMAGE_SIDE,
+  );
+  if (tiny.length > 0) {
+    const { pair, header } = tiny[0];
+    throw new DatasetError(
+      `Image "${pair.imagePath}" is ${header.width}x${header.height} pixels; expected at least ` +
+        `${MIN_TRAINING_IMAGE_SIDE}x${MIN_TRAINING_IMAGE_SIDE}` +
+        (tiny.length > 1 ? ` (${tiny.length} images are too small: ${listed(tiny.map((t) => t.pair.stem))})` : '') +
+        '.',
+      'Remove the image and its mask from the data set, or export it at its full size.',
+    );
+  }
+  const notices: DataNotice[] = [];
+  const note = (which: typeof headers, what: string) => {
+    if (which.length === 0) return;
+    const stems = which.map((h) => h.pair.stem);
+    notices.push({
+      level: 'info',
+      message: `${which.length} of ${headers.length} images ${what} (${listed(stems)})`,
+    });
+  };
+  note(
+    headers.filter((h) => h.header.alpha),
+    'have an alpha channel, dropped when read',
+  );
+  note(
+    headers.filter((h) => h.header.bits > 8),
+    'have more than 8 bits per sample, scaled to 8 bits',
+  );
+  note(
+    headers.filter((h) => h.header.space === 'cmyk'),
+    'are CMYK, converted to RGB',
+  );
+  if (channels === 3)
+    note(
+      headers.filter((h) => h.header.channels === 1),
+      'are grey, expanded to RGB to match the others',
+    );
+  else
+    note(
+      headers.filter((h) => h.header.channels === 3),
+      'are colour, converted to grey',
+    );
+  return notices;
+}
+
+/**
+ * Counts the labelled pixels of each class over loaded samples and warns about classes that have none or very few
+ * (under {@link RARE_CLASS_SHARE} of the labelled pixels, or under 64): a stray mask value becomes such a class when
+ * the classes are inferred from the masks.
+ * @param inferred - whether the class map was inferred from the masks (no `--classes`): the warning then says how to
+ * name the classes.
+ * @example
+ * const notices = classPixelNotices(samples, classMap, true);
+ */
+export function classPixelNotices(
+  samples: readonly LoadedSample[],
+  classMap: ClassMap,
+  inferred: boolean,
+): DataNotice[] {
+  const k = classMap.classes.length;
+  const counts = new Array<number>(k).fill(0);
+  const where: string[][] = Array.from({ length: k }, () => []);
+  for (const sample of samples) {
+    const own = new Array<number>(k).fill(0);
+    for (const label of sample.labels) if (label >= 0 && label < k) own[label]++;
+    own.forEach((n, c) => {
+      counts[c] += n;
+      if (n > 0) where[c].push(sample.stem);
+    });
+  }
+  const total = counts.reduce((a, b) => a + b, 0);
+  const notices: DataNotice[] = [];
+  classMap.classes.forEach((cls, c) => {
+    const n = counts[c];
+    if (total === 0 || (n >= 64 && n / total >= RARE_CLASS_SHARE)) return;
+    const name = `Class "${cls.name}" (mask value ${cls.value})`;
+    const share = total > 0 ? ` (${((100 * n) / total).toPrecision(2)}% of the labelled pixels)` : '';
+    const why = inferred
+      ? ' Without --classes every value found in the masks becomes a class: if this value is a stray one, pass ' +
+        '--classes with the real classes (values outside them are then refused), or fix the masks.'
+      : ' The network will hardly learn it: check the masks, or merge it into another class.';
+    notices.push({
+      level: 'warning',
+      message:
+        n === 0
+          ? `${name} has no pixels in the masks.${why}`
+          : `${name} has only ${n} pixel(s)${share}, in ${listed(where[c])}.${why}`,
+    });
+  });
+  return notices;
 }

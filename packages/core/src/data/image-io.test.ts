@@ -195,3 +195,26 @@ describe('imageStem', () => {
     expect(imageStem('rel/0.PNG')).toBe('0');
   });
 });
+
+describe('images too large to read whole', () => {
+  it('names the size, not the format, for a 20000 x 20000 PNG (exit code 5)', async () => {
+    // A PNG header (with a valid CRC) of 20000 x 20000 RGB: only the header is read before the refusal.
+    const small = await sharp({ create: { width: 2, height: 2, channels: 3, background: '#808080' } })
+      .png()
+      .toBuffer();
+    const png = Buffer.from(small);
+    png.writeUInt32BE(20000, 16);
+    png.writeUInt32BE(20000, 20);
+    const { crc32 } = await import('node:zlib');
+    png.writeUInt32BE(crc32(png.subarray(12, 29)) >>> 0, 29);
+    const path = join(dir, 'huge.png');
+    await fs.writeFile(path, png);
+    const error = await readImage(path).catch((e: unknown) => e as InvalidInputError);
+    expect(error).toBeInstanceOf(InvalidInputError);
+    expect(error.message).toBe(
+      `Image "${path}" is 20000 x 20000 px (400 megapixels); images read whole are limited to 268 megapixels (16383 x 16383).`,
+    );
+    expect(error.hint).toMatch(/Predict it as a whole slide/);
+    expect(error.message).not.toMatch(/could not be decoded|expected PNG/);
+  });
+});

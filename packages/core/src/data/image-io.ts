@@ -67,10 +67,10 @@ async function assertFile(path: string, what: string): Promise<void> {
 /** Reads the header of an image file, mapping sharp's failures to InvalidInputError. */
 async function readMetadata(path: string, what: string): Promise<sharp.Metadata> {
   await assertFile(path, what);
+  let meta: sharp.Metadata;
   try {
-    const meta = await sharp(path).metadata();
+    meta = await sharp(path, { limitInputPixels: false }).metadata();
     if (!meta.width || !meta.height || !meta.channels) throw new Error('no width, height or channel count');
-    return meta;
   } catch (error) {
     throw new InvalidInputError(
       `${what} "${path}" could not be decoded as an image: expected PNG, JPEG or TIFF, sharp said: ` +
@@ -79,7 +79,24 @@ async function readMetadata(path: string, what: string): Promise<sharp.Metadata>
       error,
     );
   }
+  // The size, not the format: sharp refuses more pixels than this unless told otherwise, and an image this large is
+  // read whole into memory here.
+  if (meta.width * meta.height > MAX_IMAGE_PIXELS) {
+    throw new InvalidInputError(
+      `${what} "${path}" is ${meta.width} x ${meta.height} px (${((meta.width * meta.height) / 1e6).toFixed(0)} ` +
+        `megapixels); images read whole are limited to ${Math.round(MAX_IMAGE_PIXELS / 1e6)} megapixels ` +
+        '(16383 x 16383).',
+      what === 'Image'
+        ? 'Predict it as a whole slide (`tessera predict` tiles images over 4096 x 4096 px when @tessera/tiler is ' +
+          'installed), or cut it into tiles for training (e.g. `vips dzsave in.png tiles --depth one`).'
+        : 'Cut the image and its mask into tiles of the same size (e.g. `vips dzsave in.png tiles --depth one`).',
+    );
+  }
+  return meta;
 }
+
+/** Pixels of the largest image read whole (sharp's default limit: 16383 x 16383). */
+export const MAX_IMAGE_PIXELS = 0x3fff * 0x3fff;
 
 /** Runs a sharp pipeline to raw pixels, mapping decode failures (e.g. truncated data) to InvalidInputError. */
 async function toRaw(
@@ -96,6 +113,49 @@ async function toRaw(
       error,
     );
   }
+}
+
+/** What an image file holds, from its header: what {@link readImage} keeps and what it converts. */
+export interface ImageHeader {
+  width: number;
+  height: number;
+  /** Colour channels as read: 1 (grey) or 3 (RGB, also for CMYK and palette files, converted). */
+  channels: 1 | 3;
+  /** Whether the file has an alpha channel (dropped when read). */
+  alpha: boolean;
+  /** Bits per sample in the file (16-bit samples are scaled to 8 bits when read). */
+  bits: number;
+  /** libvips's colour space of the file, e.g. `srgb`, `b-w`, `cmyk`, `rgb16`, `grey16`. */
+  space: string;
+}
+
+const BITS: Record<string, number> = {
+  uchar: 8,
+  char: 8,
+  ushort: 16,
+  short: 16,
+  uint: 32,
+  int: 32,
+  float: 32,
+  double: 64,
+};
+
+/**
+ * Reads an image's header (no pixels).
+ * @throws {@link InputNotFoundError} when the file is missing, {@link InvalidInputError} when it is not an image.
+ * @example
+ * const { width, height, alpha, bits } = await readImageHeader('train/0.png');
+ */
+export async function readImageHeader(path: string): Promise<ImageHeader> {
+  const meta = await readMetadata(path, 'Image');
+  return {
+    width: meta.width!,
+    height: meta.height!,
+    channels: colourChannels(meta),
+    alpha: !!meta.hasAlpha,
+    bits: BITS[meta.depth ?? 'uchar'] ?? 8,
+    space: String(meta.space ?? ''),
+  };
 }
 
 /** Colour channels of a file, alpha excluded: 1 for grey files, 3 for RGB (and CMYK, converted). */
@@ -140,6 +200,13 @@ export async function readImage(path: string, options: ReadImageOptions = {}): P
     throw new InvalidInputError(
       `Image "${path}" decoded to ${info.channels} channels, expected ${channels}.`,
       'Convert the image to 8-bit grey or RGB (e.g. `vips colourspace in.tif out.png srgb`).',
+    );
+  }
+  if (data.length !== info.width * info.height * channels) {
+    throw new InvalidInputError(
+      `Image "${path}" decoded to ${data.length} bytes where ${info.width}x${info.height} pixels of ${channels} ` +
+        `channel(s) take ${info.width * info.height * channels}.`,
+      READ_HINT,
     );
   }
   return { data: asUint8(data), width: info.width, height: info.height, channels };

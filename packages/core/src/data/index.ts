@@ -4,12 +4,15 @@
 
 export { type Random, createRandom, restoreRandom, shuffle } from './random.js';
 export {
+  type ImageHeader,
   type MaskImage,
   type RasterImage,
   type ReadImageOptions,
   IMAGE_EXTENSIONS,
+  MAX_IMAGE_PIXELS,
   imageStem,
   readImage,
+  readImageHeader,
   readMask,
   writeFileAtomic,
   writePng,
@@ -31,12 +34,17 @@ export {
   parseColor,
 } from './class-map.js';
 export {
+  type DataNotice,
   type LoadSamplesOptions,
   type LoadedSample,
   type Normalization,
   type SamplePair,
+  MIN_TRAINING_IMAGE_SIDE,
+  RARE_CLASS_SHARE,
+  classPixelNotices,
   collectMaskValues,
   computeNormalization,
+  inspectImages,
   loadSamples,
   naturalCompare,
   normalizeImage,

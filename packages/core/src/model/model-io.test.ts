@@ -5,9 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import '@tensorflow/tfjs-backend-cpu';
-import { ModelFormatError, InputNotFoundError } from '../errors.js';
+import { ModelFormatError, InputNotFoundError, OutputError } from '../errors.js';
 import { CORE_VERSION } from '../version.js';
-import { loadModel, readManifest, saveModel, type ManifestDraft } from './model-io.js';
+import { checkOutputDir, loadModel, makeOutputDir, readManifest, saveModel, type ManifestDraft } from './model-io.js';
 
 function smallModel(): tfl.LayersModel {
   const input = tfl.input({ shape: [null, null, 1] });
@@ -138,5 +138,34 @@ describe('model folders', () => {
   it('keeps CORE_VERSION equal to package.json', async () => {
     const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8'));
     expect(CORE_VERSION).toBe(pkg.version);
+  });
+});
+
+describe('output folders', () => {
+  it('refuses a folder under /proc at once instead of retrying forever, and a file in the way (exit code 10)', async () => {
+    const started = performance.now();
+    for (const check of [makeOutputDir, checkOutputDir]) {
+      const error = await check('/proc/tessera-nowhere/out').catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(OutputError);
+      expect((error as OutputError).exitCode).toBe(10);
+      expect((error as Error).message).toMatch(
+        /^Cannot use "\/proc\/tessera-nowhere\/out" as the output folder: "\/proc\/tessera-nowhere" cannot be created/,
+      );
+    }
+    expect(performance.now() - started).toBeLessThan(2000);
+    const root = await mkdtemp(join(tmpdir(), 'tessera-out-'));
+    try {
+      await writeFile(join(root, 'file'), 'x');
+      await expect(makeOutputDir(join(root, 'file', 'sub'))).rejects.toThrow(/"[^"]*file" is a file, not a folder/);
+      // checkOutputDir makes nothing that stays; makeOutputDir makes the folders.
+      await checkOutputDir(join(root, 'a', 'b'));
+      await expect(readFile(join(root, 'a'))).rejects.toMatchObject({ code: 'ENOENT' });
+      await makeOutputDir(join(root, 'a', 'b'));
+      await writeFile(join(root, 'a', 'b', 'ok'), 'x');
+      const { readdir } = await import('node:fs/promises');
+      expect(await readdir(join(root, 'a', 'b'))).toEqual(['ok']); // no probe file left
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

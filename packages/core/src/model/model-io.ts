@@ -1,11 +1,11 @@
-import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { registerBatchNormalization } from '../arch/batch-norm.js';
 import { writeFileAtomic } from '../data/image-io.js';
-import { InputNotFoundError, ModelFormatError, OutputError } from '../errors.js';
+import { InputNotFoundError, ModelFormatError, OutputError, UnknownLayerError } from '../errors.js';
 import { validateManifest, type FileDigest, type ModelManifest } from './manifest.js';
 
 /** File names inside a model folder. */
@@ -55,8 +55,19 @@ export async function deserializeModel(
       tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs, weightData: buffer }),
     );
   } catch (error) {
+    const message = (error as Error).message;
+    const unknown = /Unknown layer: ([\w$-]+)/.exec(message);
+    if (unknown) {
+      throw new UnknownLayerError(
+        unknown[1],
+        `Could not rebuild the network of ${source}: it has a layer of class "${unknown[1]}", which no loaded plugin registers.`,
+        'Install the architecture plugin that made the model (tessera archs lists the installed ones); a plugin ' +
+          'registers its own layer classes by listing them in "layers".',
+        error,
+      );
+    }
     throw new ModelFormatError(
-      `Could not rebuild the network of ${source}: ${(error as Error).message}`,
+      `Could not rebuild the network of ${source}: ${message.split('\n')[0]}`,
       'If it uses a third-party architecture, install that plugin; otherwise retrain the model.',
       error,
     );
@@ -93,20 +104,104 @@ export async function saveModel(dir: string, model: tfl.LayersModel, draft: Mani
   return manifest;
 }
 
+function outputFolderError(dir: string, reason: string, error?: unknown): OutputError {
+  return new OutputError(
+    `Cannot use "${dir}" as the output folder: ${reason}.`,
+    'Choose a writable --out folder (on a disk, not under /proc or /sys).',
+    error,
+  );
+}
+
+function fsReason(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'EACCES' || code === 'EPERM'
+    ? 'permission denied'
+    : code === 'EROFS'
+      ? 'the file system is read-only'
+      : code === 'ELOOP'
+        ? 'its symbolic links form a loop'
+        : code === 'ENOSPC'
+          ? 'the disk is full'
+          : (error as Error).message;
+}
+
 /**
- * Creates an output folder (and its parents).
- * @throws OutputError naming the folder when it cannot be created.
+ * Creates the folders of `dir` that are missing, one by one (Node's recursive mkdir retries forever where a parent
+ * exists but refuses children, as under /proc), and writes and removes a probe file in it.
+ * @returns the folders created, outermost first.
+ */
+async function prepareOutputDir(dir: string): Promise<string[]> {
+  const absolute = resolve(dir);
+  const missing: string[] = [];
+  for (let at = absolute; ; ) {
+    let info;
+    try {
+      info = await stat(at);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') {
+        throw outputFolderError(dir, `"${at}" cannot be read (${fsReason(error)})`, error);
+      }
+      missing.push(at);
+      const parent = dirname(at);
+      if (parent === at) throw outputFolderError(dir, 'no part of the path exists');
+      at = parent;
+      continue;
+    }
+    if (!info.isDirectory()) throw outputFolderError(dir, `"${at}" is a file, not a folder`);
+    break;
+  }
+  const created: string[] = [];
+  try {
+    for (const folder of missing.reverse()) {
+      try {
+        await mkdir(folder);
+        created.push(folder);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw outputFolderError(dir, `"${folder}" cannot be created (${fsReason(error)})`, error);
+        }
+      }
+    }
+    const probe = join(absolute, `.tessera-write-check-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      await writeFile(probe, '');
+    } catch (error) {
+      throw outputFolderError(dir, `a file cannot be written in it (${fsReason(error)})`, error);
+    } finally {
+      await rm(probe, { force: true }).catch(() => undefined);
+    }
+  } catch (error) {
+    await removeEmptyFolders(created);
+    throw error;
+  }
+  return created;
+}
+
+async function removeEmptyFolders(created: string[]): Promise<void> {
+  for (const folder of [...created].reverse()) await rmdir(folder).catch(() => undefined);
+}
+
+/**
+ * Creates an output folder (and its parents) and checks that a file can be written in it.
+ * @throws {@link OutputError} (exit code 10) naming the folder and the reason: a file in the way, permission denied,
+ * a read-only file system, a folder that cannot be created (under /proc).
+ * @example
+ * await makeOutputDir('runs/isbi');
  */
 export async function makeOutputDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true });
-  } catch (error) {
-    throw new OutputError(
-      `Cannot create the output folder ${dir}: ${(error as Error).message}`,
-      'Choose a writable --out folder.',
-      error,
-    );
-  }
+  await prepareOutputDir(dir);
+}
+
+/**
+ * Checks, before any work is done, that an output folder can be made and written: makes the missing folders, writes
+ * a probe file, and removes what it made, so that a run that fails later leaves no folder behind.
+ * @throws {@link OutputError} (exit code 10), as {@link makeOutputDir}.
+ * @example
+ * await checkOutputDir(opts.out); // at the start of a command
+ */
+export async function checkOutputDir(dir: string): Promise<void> {
+  await removeEmptyFolders(await prepareOutputDir(dir));
 }
 
 /** Reads and checks `manifest.json` of a model folder without loading the network. */

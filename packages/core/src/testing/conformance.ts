@@ -6,16 +6,21 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
+import { Worker } from 'node:worker_threads';
 import { resolveArchitectureOptions, type ArchitecturePlugin } from '../arch/architecture.js';
 import { checkInputSize } from '../arch/check-input.js';
+import { buildArchitecture, checkModelOutput, registerPluginLayers } from '../arch/plugin-layers.js';
+import { activeEngine } from '../engine/engine.js';
 import { createRandom } from '../data/random.js';
 import { randSyntheticTissue } from '../data/synthetic.js';
 import { InvalidOptionError, PluginError } from '../errors.js';
 import { countParameters, loadModel, saveModel, type ManifestDraft } from '../model/model-io.js';
 import { getLoss } from '../train/losses.js';
+import type { LoadWorkerInit, LoadWorkerReply } from './load-worker.js';
 import { createOptimizer } from '../train/optimizers.js';
 
 type AnyPlugin = ArchitecturePlugin<any>;
@@ -41,7 +46,9 @@ function where(plugin: AnyPlugin, options: object): string {
 
 /**
  * Builds the plugin's model and checks that it maps `[batch, height, width, inputChannels]` to
- * `[batch, height, width, numClasses]` probabilities: finite, in `[0, 1]`, summing to 1 per pixel.
+ * `[batch, height, width, numClasses]` probabilities: finite, in `[0, 1]`, summing to 1 per pixel. The build itself is
+ * checked as the trainer checks it ({@link buildArchitecture}): a layer class registered inside `build()` instead of
+ * declared in `layers`, or a model of a second copy of TensorFlow.js, is refused.
  *
  * @param userOptions options validated against the plugin's schema (defaults fill the rest).
  * @throws PluginError naming the architecture, the case and what came out.
@@ -54,41 +61,10 @@ export function checkOutputContract(
   seed = 1,
 ): { model: tfl.LayersModel; options: object } {
   const options = resolveArchitectureOptions(plugin, userOptions);
-  const { batch, height, width, inputChannels, numClasses } = shape;
-  const model = plugin.build({ inputChannels, numClasses, options, seed, tileSize: height });
-  const expected = [batch, height, width, numClasses];
-  const ctx = `${where(plugin, options)} on a [${batch}, ${height}, ${width}, ${inputChannels}] input`;
+  const { height, inputChannels, numClasses } = shape;
+  const model = buildArchitecture(plugin, { inputChannels, numClasses, options, seed, tileSize: height });
   try {
-    tf.tidy(() => {
-      const x = tf.tensor4d(uniform(batch * height * width * inputChannels, seed), [
-        batch,
-        height,
-        width,
-        inputChannels,
-      ]);
-      const y = model.predict(x) as tf.Tensor;
-      if (y.shape.length !== 4 || y.shape.some((v, i) => v !== expected[i])) {
-        throw new PluginError(
-          `Expected output shape [${expected.join(', ')}] from ${ctx} but received [${y.shape.join(', ')}].`,
-        );
-      }
-      const p = y.dataSync();
-      for (let i = 0; i < p.length; i++) {
-        if (!(p[i] >= -1e-6 && p[i] <= 1 + 1e-6)) {
-          throw new PluginError(`Expected probabilities in [0, 1] from ${ctx} but element ${i} is ${p[i]}.`);
-        }
-      }
-      for (let i = 0; i < p.length; i += numClasses) {
-        let s = 0;
-        for (let k = 0; k < numClasses; k++) s += p[i + k];
-        if (Math.abs(s - 1) > 1e-4) {
-          throw new PluginError(
-            `Expected class probabilities summing to 1 per pixel from ${ctx} but pixel ${i / numClasses} sums to ${s}.`,
-            'End the network with a softmax over the class axis.',
-          );
-        }
-      }
-    });
+    checkModelOutput(plugin, options, model, shape, seed);
   } catch (error) {
     model.dispose();
     throw error;
@@ -130,19 +106,77 @@ export function checkInputMultiple(plugin: AnyPlugin, userOptions: Record<string
   );
 }
 
+/** Options of {@link checkSaveLoad}. */
+export interface SaveLoadCheckOptions {
+  /**
+   * The plugin's module (a file URL or package name, e.g. `new URL('./index.js', import.meta.url)`). When given, the
+   * saved model is also loaded in a fresh worker thread that only imports this module, as training workers,
+   * whole-slide workers, `evaluate` and `predict` do, and must give the same probabilities. `tessera check-plugin`
+   * always does this.
+   */
+  module?: string | URL;
+}
+
+/** What {@link checkSaveLoad} measured. */
+export interface SaveLoadCheckResult {
+  /** Largest probability difference between the saved model and the one loaded back in this thread. */
+  maxDifference: number;
+  /** The same for the model loaded in a fresh worker thread, when `module` was given. */
+  freshThreadMaxDifference?: number;
+}
+
+function whereToLoadWorker(): string {
+  const here = fileURLToPath(import.meta.url);
+  // Core's own tests run the TypeScript sources; the worker thread runs the build.
+  return here.endsWith('.ts')
+    ? join(dirname(here), '../../dist/testing/load-worker.js')
+    : join(dirname(here), 'load-worker.js');
+}
+
+/** Loads the model folder `dir` in a fresh worker thread that imports only `module`; returns its probabilities. */
+async function loadInFreshThread(
+  plugin: AnyPlugin,
+  module: string,
+  dir: string,
+  input: Float32Array,
+  shape: [number, number, number, number],
+): Promise<Float32Array> {
+  const init: LoadWorkerInit = { module, dir, engine: activeEngine()?.name, input, shape };
+  const reply = await new Promise<LoadWorkerReply>((resolve, reject) => {
+    const worker = new Worker(whereToLoadWorker(), { workerData: init });
+    worker.once('message', (message: LoadWorkerReply) => {
+      resolve(message);
+      void worker.terminate();
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`the worker thread exited with code ${code}`)));
+  }).catch((error: Error) => ({ error: { message: error.message, hint: undefined } }));
+  if ('error' in reply) {
+    throw new PluginError(
+      `A fresh worker thread that imports ${module} (as training workers, evaluate and predict do) could not load ` +
+        `the saved model of architecture "${plugin.name}": ${reply.error.message}`,
+      reply.error.hint ??
+        'Declare every custom layer class in the plugin\'s "layers" rather than registering it in build().',
+    );
+  }
+  return reply.probabilities;
+}
+
 /**
  * Saves `model` with core's `saveModel`, loads it back with `loadModel` and checks that both give the same
- * probabilities (to 1e-5) on a fixed input, and the same parameter count.
+ * probabilities (to 1e-5) on a fixed input, and the same parameter count. With `module`, the model is also loaded in
+ * a fresh worker thread as training workers, `evaluate` and `predict` load it (see {@link SaveLoadCheckOptions}).
  *
- * @throws PluginError when the reloaded model differs; core's ModelFormatError when it cannot be reloaded
- * (e.g. a custom layer class that is not registered).
+ * @throws PluginError when the reloaded model differs or a fresh thread cannot load it; core's ModelFormatError when
+ * it cannot be reloaded here (e.g. a custom layer class that is not registered).
  */
 export async function checkSaveLoad(
   plugin: AnyPlugin,
   options: object,
   model: tfl.LayersModel,
   shape: ConformanceShape,
-): Promise<{ maxDifference: number }> {
+  check: SaveLoadCheckOptions = {},
+): Promise<SaveLoadCheckResult> {
   const dir = await mkdtemp(join(tmpdir(), `tessera-conformance-${plugin.name}-`));
   try {
     const draft: ManifestDraft = {
@@ -172,6 +206,7 @@ export async function checkSaveLoad(
       createdBy: 'tessera conformance',
     };
     await saveModel(dir, model, draft);
+    registerPluginLayers(plugin);
     const { model: loaded } = await loadModel(dir);
     try {
       if (countParameters(loaded) !== countParameters(model)) {
@@ -180,25 +215,35 @@ export async function checkSaveLoad(
         );
       }
       const { batch, height, width, inputChannels } = shape;
-      const maxDifference = tf.tidy(() => {
-        const x = tf.tensor4d(uniform(batch * height * width * inputChannels, 99), [
-          batch,
-          height,
-          width,
-          inputChannels,
-        ]);
-        const a = model.predict(x) as tf.Tensor;
-        const b = loaded.predict(x) as tf.Tensor;
-        if (a.shape.join() !== b.shape.join()) return Infinity;
-        return tf.max(tf.abs(tf.sub(a, b))).dataSync()[0];
-      });
+      const input = uniform(batch * height * width * inputChannels, 99);
+      const inputShape: [number, number, number, number] = [batch, height, width, inputChannels];
+      const expected = tf.tidy(() => (model.predict(tf.tensor4d(input, inputShape)) as tf.Tensor).dataSync());
+      const difference = (actual: ArrayLike<number>) => {
+        if (actual.length !== expected.length) return Infinity;
+        let max = 0;
+        for (let i = 0; i < actual.length; i++) max = Math.max(max, Math.abs(actual[i] - expected[i]));
+        return max;
+      };
+      const maxDifference = difference(
+        tf.tidy(() => (loaded.predict(tf.tensor4d(input, inputShape)) as tf.Tensor).dataSync()),
+      );
       if (!(maxDifference <= 1e-5)) {
         throw new PluginError(
           `The reloaded ${where(plugin, options)} gives other probabilities than the saved one (max difference ${maxDifference}).`,
           'Every layer must serialise its whole configuration (getConfig) and all its weights.',
         );
       }
-      return { maxDifference };
+      if (check.module === undefined) return { maxDifference };
+      const fresh = await loadInFreshThread(plugin, String(check.module), dir, input, inputShape);
+      const freshThreadMaxDifference = difference(fresh);
+      if (!(freshThreadMaxDifference <= 1e-5)) {
+        throw new PluginError(
+          `The ${where(plugin, options)} loaded in a fresh worker thread from ${String(check.module)} gives other ` +
+            `probabilities than the saved one (max difference ${freshThreadMaxDifference}).`,
+          'Every layer must serialise its whole configuration (getConfig) and all its weights.',
+        );
+      }
+      return { maxDifference, freshThreadMaxDifference };
     } finally {
       loaded.dispose();
     }
@@ -250,7 +295,7 @@ export function checkTraining(
 ): TrainingCheckResult {
   const { size = 64, images = 2, steps = 60, lr = 0.01, minAccuracy = 0.9, maxLossRatio = 0.5, seed = 3 } = opts;
   const options = resolveArchitectureOptions(plugin, userOptions);
-  const model = plugin.build({ inputChannels: 3, numClasses: 2, options, seed, tileSize: size });
+  const model = buildArchitecture(plugin, { inputChannels: 3, numClasses: 2, options, seed, tileSize: size });
   const rng = createRandom(11);
   const samples = Array.from({ length: images }, (_, i) =>
     randSyntheticTissue({ width: size, height: size, density: 40 }, rng.fork(i)),

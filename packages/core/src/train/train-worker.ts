@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
+import { importPluginModules } from '../arch/plugin-layers.js';
 import { setupEngine } from '../engine/engine.js';
 import { deserializeModel } from '../model/model-io.js';
 import {
@@ -25,10 +26,8 @@ const post = (message: TrainWorkerMessage, transfer: ArrayBuffer[] = []) => port
 
 async function start() {
   await setupEngine(init.engine);
-  for (const specifier of init.pluginModules) {
-    const mod = (await import(specifier)) as { default?: unknown };
-    if (typeof mod.default === 'function') (mod.default as () => unknown)();
-  }
+  // The plugins register their `layers` (and, written before `layers`, whatever their factories register).
+  await importPluginModules(init.pluginModules);
   const model = await deserializeModel(init.topology, init.weights, 'the model sent to a training worker');
   const weights = model.trainableWeights;
   const shapes = weights.map((w) => w.shape as number[]);

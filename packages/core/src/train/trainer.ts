@@ -6,21 +6,25 @@ import { resolveArchitectureOptions, type ArchitecturePlugin } from '../arch/arc
 import { DEFAULT_AUGMENT, randCropAugment, type AugmentOptions } from '../data/augment.js';
 import { inferClassMap, loadClassMap, type ClassMap } from '../data/class-map.js';
 import {
+  classPixelNotices,
   collectMaskValues,
   computeNormalization,
+  inspectImages,
   loadSamples,
   pairImagesAndMasks,
   type LoadedSample,
   type Normalization,
   type SamplePair,
 } from '../data/dataset.js';
-import { readImage, writeFileAtomic } from '../data/image-io.js';
+import { readImage, readImageHeader, writeFileAtomic } from '../data/image-io.js';
 import { createRandom, shuffle } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
 import { countActivations } from '../arch/flops.js';
+import { buildArchitecture, checkModelOutput, registerPluginLayers } from '../arch/plugin-layers.js';
 import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
 import {
+  checkOutputDir,
   countParameters,
   deserializeModel,
   makeOutputDir,
@@ -185,7 +189,9 @@ export type TrainEvent =
     }
   | { type: 'step'; epoch: number; step: number; stepsPerEpoch: number; loss: number; lr: number; seconds: number }
   | { type: 'epoch'; record: EpochRecord; best: boolean }
-  | { type: 'stop'; reason: string };
+  | { type: 'stop'; reason: string }
+  /** After `data`: what reading the data converted (`info`), or what looks wrong in it (`warning`). */
+  | { type: 'notice'; level: 'info' | 'warning'; message: string };
 
 /** One row of the training history (`history.csv`). */
 export interface EpochRecord {
@@ -504,6 +510,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     );
   }
   const out = resolve(request.out);
+  await checkOutputDir(out); // writable before any data is read (and nothing left behind if training fails)
   const emit = request.onEvent ?? (() => undefined);
 
   // Data
@@ -535,8 +542,10 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     validation = `${nVal} of ${pairs.length} images held out (valSplit ${o.valSplit}, seed ${o.seed})`;
   }
   // One channel count for the whole data set: grey when every training image is stored grey.
+  const headers = await Promise.all(trainPairs.map((p) => readImageHeader(p.imagePath)));
+  const channels: 1 | 3 = headers.every((header) => header.channels === 1) ? 1 : 3;
+  const notices = await inspectImages([...trainPairs, ...valPairs], channels);
   let rawImages = await Promise.all(trainPairs.map((p) => readImage(p.imagePath)));
-  const channels: 1 | 3 = rawImages.every((image) => image.channels === 1) ? 1 : 3;
   if (channels === 3 && rawImages.some((image) => image.channels === 1)) {
     rawImages = await Promise.all(trainPairs.map((p) => readImage(p.imagePath, { channels: 3 })));
   }
@@ -544,6 +553,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   rawImages = [];
   const trainSamples = await loadSamples(trainPairs, { classMap, channels, normalization });
   const valSamples = await loadSamples(valPairs, { classMap, channels, normalization });
+  notices.push(...classPixelNotices([...trainSamples, ...valSamples], classMap, request.classes === undefined));
   emit({
     type: 'data',
     trainSamples: trainSamples.length,
@@ -551,6 +561,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     classes: classMap.classes.map((c) => c.name),
     channels,
   });
+  for (const notice of notices) emit({ type: 'notice', ...notice });
   if (o.classWeights && o.classWeights.length !== numClasses) {
     throw new InvalidOptionError(
       `Expected ${numClasses} class weights (one per class: ${classMap.classes.map((c) => c.name).join(', ')}) but received ${o.classWeights.length}.`,
@@ -586,6 +597,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     );
   }
   if (checkpoint) {
+    registerPluginLayers(plugin);
     model = await deserializeModel(
       await readFile(join(checkpoint, MODEL_FILES.topology), 'utf8'),
       await readFile(join(checkpoint, MODEL_FILES.weights)),
@@ -605,13 +617,28 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     );
     state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
   } else {
-    model = plugin.build({
+    model = buildArchitecture(plugin, {
       inputChannels: channels,
       numClasses,
       tileSize: o.tileSize,
       options: archOptions,
       seed: o.seed,
     });
+    // The build contract, once, on a small input (the conformance kit's check and messages): a network that outputs
+    // logits or another class count is refused here rather than trained or failing after a step.
+    const side = Math.min(o.tileSize, multiple * Math.max(1, Math.ceil(64 / multiple)));
+    try {
+      checkModelOutput(plugin, archOptions, model, {
+        batch: 1,
+        height: side,
+        width: side,
+        inputChannels: channels,
+        numClasses,
+      });
+    } catch (error) {
+      model.dispose();
+      throw error;
+    }
     await makeOutputDir(out);
   }
   const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);

@@ -1,0 +1,114 @@
+/**
+ * Test fixture: real predictions of the shared CMU-1-Small-Region SVS (and one QuPath OME-TIFF crop, so that the
+ * folder lists two slides) by a tiny untrained U-Net, made by the tiler exactly as `tessera predict` makes them
+ * (label pyramid, probability pyramids, areas, GeoJSON, `predict.resolved.json`). Made once per machine and fixture
+ * version in the system's temporary folder, and shared by the test files (which run in parallel processes).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import unet from '@tessera/arch-unet';
+import { resolveArchitectureOptions, saveModel, setupEngine } from '@tessera/core';
+import { exportModelDir } from '@tessera/onnx';
+import { predictSlide } from '@tessera/tiler';
+
+export const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
+export const CMU = join(DATA, 'slides/wsi-cmu1-small-region-svs/CMU-1-Small-Region.svs');
+export const OME = join(DATA, 'slides/wsi-qupath-ome-tiff/OS-1-detail.ome.tif');
+
+/** Bump when what the fixture makes changes. */
+const VERSION = 2;
+
+export interface Fixture {
+  root: string;
+  model: string;
+  onnx: string;
+  predictions: string;
+}
+
+async function make(root: string): Promise<void> {
+  const model = join(root, 'model');
+  const predictions = join(root, 'predictions');
+  await setupEngine('cpu');
+  const plugin = unet();
+  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
+  const net = plugin.build({ inputChannels: 3, numClasses: 3, tileSize: 256, seed: 1, options });
+  await saveModel(model, net, {
+    format: 'tessera-model',
+    formatVersion: 1,
+    architecture: {
+      name: 'unet',
+      version: plugin.version,
+      apiVersion: plugin.apiVersion,
+      options: options as unknown as Record<string, unknown>,
+      inputMultiple: plugin.inputMultiple(options),
+      receptiveField: plugin.receptiveField(options),
+      parameters: net.countParams(),
+    },
+    classes: [
+      { name: 'background', value: 0, color: '#000000' },
+      { name: 'nucleus', value: 1, color: '#ff0000' },
+      { name: 'stroma', value: 2, color: '#00ff00' },
+    ],
+    inputChannels: 3,
+    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
+    tileSize: 256,
+    mpp: null,
+    createdBy: 'viewer test',
+  });
+  const { path: onnx } = await exportModelDir(model);
+  await predictSlide(CMU, {
+    model,
+    out: predictions,
+    workers: 2,
+    batchSize: 2,
+    probabilities: true,
+    geojson: { objectType: 'detection' },
+    onnx: { file: onnx, threads: 1 },
+  });
+  await predictSlide(OME, { model, out: predictions, workers: 1, batchSize: 2, onnx: { file: onnx, threads: 2 } });
+  // As `tessera predict` records its run.
+  await writeFile(
+    join(predictions, 'predict.resolved.json'),
+    JSON.stringify({ command: 'predict', model, inputs: [CMU, OME], wholeSlides: 2, out: predictions }, null, 2),
+  );
+}
+
+/** The fixture, made now if no earlier test run left it (waits for a parallel process that is making it). */
+export async function predictionsFixture(): Promise<Fixture> {
+  const root = join(tmpdir(), `tessera-viewer-fixture-v${VERSION}`);
+  const done = join(root, 'done');
+  const fixture = {
+    root,
+    model: join(root, 'model'),
+    onnx: join(root, 'model', 'model.onnx'),
+    predictions: join(root, 'predictions'),
+  };
+  if (existsSync(done)) return fixture;
+  const lock = `${root}.lock`;
+  let owner = false;
+  try {
+    await mkdir(lock);
+    owner = true;
+  } catch {
+    // another process is making it
+  }
+  if (owner) {
+    try {
+      await rm(root, { recursive: true, force: true });
+      await make(root);
+      await writeFile(done, '');
+    } finally {
+      await rm(lock, { recursive: true, force: true });
+    }
+  } else {
+    const started = Date.now();
+    while (!existsSync(done)) {
+      if (Date.now() - started > 600_000) throw new Error(`waited 10 minutes for ${root} to be made`);
+      if (!existsSync(lock) && !existsSync(done)) return predictionsFixture();
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  return fixture;
+}
