@@ -1,9 +1,11 @@
 /**
  * Test fixture: real predictions of the shared CMU-1-Small-Region SVS (and one QuPath OME-TIFF crop, so that the
  * folder lists two slides) by a tiny untrained U-Net, made by the tiler exactly as `tessera predict` makes them
- * (label pyramid, probability pyramids, areas, GeoJSON, `predict.resolved.json`). Made once per machine and fixture
- * version in the system's temporary folder, and shared by the test files (which run in parallel processes).
+ * (label pyramid, probability pyramids, areas, GeoJSON, `predict.resolved.json`). Made once per checkout, data
+ * folder and fixture version in the system's temporary folder, and shared by the test files (which run in parallel
+ * processes).
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -77,7 +79,12 @@ async function make(root: string): Promise<void> {
 
 /** The fixture, made now if no earlier test run left it (waits for a parallel process that is making it). */
 export async function predictionsFixture(): Promise<Fixture> {
-  const root = join(tmpdir(), `tessera-viewer-fixture-v${VERSION}`);
+  // One fixture per checkout and data folder: predictions record the slide paths they were made from.
+  const key = createHash('sha256')
+    .update(`${import.meta.dirname}\0${DATA}`)
+    .digest('hex')
+    .slice(0, 12);
+  const root = join(tmpdir(), `tessera-viewer-fixture-v${VERSION}-${key}`);
   const done = join(root, 'done');
   const fixture = {
     root,
