@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import unet from '@tessera/arch-unet';
@@ -114,6 +114,15 @@ export async function predictionsFixture(): Promise<Fixture> {
     while (!existsSync(done)) {
       if (Date.now() - started > 600_000) throw new Error(`waited 10 minutes for ${root} to be made`);
       if (!existsSync(lock) && !existsSync(done)) return predictionsFixture();
+      // A lock left by a process that died while making the fixture: take it over.
+      const age = await stat(lock).then(
+        (s) => Date.now() - s.mtimeMs,
+        () => 0,
+      );
+      if (age > 180_000) {
+        await rm(lock, { recursive: true, force: true });
+        return predictionsFixture();
+      }
       await new Promise((r) => setTimeout(r, 500));
     }
   }
