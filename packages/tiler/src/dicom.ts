@@ -245,12 +245,28 @@ async function readHeader(file: string): Promise<{ dataSet: DataSet; bytes: numb
   }
 }
 
+/**
+ * dicom-parser's readers throw on malformed values (a TypeError for a multi-valued string with fewer values than
+ * asked): an attribute that cannot be read counts as absent, like one the file does not have.
+ */
+function orAbsent<T>(read: () => T, absent: T): T {
+  try {
+    return read() ?? absent;
+  } catch {
+    return absent;
+  }
+}
+
 function text(dataSet: DataSet, tag: string, index?: number): string {
-  return (dataSet.string(tag, index) ?? '').trim();
+  return orAbsent(() => (dataSet.string(tag, index) ?? '').trim(), '');
 }
 
 /** A US, UL or IS attribute as a number (0 when absent). */
 function count(dataSet: DataSet, tag: string): number {
+  return orAbsent(() => countOf(dataSet, tag), 0);
+}
+
+function countOf(dataSet: DataSet, tag: string): number {
   const element = dataSet.elements[tag];
   if (!element || element.length === 0) return 0;
   if (element.vr === 'US') return dataSet.uint16(tag) ?? 0;
@@ -307,8 +323,8 @@ function pixelSpacing(dataSet: DataSet): { x: number; y: number } | null {
   const shared = dataSet.elements.x52009229?.items?.[0]?.dataSet;
   const measures = shared?.elements.x00289110?.items?.[0]?.dataSet;
   if (!measures) return null;
-  const row = measures.floatString('x00280030', 0);
-  const column = measures.floatString('x00280030', 1) ?? row;
+  const row = orAbsent(() => measures.floatString('x00280030', 0), undefined);
+  const column = orAbsent(() => measures.floatString('x00280030', 1), undefined) ?? row;
   if (!(row! > 0) || !(column! > 0)) return null;
   return { x: column! * 1000, y: row! * 1000 };
 }
@@ -650,6 +666,15 @@ function frameTiles(instance: Instance, columns: number, rows: number, level: nu
  * const pixels = await readGridRegion(grid, 0, 0, 512, 512); // [512, 512, grid.samples]
  */
 export async function dicomTileGrid(file: string, level: number): Promise<TileGrid> {
+  try {
+    return await readDicomTileGrid(file, level);
+  } catch (error) {
+    if (error instanceof SlideFormatError || error instanceof InputNotFoundError) throw error;
+    throw damaged(file, `its frames of level ${level} could not be located (${parserMessage(error)})`, error);
+  }
+}
+
+async function readDicomTileGrid(file: string, level: number): Promise<TileGrid> {
   const header = await readHeader(file);
   if (!header) throw damaged(file, 'expected a DICOM Part 10 file (DICM at byte 128) but the file does not start so');
   const instance = instanceOf(file, header.dataSet, header.bytes);
@@ -784,6 +809,15 @@ function describeSeries(instances: Instance[]): string {
  * const slide = await openDicomSlide('slides/case-12/'); // slide.format === 'dicom', slide.levels[0].file
  */
 export async function openDicomSlide(path: string): Promise<SlideInfo> {
+  try {
+    return await readDicomSlide(path);
+  } catch (error) {
+    if (error instanceof SlideFormatError || error instanceof InputNotFoundError) throw error;
+    throw damaged(path, `its attributes could not be read (${parserMessage(error)})`, error);
+  }
+}
+
+async function readDicomSlide(path: string): Promise<SlideInfo> {
   let isFolder: boolean;
   try {
     isFolder = (await stat(path)).isDirectory();

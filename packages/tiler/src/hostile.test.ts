@@ -42,6 +42,11 @@ describe('hostile slides: fixed regression cases', () => {
       (e: unknown) => e,
     );
     expect(performance.now() - started).toBeLessThan(10_000);
+    if (regression.read) {
+      // A damaged attribute that is not needed: read as absent.
+      expect(error).toBeNull();
+      return;
+    }
     expect(error, 'refused').toBeInstanceOf(SlideFormatError);
     expect(error).toBeInstanceOf(InvalidInputError);
     expect((error as SlideFormatError).exitCode).toBe(5);

@@ -4,8 +4,9 @@
  * in-process against the reader (`packages/tiler/src/hostile.test.ts`) and through the real CLI
  * (`apps/cli/src/fuzz.test.ts`). A new finding of the fuzzer is added here as one more entry.
  *
- * Each case: `{ name, build(seeds) => { ext, bytes }, message: RegExp }` where `message` is what `tessera info` and
- * `tessera predict` say (exit code 5 for all).
+ * Each case: `{ name, build(seeds) => { ext, bytes }, message: RegExp, read?: true }` where `message` is what
+ * `tessera info` and `tessera predict` say on stderr (exit code 5), or, for a case marked `read`, what `tessera info`
+ * prints for a file that is read after all (exit code 0; predict succeeds too).
  */
 import { buildTiledTiff, parseTiff, readValues, writeField, writePointer, writeValue } from './tiff-layout.mjs';
 
@@ -69,6 +70,20 @@ export const REGRESSIONS = [
     name: 'TileLength missing ("tiles 64xnull")',
     build: editTiff('boxes.tiff', (bytes, layout) => writeField(bytes, layout, entry(layout, 323), 'tag', 65002)),
     message: /level 0 has tiles of 64 x no height px/,
+  },
+  {
+    name: 'TileLength 0 ("RangeError: Invalid typed array length: Infinity" in the tile decoder)',
+    build: editTiff('OS-1-detail.ome.tif', (bytes, layout) => writeValue(bytes, layout, entry(layout, 323), 0, 0)),
+    message: /level 0 has tiles of 512 x 0 px \(expected 1 to 65536 each\)/,
+  },
+  {
+    name: 'TileByteCounts one entry short ("Incorrect count for TileByteCounts" from libtiff)',
+    build: editTiff('boxes.tiff', (bytes, layout) => {
+      const counts = entry(layout, 325);
+      writeField(bytes, layout, counts, 'count', counts.count - 1);
+    }),
+    message:
+      /level 0 is 300 x 250 px in tiles of 64 x 64, which makes 20 tiles, but its tables list 20 offsets and 19 byte counts/,
   },
   {
     name: 'next-IFD chain from the last IFD back to the first (hang)',
@@ -197,6 +212,18 @@ export const REGRESSIONS = [
       return { ext: '.png', bytes: fixPngCrcs(bytes) };
     },
     message: /level 0 region x 0, y 0, \d+x\d+ could not be decoded \(PNG\)/,
+  },
+  {
+    name: 'a DICOM PixelSpacing with one value where two are read (TypeError inside dicom-parser, exit 70)',
+    build: (seeds) => {
+      const { ext, bytes } = seed(seeds, 'boxes_0.dcm');
+      const at = bytes.indexOf(Buffer.from('(\x000\x00DS', 'latin1')); // (0028,0030) PixelSpacing, explicit VR DS
+      if (at < 0) throw new Error('regression: no PixelSpacing in boxes_0.dcm');
+      bytes[at + 8 + 2] = 0; // '.0\0...': the value ends before its second number
+      return { ext, bytes };
+    },
+    read: true,
+    message: /µm\/px: +unknown \(the file does not record a pixel size\)/,
   },
 ];
 
