@@ -63,6 +63,10 @@ describe('a fresh clone', () => {
 
     const ci = run(NPM, ['ci', '--prefer-offline', '--no-audit', '--no-fund'], clone);
     expect(ci.code, ci.stdout + ci.stderr).toBe(0);
+    // The project's npm settings are all known to npm, and every install script is reviewed in allowScripts (npm 11):
+    // onnxruntime-node's, which would download its CUDA provider, is denied there.
+    expect(ci.stderr).not.toMatch(/Unknown project config/);
+    expect(ci.stderr).not.toMatch(/not yet covered by allowScripts/);
     // Linked at install time, before the build.
     expect(existsSync(join(clone, 'node_modules/.bin/tessera'))).toBe(true);
     const early = run(NPX, ['tessera', '--help'], clone);

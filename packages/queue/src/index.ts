@@ -1,7 +1,8 @@
 /**
  * `@tessera/queue`: distributed whole-slide prediction on BullMQ and Redis. Slides are cut into regions (the tiler's
- * `splitRegions`), each a job any worker may run; a slide job writes the outputs from the region results once all are
- * done, the same bytes as one machine's run. Importing it has no side effects.
+ * `splitRegions`), each a job any worker may run; the regions are merged into the slide's outputs as they finish, and a
+ * slide job writes what is left and the final files once all are done, the same bytes as one machine's run. Importing
+ * it has no side effects.
  */
 export * from './errors.js';
 export { parseQueueUrl, redactUrl, type QueueTarget } from './connection.js';

@@ -53,6 +53,8 @@ export interface RegionResult {
   pixels: number;
   engine: string;
   tiles: number;
+  /** Time the region's tiles took to read, predict and merge (summed over tiler threads), for the run's record. */
+  timings?: { readMs: number; inferMs: number; mergeMs: number };
   /** Whether a verified file of an earlier attempt was found (nothing computed). */
   reused: boolean;
   host: string;

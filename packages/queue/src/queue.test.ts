@@ -119,14 +119,25 @@ describe.skipIf(!hasRedis)('distributed prediction on a real Redis', () => {
     await rm(tmp, { recursive: true, force: true });
   });
 
+  /** Each worker's log, and how often it prepared each model. */
+  const logs: string[][] = [];
+  const prepared: Map<string, number>[] = [];
   const start = async () => {
+    const log: string[] = [];
+    const models = new Map<string, number>();
     const worker = await startWorker({
       target: parseQueueUrl(redis.url),
       allowRoots: [tmp],
       workers: 1,
-      prepare: async () => ({ backend: 'cpu', plugins: [] }),
+      log: (line) => log.push(line),
+      prepare: async (data) => {
+        models.set(data.model, (models.get(data.model) ?? 0) + 1);
+        return { backend: 'cpu', plugins: [] };
+      },
     });
     workers.push(worker);
+    logs.push(log);
+    prepared.push(models);
     return worker;
   };
 
@@ -143,6 +154,16 @@ describe.skipIf(!hasRedis)('distributed prediction on a real Redis', () => {
     const [outcome] = await waitForSlides(target, submitted, { onProgress: (p) => seen.push(p.workers.length) });
     expect(outcome.error).toBeUndefined();
     expect(Math.max(...seen)).toBe(2);
+    // Regions were merged into the outputs as they finished: the slide job wrote at most the last few.
+    const lines = logs.flat();
+    const merged = lines.filter((l) => /region\(s\) merged into the outputs/.test(l));
+    expect(merged.length).toBeGreaterThan(0);
+    const last = lines.map((l) => /outputs written .* (\d+) of them by the slide job/.exec(l)).find(Boolean);
+    expect(Number(last?.[1])).toBeLessThan(submitted[0].regions / 2);
+    // A worker prepares a model once (runtime, ONNX file, plugins), however many of its jobs use it.
+    const counts = prepared.flatMap((models) => [...models.values()]);
+    expect(counts.length).toBeGreaterThan(0);
+    expect(counts.every((n) => n === 1)).toBe(true);
     const whole = join(tmp, 'whole');
     await predictSlide(slide, {
       model,

@@ -1,13 +1,17 @@
 /**
  * The worker of distributed prediction (`tessera worker`): takes region jobs and runs them on the tiler's Piscina
- * pool, writing each region's rows to shared storage, and takes slide jobs once all their regions are done, writing
- * the slide's outputs from the region files. It runs only architectures installed on its own machine (by name), reads
- * and writes only under the roots it was started with, and refuses a model whose checksum differs from the job's.
+ * pool, writing each region's rows to shared storage and then merging the regions that are ready into the slide's
+ * outputs (streamed assembly, see `assembly.ts`), and takes slide jobs once all their regions are done, writing what
+ * is left and the final files. It keeps one prepared runtime and one pool of tiler threads per model (path and
+ * checksum) and runtime across jobs, so only its first job of a model loads it. It runs only architectures installed
+ * on its own machine (by name), reads and writes only under the roots it was started with, and refuses a model whose
+ * checksum differs from the job's.
  */
 import { access, constants, realpath, rm, rmdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, sep } from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
 import {
   assembleSlidePrediction,
   createTilerPool,
@@ -15,12 +19,16 @@ import {
   quantizeBand,
   splitRegions,
   streamSlidePrediction,
+  type PredictSlideOptions,
   type QuantizedBand,
+  type RegionResults,
   type SlideOutputs,
   type SlidePlan,
+  type SlideRegion,
   type TilerPool,
   type TilerRun,
 } from '@tessera/tiler';
+import { assemblyDir, createAssembler, regionReader, type Assembler } from './assembly.js';
 import { fileSha256, modelChecksum } from './checksum.js';
 import { connect, type QueueTarget } from './connection.js';
 import { JobRefusedError, QueueOptionError } from './errors.js';
@@ -137,6 +145,63 @@ async function checkJob(data: SlideJobData, roots: string[]): Promise<void> {
   }
 }
 
+/** Sums the timings of the regions of a slide (those of jobs from before region results carried them count 0). */
+function regionTimings(children: RegionResult[]): { readMs: number; inferMs: number; mergeMs: number } {
+  const sum = { readMs: 0, inferMs: 0, mergeMs: 0 };
+  for (const { timings } of children) {
+    sum.readMs += timings?.readMs ?? 0;
+    sum.inferMs += timings?.inferMs ?? 0;
+    sum.mergeMs += timings?.mergeMs ?? 0;
+  }
+  return sum;
+}
+
+/**
+ * Writes a slide's outputs: the regions the streamed assembly has not merged, then the final files, under the run's
+ * assembly lock; `written` counts the regions this took. Work left by streamed merging that cannot be continued
+ * (damaged, or of other settings) is dropped and the outputs are written from all the region files.
+ */
+async function writeSlide(
+  data: SlideJobData,
+  options: PredictSlideOptions,
+  results: Omit<RegionResults, 'read' | 'workDir'>,
+  assembler: Assembler,
+  log: (line: string) => void,
+): Promise<{ run: TilerRun; outputs: SlideOutputs; written: number }> {
+  const workDir = assemblyDir(data.out, data.slide, data.run);
+  const read = regionReader(data, results.engine);
+  const lock = await assembler.lock(data.run);
+  let written = 0;
+  try {
+    const readOrFail = async (region: SlideRegion) => {
+      written++;
+      const bands = await read(region);
+      if (!bands) {
+        throw new Error(
+          `the result of region ${region.index} (rows ${region.y}-${region.y + region.height - 1} of stripe ` +
+            `${region.stripe}) is missing or does not verify in ${regionDir(data.out, data.slide, data.run)}`,
+        );
+      }
+      return bands;
+    };
+    const assemble = async () => {
+      written = 0;
+      const merged = { ...results, read: readOrFail, workDir };
+      return { ...(await assembleSlidePrediction(data.slide, { ...options, signal: lock.signal }, merged)), written };
+    };
+    try {
+      return await assemble();
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'E_PARTIAL_WORK') throw error;
+      log(`slide ${data.slide}: ${(error as Error).message} Writing it from all the region files instead.`);
+      await rm(workDir, { recursive: true, force: true });
+      return await assemble();
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
 /** Runs a job's work; a refusal fails the job at once (no retry), anything else may be retried. */
 async function refusing<T>(work: () => Promise<T>): Promise<T> {
   try {
@@ -165,6 +230,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     stalledInterval: options.stalledInterval ?? 30_000,
     maxStalledCount: 3,
   };
+  // Runtimes and pools are kept per model (path and checksum) and runtime, for the worker's lifetime.
   const prepared = new Map<string, Promise<PreparedJob>>();
   const runtimeKey = (data: SlideJobData) =>
     `${data.model}\0${data.modelChecksum}\0${data.settings.runtime}\0${data.settings.backend ?? ''}`;
@@ -177,6 +243,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       entry.catch(() => prepared.delete(key));
     }
     return entry;
+  };
+  /** The tiler's setup of a job on this machine: its prepared runtime, with this worker's threads. */
+  const localFor = async (data: SlideJobData): Promise<PreparedJob> => {
+    const prepared = await prepare(data);
+    return { ...prepared, workers: options.workers ?? prepared.workers };
   };
   // One pool of tiler threads per model and runtime, kept across region jobs (each thread loads the model once).
   const pools = new Map<string, Promise<TilerPool>>();
@@ -203,6 +274,22 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     return plan;
   };
 
+  // Streamed assembly: regions are merged into their slide's outputs as they finish, by whichever worker is free.
+  const client = new Redis(connection);
+  client.on('error', () => undefined); // the BullMQ workers report the server's errors
+  const assembler = createAssembler({ client, prefix: common.prefix, lockMs: common.lockDuration, log });
+  const merging = new Set<Promise<void>>();
+  /** Merges the ready regions of a job's slide after the job, without holding up the next region. */
+  const advance = (data: SlideJobData, engine: string) => {
+    const work = (async () => {
+      const local = await localFor(data);
+      const job = { data, engine, plan: await planFor(data, local), options: outputOptions(data, local) };
+      await assembler.advance(job);
+    })().catch((error: Error) => log(`slide ${data.slide}: regions not merged yet: ${error.message}`));
+    merging.add(work);
+    void work.finally(() => merging.delete(work));
+  };
+
   const regions = new Worker<RegionJobData, RegionResult>(
     QUEUES.regions,
     (job: Job<RegionJobData>) =>
@@ -216,12 +303,12 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         const pixels = region.width * region.height;
         if (existing) {
           log(`region ${region.index} of ${data.slide}: verified result found, not computed again`);
-          const { engine, tiles } = existing.header;
-          return { region: region.index, pixels, engine, tiles, reused: true, host: HOST, wallMs: 0 };
+          const { engine, tiles, timings } = existing.header;
+          advance(data, engine);
+          return { region: region.index, pixels, engine, tiles, timings, reused: true, host: HOST, wallMs: 0 };
         }
         log(`region ${region.index} of ${data.slide}: started`);
-        const prepared = await prepare(data);
-        const local = { ...prepared, workers: options.workers ?? prepared.workers };
+        const local = await localFor(data);
         const [pool, plan] = await Promise.all([poolFor(data, local), planFor(data, local)]);
         const bands: QuantizedBand[] = [];
         const planned = { probabilities: data.settings.probabilities };
@@ -238,6 +325,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           },
         );
         const wallMs = performance.now() - started;
+        const timings = { ...run.timings, wallMs };
         await writeRegionFile(
           file,
           {
@@ -245,11 +333,12 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
             region,
             engine: run.engine,
             tiles: run.tilesPredicted,
-            timings: { ...run.timings, wallMs },
+            timings,
             host: HOST,
           },
           bands,
         );
+        advance(data, run.engine);
         log(
           `region ${region.index} of ${data.slide}: ${run.tilesPredicted} tiles, ${(pixels / 1e6 / (wallMs / 1000)).toFixed(2)} Mpx/s`,
         );
@@ -258,6 +347,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           pixels,
           engine: run.engine,
           tiles: run.tilesPredicted,
+          timings,
           reused: false,
           host: HOST,
           wallMs,
@@ -272,8 +362,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       refusing(async () => {
         const data = job.data;
         await checkJob(data, roots);
-        const local = await prepare(data);
-        const plan = await planSlidePrediction(data.slide, tilerOptions(data, local));
+        const local = await localFor(data);
+        const plan = await planFor(data, local);
         const children = Object.values(await job.getChildrenValues()) as RegionResult[];
         const engines = [...new Set(children.map((c) => c.engine))];
         if (engines.length !== 1) {
@@ -292,34 +382,23 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
             'Run the same version of Tessera on every machine.',
           );
         }
-        const timings = { readMs: 0, inferMs: 0, mergeMs: 0 };
-        let tiles = 0;
-        const { run, outputs } = await assembleSlidePrediction(data.slide, outputOptions(data, local), {
-          engine: engines[0],
-          regions: all,
-          tilesPredicted: children.reduce((n, c) => n + c.tiles, 0),
-          read: async (region) => {
-            const found = await readRegionFile(regionFile(data.out, data.slide, data.run, region), data.run, region);
-            if (!found) {
-              throw new Error(
-                `the result of region ${region.index} (rows ${region.y}-${region.y + region.height - 1} of stripe ` +
-                  `${region.stripe}) is missing or does not verify in ${regionDir(data.out, data.slide, data.run)}`,
-              );
-            }
-            tiles += found.header.tiles;
-            timings.readMs += found.header.timings.readMs;
-            timings.inferMs += found.header.timings.inferMs;
-            timings.mergeMs += found.header.timings.mergeMs;
-            return found.bands;
-          },
-          timings,
-        });
+        const tiles = children.reduce((n, c) => n + c.tiles, 0);
+        const { run, outputs, written } = await writeSlide(
+          data,
+          { ...outputOptions(data, local), plan },
+          { engine: engines[0], regions: all, tilesPredicted: tiles, timings: regionTimings(children) },
+          assembler,
+          log,
+        );
         const result = options.finalize ? await options.finalize(data, run, outputs) : { labels: outputs.labels };
         const dir = regionDir(data.out, data.slide, data.run);
         await rm(dir, { recursive: true, force: true });
         await rmdir(dirname(dir)).catch(() => undefined); // when no other run of the slide is under way
-
-        log(`slide ${data.slide}: outputs written (${tiles} tiles over ${all.length} regions)`);
+        await assembler.forget(data.run);
+        log(
+          `slide ${data.slide}: outputs written (${tiles} tiles over ${all.length} regions, ${written} of them by the ` +
+            'slide job)',
+        );
         return result;
       }),
     { ...common, concurrency: 1 },
@@ -333,6 +412,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     name,
     close: async (force = false) => {
       await Promise.all([regions.close(force), slides.close(force)]);
+      await Promise.all(merging);
+      client.disconnect();
       for (const pool of pools.values()) await (await pool.catch(() => undefined))?.destroy();
       for (const entry of prepared.values()) await (await entry.catch(() => undefined))?.cleanup?.();
     },

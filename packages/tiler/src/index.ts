@@ -53,8 +53,8 @@ export {
   type PolygonsGeoJson,
   type PolygonsGeoJsonOptions,
 } from './geojson.js';
+export { appendSlideRegions, assembleSlidePrediction, type AssemblyProgress, type RegionResults } from './assemble.js';
 export {
-  assembleSlidePrediction,
   createTilerPool,
   planSlidePrediction,
   predictSlide,
@@ -65,7 +65,6 @@ export {
   type BandSink,
   type OutputGeometry,
   type PredictSlideOptions,
-  type RegionResults,
   type SlidePlan,
   type SlideRegion,
   type TilerPool,

@@ -396,7 +396,8 @@ export function splitRegions(slidePlan: SlidePlan, tileRows: number): SlideRegio
   return regions;
 }
 
-function checkRegion(region: SlideRegion, stripes: Stripe[], height: number): void {
+/** Refuses a region that is not one of {@link splitRegions} of this output. */
+export function checkRegion(region: SlideRegion, stripes: Stripe[], height: number): void {
   const stripe = stripes[region.stripe];
   const ok =
     stripe !== undefined &&
@@ -622,7 +623,8 @@ export interface ResumePoint {
   row: number;
 }
 
-function toResumePoint(value: unknown, stripes: number, height: number): ResumePoint {
+/** A sink's `start` result as a resume point, checked against the output. */
+export function toResumePoint(value: unknown, stripes: number, height: number): ResumePoint {
   const point = value ?? { stripe: 0, row: 0 };
   const { stripe, row } = typeof point === 'number' ? { stripe: 0, row: point } : (point as ResumePoint);
   const within = (n: number, max: number) => Number.isInteger(n) && n >= 0 && n <= max;
@@ -815,102 +817,44 @@ export async function predictSlide(
 }
 
 /** Receives the bands of a slide's output, as a run computes them or as region results bring them. */
-type OutputSink = Omit<BandSink, 'band'> & { band: (band: Band | QuantizedBand) => Promise<void> };
+export type OutputSink = Omit<BandSink, 'band'> & { band: (band: Band | QuantizedBand) => Promise<void> };
 
 /** Where the rows of a slide's output come from: a run here, or region results computed elsewhere. */
-type BandProducer = (sink: OutputSink) => Promise<TilerRun>;
+export type BandProducer = (sink: OutputSink) => Promise<TilerRun>;
 
-/** Region results to assemble into a slide's outputs with {@link assembleSlidePrediction}. */
-export interface RegionResults {
-  /** The engine every region was computed with (the output's bits depend on it). */
-  engine: string;
-  /** The regions of {@link splitRegions}, all of them, in any order. */
-  regions: SlideRegion[];
-  /** The bands of one region, top to bottom. */
-  read: (region: SlideRegion) => Promise<QuantizedBand[]>;
-  /** Time spent on the regions elsewhere, and tiles predicted there, for the run's record. */
-  timings?: { readMs: number; inferMs: number; mergeMs: number };
-  tilesPredicted?: number;
+/** Where {@link writeSlideOutputs} keeps its partial work, and whether it writes the final files. */
+export interface OutputWork {
+  /** The partial work folder (maps and journal). Default `<out>/.<stem>.partial`. */
+  dir?: string;
+  /**
+   * Stop once the producer is done, with the maps and the journal kept in `dir` for a later call with `resume`,
+   * instead of writing the final files. Default false.
+   */
+  suspend?: boolean;
 }
 
 /**
- * Writes a slide's outputs from region results computed elsewhere (distributed prediction): the same files, byte for
- * byte, as {@link predictSlide} with the same options, because the regions' rows are those of a whole run and the
- * writer is the same. Regions are written in order, one at a time.
- * @throws {@link TilerOptionError} when the regions do not cover the output exactly once.
+ * predictSlide's work around a producer of bands: settings, partial work, the writer, and the final files (or, with
+ * `work.suspend`, the journal of the rows written so far and no final file).
  */
-export async function assembleSlidePrediction(
-  slidePath: string,
-  options: PredictSlideOptions,
-  results: RegionResults,
-): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
-  const started = performance.now();
-  return writeSlideOutputs(slidePath, { ...options, resume: false }, async (sink) => {
-    const planned = await planSlidePrediction(slidePath, options);
-    const { slide, level, scale, mpp, width, height, plan, stripes } = planned;
-    const regions = [...results.regions].sort((a, b) => a.stripe - b.stripe || a.y - b.y);
-    let covered = 0;
-    for (const [i, region] of regions.entries()) {
-      checkRegion(region, stripes, height);
-      const previous = regions[i - 1];
-      const expected = previous && previous.stripe === region.stripe ? previous.y + previous.height : 0;
-      if (region.y !== expected) {
-        throw new TilerOptionError(
-          `Expected the regions of stripe ${region.stripe} to follow each other from row 0, but region ` +
-            `${region.index} starts at row ${region.y} instead of ${expected}.`,
-          'Assemble every region of splitRegions() of the same slide, model and options.',
-        );
-      }
-      covered += region.width * region.height;
-    }
-    if (covered !== width * height) {
-      throw new TilerOptionError(
-        `Expected regions covering the ${width} x ${height} output once but they cover ${covered} pixels.`,
-        'Assemble every region of splitRegions() of the same slide, model and options.',
-      );
-    }
-    const geometry: OutputGeometry = {
-      width,
-      height,
-      mpp,
-      level,
-      scale,
-      numClasses: planned.numClasses,
-      options: planned.options,
-      engine: results.engine,
-      stripes: stripes.map((stripe) => ({ x: stripe.x, width: stripe.width })),
-    };
-    await sink.start?.(geometry);
-    for (const region of regions) for (const band of await results.read(region)) await sink.band(band);
-    const { tiles: _tiles, ...planSummary } = plan;
-    return {
-      slide,
-      level,
-      scale,
-      mpp,
-      width,
-      height,
-      options: planned.options,
-      plan: planSummary,
-      tilesPredicted: results.tilesPredicted ?? 0,
-      tilesSkipped: plan.tiles.filter((t) => !t.tissue).length,
-      resumedRows: 0,
-      resumedStripe: 0,
-      resumedPixels: 0,
-      engine: results.engine,
-      timings: { wallMs: performance.now() - started, readMs: 0, inferMs: 0, mergeMs: 0, ...results.timings },
-      peakRows: 0,
-      stripes: stripes.length,
-    };
-  });
-}
-
-/** predictSlide's work around a producer of bands: settings, partial work, the writer, and the final files. */
-async function writeSlideOutputs(
+export async function writeSlideOutputs(
   slidePath: string,
   options: PredictSlideOptions,
   produce: BandProducer,
-): Promise<{ run: TilerRun; outputs: SlideOutputs }> {
+  work?: OutputWork & { suspend?: false },
+): Promise<{ run: TilerRun; outputs: SlideOutputs }>;
+export async function writeSlideOutputs(
+  slidePath: string,
+  options: PredictSlideOptions,
+  produce: BandProducer,
+  work: OutputWork & { suspend: true },
+): Promise<{ run: TilerRun; outputs?: undefined }>;
+export async function writeSlideOutputs(
+  slidePath: string,
+  options: PredictSlideOptions,
+  produce: BandProducer,
+  work: OutputWork = {},
+): Promise<{ run: TilerRun; outputs?: SlideOutputs }> {
   const manifest = await readManifest(options.model);
   if (typeof options.geojson === 'object') {
     checkMinArea(options.geojson.minArea, '--geojson-min-area');
@@ -926,7 +870,7 @@ async function writeSlideOutputs(
   await makeOutputDir(options.out); // folder by folder: a path under /proc fails at once instead of spinning
   let writer: SlideOutputWriter | undefined;
   const stem = imageStem(basename(slidePath)).replace(/\.ome$/i, '');
-  const partial = partialWorkDir(options.out, stem);
+  const partial = work.dir ?? partialWorkDir(options.out, stem);
   let ownsPartial = false;
   let journaled: ResumePoint = { stripe: 0, row: 0 };
   let journaledAt = 0;
@@ -1016,6 +960,11 @@ async function writeSlideOutputs(
       },
     });
     options.signal?.throwIfAborted();
+    if (work.suspend) {
+      await journal();
+      await writer!.abort(); // closes the maps, which stay in the partial work folder for the next call
+      return { run };
+    }
     const thumbnail = await readThumbnail(run.slide, 1024);
     const outputs = await writer!.finish(thumbnail, options.signal);
     await rm(partial, { recursive: true, force: true });
