@@ -52,7 +52,8 @@ const ENV: NodeJS.ProcessEnv = {
         !/^(npm_|VITEST|TINYPOOL|INIT_CWD$)/i.test(key) || /^npm_config_(cache|registry|userconfig)$/i.test(key),
     ),
   ),
-  npm_config_onnxruntime_node_install: 'skip',
+  // onnxruntime-node's installer reads this variable (npm 11 warns about the npm_config_ spelling as an unknown key).
+  ONNXRUNTIME_NODE_INSTALL: 'skip',
   npm_config_update_notifier: 'false',
   TESSERA_BACKEND: 'wasm',
   NO_COLOR: '1',

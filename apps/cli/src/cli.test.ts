@@ -160,7 +160,7 @@ describe('interruption', () => {
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += String(d)));
     const exited = new Promise<number | null>((done) => child.on('exit', (code) => done(code)));
-    for (let i = 0; i < 600 && !existsSync(join(killed, 'checkpoints', 'epoch-0001', 'state.json')); i++) {
+    for (let i = 0; i < 600 && !existsSync(join(killed, 'checkpoints', 'step-0000006', 'state.json')); i++) {
       await new Promise((r) => setTimeout(r, 50));
     }
     child.kill('SIGTERM');
@@ -169,15 +169,15 @@ describe('interruption', () => {
     console.log(`killed run exit code ${code}`);
     if (code === 0) return; // the run finished before the signal arrived: nothing to resume (rare on a fast machine)
     expect(code).toBe(130);
-    expect(existsSync(join(killed, 'checkpoints', 'epoch-0003'))).toBe(false);
+    expect(existsSync(join(killed, 'checkpoints', 'step-0000018'))).toBe(false);
 
     const resumed = spawnSync(process.execPath, [...args(killed, 3), '--resume'], {
       encoding: 'utf8',
       env: { ...process.env, TESSERA_BACKEND: 'wasm' },
     });
     expect(resumed.status).toBe(0);
-    const a = await readFile(join(straight, 'checkpoints', 'epoch-0003', 'weights.bin'));
-    const b = await readFile(join(killed, 'checkpoints', 'epoch-0003', 'weights.bin'));
+    const a = await readFile(join(straight, 'checkpoints', 'step-0000018', 'weights.bin'));
+    const b = await readFile(join(killed, 'checkpoints', 'step-0000018', 'weights.bin'));
     expect(b.equals(a)).toBe(true);
   });
 });

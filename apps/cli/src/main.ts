@@ -43,7 +43,11 @@ export function buildProgram(): Command {
       .requiredOption('--out <dir>', 'output model folder')
       .option('--classes <file>', 'class map JSON: {"classes":[{"name","value","color"}],"ignore":N}')
       .option('--epochs <n>', `maximum epochs (default ${D.epochs})`, int)
-      .option('--time-budget <minutes>', 'stop after this many minutes and keep the best weights', float)
+      .option(
+        '--time-budget <minutes>',
+        'stop within one step of this many minutes, with the schedule, validations and network size fitted to it',
+        float,
+      )
       .option('--tile <px>', `training crop size (default ${D.tileSize})`, int)
       .option('--batch <n>', `batch size (default ${D.batchSize})`, int)
       .option(
@@ -60,7 +64,14 @@ export function buildProgram(): Command {
       .option('--val-split <f>', `share of images held out for validation (default ${D.valSplit})`, float)
       .option('--val-images <dir>', 'validation images folder')
       .option('--val-masks <dir>', 'validation masks folder')
-      .option('--patience <epochs>', 'early stopping patience (0 = off)', int)
+      .option('--patience <n>', 'stop after this many validations without improvement (0 = off)', int)
+      .option('--validate-every <steps>', 'steps between validations (default: every epoch, or 16 over a budget)', int)
+      .option('--select <metric>', `keep the weights with the best dice (foreground) or loss (default ${D.select})`)
+      .option(
+        '--ema <decay>',
+        `moving average of the weights that is validated and kept, 0 = off (default ${D.ema})`,
+        float,
+      )
       .option('--no-augment', 'turn data augmentation off')
       .option('--mpp <um>', 'µm per pixel of the training images (recorded in the model)', float)
       .option('--seed <n>', `random seed (default ${D.seed})`, int)

@@ -96,10 +96,10 @@ export async function writeTrainingReport(
   validation: EvaluationReport,
 ): Promise<string> {
   const points = (key: keyof EpochRecord) =>
-    history.map((h) => ({ x: h.epoch, y: h[key] as number })).filter((p) => Number.isFinite(p.y));
+    history.map((h) => ({ x: h.step, y: h[key] as number })).filter((p) => Number.isFinite(p.y));
   const lossSvg = renderLineChartSvg({
     title: 'Loss',
-    xLabel: 'epoch',
+    xLabel: 'step',
     yLabel: 'loss',
     width: 560,
     height: 340,
@@ -109,8 +109,9 @@ export async function writeTrainingReport(
     ],
   });
   const metricSvg = renderLineChartSvg({
-    title: 'Validation metrics',
-    xLabel: 'epoch',
+    // The foreground Dice is the curve the kept weights were selected on (see the settings' "kept weights").
+    title: `Validation (weights kept at step ${manifest.training?.bestStep ?? '?'})`,
+    xLabel: 'step',
     yLabel: 'score',
     width: 560,
     height: 340,
@@ -118,6 +119,7 @@ export async function writeTrainingReport(
       { name: 'pixel accuracy', color: '#2ca02c', points: points('valPixelAccuracy') },
       { name: 'mean IoU', color: '#9467bd', points: points('valMeanIoU') },
       { name: 'mean Dice', color: '#ff7f0e', points: points('valMeanDice') },
+      { name: 'foreground Dice', color: '#d62728', points: points('valForegroundDice') },
     ],
   });
   const classes = manifest.classes;
@@ -153,7 +155,11 @@ export async function writeTrainingReport(
       'engine',
       t ? `${t.engine.name} (${t.engine.threads === 1 ? '1 thread' : `${t.engine.threads || 'all'} threads`})` : '?',
     ],
-    ['epochs / steps', t ? `${t.epochs} / ${t.steps} (best epoch ${t.bestEpoch}; ${t.stopReason})` : '?'],
+    [
+      'epochs / steps',
+      t ? `${t.epochs} / ${t.steps} (kept step ${t.bestStep ?? '?'}, epoch ${t.bestEpoch}; ${t.stopReason})` : '?',
+    ],
+    ['kept weights', t?.selection ?? '?'],
     ['training time', t ? `${Math.round(t.durationSeconds)} s` : '?'],
     ['data', t ? `${t.data.trainStems.length} training images; validation: ${t.data.validation}` : '?'],
     ['images / masks', t ? `${t.data.images} / ${t.data.masks}` : '?'],

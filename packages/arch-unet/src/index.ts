@@ -42,6 +42,8 @@ export default function unet(options: Partial<UnetOptions> = {}): ArchitecturePl
     apiVersion: ARCHITECTURE_API_VERSION,
     description: 'U-Net (Ronneberger et al. 2015): encoder/decoder with skip connections',
     defaults: { ...UNET_DEFAULTS, ...options },
+    // Half the filters: a quarter of the work per step, for time budgets that hold too few steps of the default.
+    smallOptions: { baseFilters: Math.max(1, Math.floor((options.baseFilters ?? UNET_DEFAULTS.baseFilters) / 2)) },
     optionsSchema: {
       depth: { type: 'integer', min: 1, max: 7, description: 'down-sampling levels (max-pool steps)' },
       baseFilters: { type: 'integer', min: 1, max: 1024, description: 'filters of the first level, doubled per level' },

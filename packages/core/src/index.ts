@@ -76,12 +76,35 @@ export {
   type ManifestDraft,
 } from './model/model-io.js';
 export {
-  blendWeights,
   padReflect,
+  planImage,
   predictProbabilities,
+  reflectIndex,
   type FloatImage,
   type PredictOptions,
 } from './predict/predict.js';
+export {
+  checkTileOptions,
+  DEFAULT_TILE,
+  defaultOverlap,
+  receptiveContext,
+  resolveTiling,
+  splitImage,
+  type SplitOptions,
+  type TileLocation,
+  type TilePlan,
+  type TilingOptions,
+} from './predict/splitter.js';
+export {
+  accumulateTile,
+  blendWeights,
+  finishRow,
+  ImageMerger,
+  tileWeights,
+  type Blend,
+  type ImageMergerOptions,
+  type RowAccumulator,
+} from './predict/merger.js';
 export { isPredictor, tfjsPredictor, type Predictor } from './predict/predictor.js';
 export { renderOverlay } from './predict/overlay.js';
 export { checkInputSize } from './arch/check-input.js';

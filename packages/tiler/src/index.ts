@@ -25,6 +25,7 @@ export {
   defaultOverlap,
   markTissue,
   otsuThreshold,
+  resolveTileOptions,
   splitLevel,
   splitStripes,
   tissueMask,

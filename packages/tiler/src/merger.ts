@@ -1,10 +1,14 @@
 /**
  * The merger: blends probability tiles into the output band by band, so only the rows still being written by
  * unfinished tile rows are held in memory. Tiles are added in plan order whatever order they arrive in, so the
- * blended values are the same bits on every run (which resuming an interrupted run relies on).
+ * blended values are the same bits on every run (which resuming an interrupted run relies on). The weights, the
+ * weighted sums and the division are core's (`tileWeights`, `accumulateTile`, `finishRow`), shared with the in-memory
+ * `ImageMerger` of image prediction, so a slide and an image of the same pixels give the same bits.
  */
-import { blendWeights } from '@tessera/core';
+import { accumulateTile, finishRow, tileWeights, type RowAccumulator } from '@tessera/core';
 import type { TileLocation, TilePlan } from './splitter.js';
+
+export type { RowAccumulator } from '@tessera/core';
 
 /** Finished rows of the output. */
 export interface Band {
@@ -29,7 +33,7 @@ export interface Band {
 export interface MergerOptions {
   plan: TilePlan;
   numClasses: number;
-  /** `gaussian` (core's `blendWeights`, the default) or `constant` weights inside each tile's kept area. */
+  /** `gaussian` (core's `tileWeights`, the default) or `constant` weights inside each tile's kept area. */
   blend?: 'gaussian' | 'constant';
   /** Class index given to pixels no tile covered (skipped background tiles). Default 0. */
   fallbackClass?: number;
@@ -53,12 +57,6 @@ export interface MergerOptions {
   pool?: RowPool;
   /** Receives finished bands, top to bottom, each exactly once. */
   onBand: (band: Band) => void;
-}
-
-/** The running sums of one output row: `sum` `[width, numClasses]` and `weight` `[width]`. */
-export interface RowAccumulator {
-  sum: Float32Array;
-  weight: Float32Array;
 }
 
 /**
@@ -106,14 +104,6 @@ export class RowPool {
   give(row: RowAccumulator): void {
     this.free.push(new Float32Array(row.sum.buffer, row.sum.byteOffset, this.width * (this.numClasses + 1)));
   }
-}
-
-function gaussianLine(size: number): Float32Array {
-  const sigma = size / 8;
-  const centre = (size - 1) / 2;
-  const line = new Float32Array(size);
-  for (let i = 0; i < size; i++) line[i] = Math.max(Math.exp(-((i - centre) ** 2) / (2 * sigma * sigma)), 1e-3);
-  return line;
 }
 
 /**
@@ -178,15 +168,7 @@ export class BandMerger {
         `BandMerger: expected maxBandRows to be a positive integer but received ${this.maxBandRows}`,
       );
     }
-    const { tileWidth: tw, tileHeight: th } = plan;
-    if (options.blend === 'constant') this.weights = new Float32Array(tw * th).fill(1);
-    else if (tw === th) this.weights = blendWeights(tw);
-    else {
-      const gy = gaussianLine(th);
-      const gx = gaussianLine(tw);
-      this.weights = new Float32Array(tw * th);
-      for (let y = 0; y < th; y++) for (let x = 0; x < tw; x++) this.weights[y * tw + x] = gy[y] * gx[x];
-    }
+    this.weights = tileWeights(plan.tileWidth, plan.tileHeight, options.blend ?? 'gaussian');
     this.doneInRow = new Array<number>(plan.rows).fill(0);
     // The first image row a tile row or any later one may still write.
     this.keptFrom = [...plan.keptRowStarts];
@@ -233,33 +215,7 @@ export class BandMerger {
   }
 
   private add(tile: TileLocation, probabilities: Float32Array): void {
-    const { tileWidth: tw, tileHeight: th, width, height } = this.plan;
-    const k = this.k;
-    const weights = this.weights;
-    const y1 = Math.min(th - tile.trim.bottom, height - tile.y);
-    const x0 = Math.max(tile.trim.left, -tile.x); // a stripe's tiles may start left of it
-    const x1 = Math.min(tw - tile.trim.right, width - tile.x);
-    for (let ty = Math.max(tile.trim.top, this.startRow - tile.y); ty < y1; ty++) {
-      const { sum, weight } = this.row(tile.y + ty);
-      const wRow = ty * tw;
-      const offset = tile.x - wRow; // image column of weight index i: i + offset
-      if (k === 2) {
-        for (let i = wRow + x0, end = wRow + x1; i < end; i++) {
-          const w = weights[i];
-          const p = i + offset;
-          weight[p] += w;
-          sum[2 * p] += w * probabilities[2 * i];
-          sum[2 * p + 1] += w * probabilities[2 * i + 1];
-        }
-      } else {
-        for (let i = wRow + x0, end = wRow + x1; i < end; i++) {
-          const w = weights[i];
-          const p = i + offset;
-          weight[p] += w;
-          for (let q = 0, src = i * k, dst = p * k; q < k; q++) sum[dst + q] += w * probabilities[src + q];
-        }
-      }
-    }
+    accumulateTile(this.plan, tile, probabilities, this.weights, this.k, (y) => this.row(y), this.startRow);
   }
 
   private done(tile: TileLocation): void {
@@ -286,46 +242,12 @@ export class BandMerger {
   /** Divides the sums of rows `y0..y0+height-1` by their weights, takes the arg-max and frees the rows. */
   private blend(y0: number, height: number): Band {
     const { width } = this.plan;
-    const k = this.k;
-    const keep = this.keepProbabilities;
-    const probabilities = new Float32Array(keep ? height * width * k : 0);
+    const probabilities = new Float32Array(this.keepProbabilities ? height * width * this.k : 0);
     const labels = new Uint8Array(height * width).fill(this.fallback);
     for (let r = 0; r < height; r++) {
       const acc = this.rows.get(y0 + r);
       if (!acc) continue;
-      const { sum, weight } = acc;
-      const rowBase = r * width;
-      if (k === 2) {
-        // The common two-class case, unrolled (the same values and ties as the loop below).
-        for (let x = 0, i = rowBase; x < width; x++, i++) {
-          const w = weight[x];
-          if (w === 0) continue;
-          const a = sum[2 * x] / w;
-          const b = sum[2 * x + 1] / w;
-          if (keep) {
-            probabilities[2 * i] = a;
-            probabilities[2 * i + 1] = b;
-          }
-          labels[i] = b > a ? 1 : 0;
-        }
-      } else {
-        for (let x = 0; x < width; x++) {
-          const w = weight[x];
-          if (w === 0) continue;
-          const base = (rowBase + x) * k;
-          let best = 0;
-          let bestValue = -Infinity;
-          for (let q = 0; q < k; q++) {
-            const v = sum[x * k + q] / w;
-            if (keep) probabilities[base + q] = v;
-            if (v > bestValue) {
-              bestValue = v;
-              best = q;
-            }
-          }
-          labels[rowBase + x] = best;
-        }
-      }
+      finishRow(acc, width, this.k, this.keepProbabilities ? probabilities : null, labels, r * width);
       this.rows.delete(y0 + r);
       this.pool.give(acc);
     }

@@ -14,6 +14,7 @@ import {
   makeOutputDir,
   OutputError,
   readManifest,
+  receptiveContext,
   type ModelManifest,
 } from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
@@ -22,9 +23,8 @@ import { checkObjectType } from './geojson.js';
 import { checkMinArea } from './polygons.js';
 import { chooseLevel, openSlide, readThumbnail, verifySlide, type SlideInfo } from './slide.js';
 import {
-  checkTileOptions,
-  defaultOverlap,
   markTissue,
+  resolveTileOptions,
   splitLevel,
   splitStripes,
   tissueMask,
@@ -220,16 +220,13 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
   positiveInteger(workers, '--workers', 'Use --workers 1 up to the number of CPU cores.');
   const batchSize = options.batchSize ?? TILER_DEFAULTS.batchSize;
   positiveInteger(batchSize, '--batch', 'Use --batch 1 to 16.');
-  const tile = options.tile ?? Math.ceil(TILER_DEFAULTS.tile / multiple) * multiple;
-  const overlap = options.overlap ?? defaultOverlap(manifest.architecture.receptiveField, multiple);
-  if (options.overlap === undefined && overlap >= tile) {
-    throw new TilerOptionError(
-      `The model's receptive field (${manifest.architecture.receptiveField} px) needs an overlap of ${overlap} px, ` +
-        `which is not smaller than --tile ${tile}.`,
-      `Use a larger --tile, e.g. --tile ${Math.ceil((overlap * 2) / multiple) * multiple}, or give --overlap.`,
-    );
-  }
-  checkTileOptions(tile, overlap, multiple);
+  // The tiling of image prediction (core's resolveTiling): the same tile and overlap mean the same for both.
+  const { tile, overlap } = resolveTileOptions({
+    multiple,
+    receptiveField: manifest.architecture.receptiveField,
+    tile: options.tile ?? Math.ceil(TILER_DEFAULTS.tile / multiple) * multiple,
+    overlap: options.overlap,
+  });
   if (options.mpp !== undefined && !(options.mpp > 0)) {
     throw new TilerOptionError(`Expected --mpp to be a positive number but received ${options.mpp}.`);
   }
@@ -342,7 +339,7 @@ export async function planSlidePrediction(slidePath: string, options: TilerOptio
     tile: resolved.tile,
     overlap: resolved.overlap,
     multiple,
-    context: Math.ceil(Math.ceil(manifest.architecture.receptiveField / 2) / multiple) * multiple,
+    context: receptiveContext(manifest.architecture.receptiveField, multiple),
   });
   if (resolved.tissue && slide.channels === 3) {
     const thumbnail = await readThumbnail(slide, 1024);

@@ -6,7 +6,7 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
 import sharp from 'sharp';
-import { InputNotFoundError, type RasterImage } from '@tessera/core';
+import { InputNotFoundError, reflectIndex, type RasterImage } from '@tessera/core';
 import { isDicomHeader, openDicomSlide, dicomTileGrid } from './dicom.js';
 import { readGridRegion, type TileGrid } from './tiles.js';
 import { jpegLevelDecoder, tiffDecoder, tiffTileGrid, type TiffDirectory } from './tiff-tiles.js';
@@ -480,14 +480,6 @@ export interface ReadRegionOptions {
   bounds?: { width: number; height: number };
 }
 
-function reflect(i: number, n: number): number {
-  if (n === 1) return 0;
-  const period = 2 * (n - 1);
-  let m = i % period;
-  if (m < 0) m += period;
-  return m < n ? m : period - m;
-}
-
 /** libvips input options addressing a level. */
 export function levelInput(slide: SlideInfo, level: SlideLevel): sharp.SharpOptions {
   const options: sharp.SharpOptions = { limitInputPixels: false };
@@ -618,8 +610,8 @@ export async function readRegion(
   const valid = [x, y, width, height].every(Number.isInteger) && width > 0 && height > 0 && x >= 0 && y >= 0;
   if (!valid || x >= bounds.width || y >= bounds.height) throw regionOutside(slide.path, index, region, bounds);
   // Source rows and columns needed once mirrored at the bounds.
-  const xs = Array.from({ length: width }, (_, i) => reflect(x + i, bounds.width));
-  const ys = Array.from({ length: height }, (_, i) => reflect(y + i, bounds.height));
+  const xs = Array.from({ length: width }, (_, i) => reflectIndex(x + i, bounds.width));
+  const ys = Array.from({ length: height }, (_, i) => reflectIndex(y + i, bounds.height));
   const x0 = Math.min(...xs);
   const y0 = Math.min(...ys);
   const w = Math.max(...xs) - x0 + 1;

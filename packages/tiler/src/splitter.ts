@@ -1,157 +1,64 @@
 /**
- * The splitter: where the tiles of a level go, how much of each tile is kept, and which tiles hold tissue.
+ * The tiler's side of the splitter: core's `splitImage` over a slide level, vertical stripes of a plan, and which
+ * tiles hold tissue. Where the tiles go and how much of each is kept is core's, shared with image prediction.
  */
-import type { RasterImage } from '@tessera/core';
+import {
+  checkTileOptions as checkCoreTileOptions,
+  InvalidOptionError,
+  resolveTiling,
+  splitImage,
+  type RasterImage,
+  type SplitOptions,
+  type TileLocation,
+  type TilePlan,
+  type TilingOptions,
+} from '@tessera/core';
 import { TilerOptionError } from './errors.js';
 
-/** Options of {@link splitLevel}. */
-export interface SplitOptions {
-  /** Size of the image to cover (the level, or the resampled level), in pixels. */
-  width: number;
-  height: number;
-  /** Side of the square tiles; a multiple of `multiple`. */
-  tile: number;
-  /** Pixels shared by neighbouring tiles; a multiple of `multiple`, less than `tile`. */
-  overlap: number;
-  /** The architecture's input multiple: tile origins fall on multiples of it, so pooling grids line up. */
-  multiple: number;
-  /**
-   * Pixels discarded at each tile edge that touches another tile (the receptive half-width of the network), at most
-   * half the overlap with that neighbour. Default: half the overlap.
-   */
-  context?: number;
-}
+export { defaultOverlap, type SplitOptions, type TileLocation, type TilePlan } from '@tessera/core';
 
-/** One tile: where it is read from and which part of it counts. */
-export interface TileLocation {
-  /** Index in the plan, row-major. */
-  index: number;
-  /** Tile row and column. */
-  row: number;
-  column: number;
-  /** Top-left corner in image pixels (a multiple of the input multiple). */
-  x: number;
-  y: number;
-  /** Pixels discarded at each side (0 at the image edges). */
-  trim: { top: number; bottom: number; left: number; right: number };
-  /** Whether the tile holds tissue (always true without tissue detection). */
-  tissue: boolean;
-}
-
-/** The tiles of a level. */
-export interface TilePlan {
-  width: number;
-  height: number;
-  /** Tile size: `tile`, or less along a side shorter than `tile` (the side rounded up to the multiple). */
-  tileWidth: number;
-  tileHeight: number;
-  overlap: number;
-  /** Rows and columns of tiles. */
-  rows: number;
-  columns: number;
-  /** Top of each tile row, the first image row each tile row keeps, and the image row after the last one it keeps. */
-  rowStarts: number[];
-  keptRowStarts: number[];
-  keptRowEnds: number[];
-  tiles: TileLocation[];
-}
-
-/** Receptive-field-derived overlap: `2 * roundUp(ceil(rf / 2), multiple)`, so each side keeps its full context. */
-export function defaultOverlap(receptiveField: number, multiple: number): number {
-  return 2 * Math.ceil(Math.ceil(receptiveField / 2) / multiple) * multiple;
-}
-
-function starts(n: number, tile: number, stride: number): number[] {
-  const result: number[] = [];
-  for (let p = 0; ; p += stride) {
-    if (p + tile >= n) {
-      result.push(Math.max(0, n - tile));
-      break;
+/** Runs one of core's tiling functions, raising its option errors as {@link TilerOptionError}s (`E_TILER_OPTION`). */
+function asTilerOption<T>(run: () => T): T {
+  try {
+    return run();
+  } catch (error) {
+    if (error instanceof InvalidOptionError && !(error instanceof TilerOptionError)) {
+      throw new TilerOptionError(error.message, error.hint);
     }
-    result.push(p);
+    throw error;
   }
-  return result;
 }
 
 /**
- * Checks a tile size and overlap against an input multiple.
+ * Checks a tile size and overlap against an input multiple (core's `checkTileOptions`).
  * @throws {@link TilerOptionError} for a tile that is not a positive multiple of `multiple`, or an overlap that is not
  * a multiple of it below the tile size.
  */
 export function checkTileOptions(tile: number, overlap: number, multiple: number): void {
-  if (!(Number.isInteger(tile) && tile > 0 && tile % multiple === 0)) {
-    throw new TilerOptionError(
-      `Expected --tile to be a positive multiple of ${multiple} (the architecture's input multiple) but received ` +
-        `${tile}.`,
-      `Use --tile ${Math.max(multiple, Math.ceil(tile / multiple) * multiple || multiple)}.`,
-    );
-  }
-  if (!(Number.isInteger(overlap) && overlap >= 0 && overlap < tile && overlap % multiple === 0)) {
-    throw new TilerOptionError(
-      `Expected --overlap to be a multiple of ${multiple} between 0 and ${tile - multiple} but received ${overlap}.`,
-      `Use --overlap ${Math.min(tile - multiple, Math.ceil(Math.max(0, overlap) / multiple) * multiple)}.`,
-    );
-  }
+  asTilerOption(() => checkCoreTileOptions(tile, overlap, multiple));
 }
 
 /**
- * Lays square tiles over an image in row-major order. Origins are multiples of the input multiple, the last tile of
- * each row and column is flush with the image rounded up to the multiple, so every tile is the same size and no tile
- * reaches more than `multiple - 1` pixels past the image (those pixels are mirrored by the reader). Each tile keeps
- * its pixels at least `context` from the edges it shares with neighbours, so when `overlap >= 2 * context` and
- * `context` is the network's receptive half-width, the stitched result does not depend on the tiling.
+ * Fills in the tile, overlap and trimmed context for a model as image prediction does (core's `resolveTiling`).
+ * @throws {@link TilerOptionError} as {@link checkTileOptions}, or when the receptive field needs an overlap not
+ * below the tile.
+ */
+export function resolveTileOptions(options: TilingOptions): { tile: number; overlap: number; context: number } {
+  return asTilerOption(() => resolveTiling(options));
+}
+
+/**
+ * Lays square tiles over a level with core's `splitImage`, the splitter of image prediction: origins on the input
+ * multiple, the last tile of each row and column flush with the level rounded up to the multiple (the pixels past it
+ * are mirrored by the reader), and each tile keeping its pixels at least `context` from the edges it shares with
+ * neighbours, so when `overlap >= 2 * context` and `context` is the network's receptive half-width, the stitched
+ * result does not depend on the tiling.
  * @throws {@link TilerOptionError} for a tile or overlap that is not a multiple of `multiple`, or overlap >= tile.
  * @example
  * const plan = splitLevel({ width: 2220, height: 2967, tile: 512, overlap: 48, multiple: 16 });
  */
 export function splitLevel(options: SplitOptions): TilePlan {
-  const { width, height, tile, overlap, multiple } = options;
-  checkTileOptions(tile, overlap, multiple);
-  const context = options.context ?? Math.floor(overlap / 2);
-  const roundUp = (n: number) => Math.ceil(n / multiple) * multiple;
-  const tileWidth = Math.min(tile, roundUp(width));
-  const tileHeight = Math.min(tile, roundUp(height));
-  const ys = starts(roundUp(height), tileHeight, tileHeight - overlap);
-  const xs = starts(roundUp(width), tileWidth, tileWidth - overlap);
-  const trims = (list: number[], size: number) =>
-    list.map((p, i) => ({
-      before: i === 0 ? 0 : Math.min(context, Math.floor((list[i - 1] + size - p) / 2)),
-      after: i === list.length - 1 ? 0 : Math.min(context, Math.floor((p + size - list[i + 1]) / 2)),
-    }));
-  const rowTrims = trims(ys, tileHeight);
-  const columnTrims = trims(xs, tileWidth);
-  const tiles: TileLocation[] = [];
-  ys.forEach((y, row) =>
-    xs.forEach((x, column) =>
-      tiles.push({
-        index: tiles.length,
-        row,
-        column,
-        x,
-        y,
-        trim: {
-          top: rowTrims[row].before,
-          bottom: rowTrims[row].after,
-          left: columnTrims[column].before,
-          right: columnTrims[column].after,
-        },
-        tissue: true,
-      }),
-    ),
-  );
-  return {
-    width,
-    height,
-    tileWidth,
-    tileHeight,
-    overlap,
-    rows: ys.length,
-    columns: xs.length,
-    rowStarts: ys,
-    keptRowStarts: ys.map((y, i) => y + rowTrims[i].before),
-    keptRowEnds: ys.map((y, i) => Math.min(height, y + tileHeight - rowTrims[i].after)),
-    tiles,
-  };
+  return asTilerOption(() => splitImage(options));
 }
 
 /** A vertical stripe of a plan: the image columns it outputs and the tiles that blend into them. */

@@ -175,7 +175,12 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     const probs = await predictProbabilities(
       predictor,
       { data: normalized, width: image.width, height: image.height, channels: image.channels },
-      { multiple: manifest.architecture.inputMultiple, tile: opts.tile, overlap: opts.overlap },
+      {
+        multiple: manifest.architecture.inputMultiple,
+        receptiveField: manifest.architecture.receptiveField,
+        tile: opts.tile,
+        overlap: opts.overlap,
+      },
     );
     const labels = argmaxLabels(probs, k);
     const values = new Uint8Array(labels.length);

@@ -30,6 +30,9 @@ export interface TrainCliOptions {
   valImages?: string;
   valMasks?: string;
   patience?: number;
+  validateEvery?: number;
+  select?: 'dice' | 'loss';
+  ema?: number;
   augment?: boolean | Record<string, unknown>;
   mpp?: number;
   seed?: number;
@@ -78,6 +81,9 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     seed: opts.seed,
     timeBudgetMinutes: opts.timeBudget,
     patience: opts.patience,
+    validateEvery: opts.validateEvery,
+    select: opts.select,
+    ema: opts.ema,
     augment: opts.augment === false ? false : typeof opts.augment === 'object' ? opts.augment : undefined,
     workers: opts.workers,
     microBatch: opts.microBatch,
@@ -126,12 +132,19 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
           case 'start':
             info(
               out,
-              `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`,
+              `model: ${architecture.name}, ${event.parameters.toLocaleString('en-US')} parameters; at most ${event.epochs} epochs of ${event.stepsPerEpoch} steps${event.startEpoch > 1 ? `, resuming at epoch ${event.startEpoch}` : ''}`,
             );
             info(
               out,
               `training: engine ${engine.name}, ${event.workers} training worker${event.workers === 1 ? '' : 's'} (${event.workersReason.replace(/^asked for/, 'asked for with --workers')})`,
             );
+            break;
+          case 'plan':
+            info(out, `network: ${event.network}`);
+            info(out, `steps: ${event.steps}`);
+            info(out, `schedule: ${event.schedule}`);
+            info(out, `validation: ${event.validation}`);
+            info(out, `kept weights: the ${event.selection}`);
             break;
           case 'step':
             if (event.epoch !== currentEpoch) {
@@ -145,10 +158,11 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
             const r = event.record;
             info(
               out,
-              `epoch ${r.epoch}: train loss ${r.trainLoss.toFixed(4)}, val loss ${r.valLoss.toFixed(4)}, ` +
-                `pixel acc ${r.valPixelAccuracy.toFixed(4)}, mean Dice ${r.valMeanDice.toFixed(4)}, ${formatDuration(r.seconds)}` +
+              `step ${r.step} (epoch ${r.epoch}): train loss ${r.trainLoss.toFixed(4)}, val loss ${r.valLoss.toFixed(4)}, ` +
+                `pixel acc ${r.valPixelAccuracy.toFixed(4)}, foreground Dice ${r.valForegroundDice.toFixed(4)}, ${formatDuration(r.elapsed)}` +
                 (event.best ? colour(' (best, saved)', 'green') : ''),
             );
+            currentEpoch = 0; // a fresh progress bar after the validation's line
             break;
           }
           case 'stop':
@@ -177,7 +191,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     const v = result.validation;
     info(
       out,
-      `model: ${result.out} (best epoch ${result.bestEpoch}, ${formatDuration(seconds)}, engine ${engine.name})`,
+      `model: ${result.out} (kept step ${result.bestStep}, epoch ${result.bestEpoch}; ${formatDuration(seconds)}, engine ${engine.name})`,
     );
     info(
       out,
@@ -194,6 +208,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
           engine: engine.name,
           seconds,
           bestEpoch: result.bestEpoch,
+          bestStep: result.bestStep,
           stopReason: result.stopReason,
           validation: v,
         }) + '\n',

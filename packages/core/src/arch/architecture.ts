@@ -81,6 +81,12 @@ export interface ArchitecturePlugin<O extends object = Record<string, unknown>> 
    * `batchNormalization` need none.
    */
   readonly layers?: readonly LayerClass[];
+  /**
+   * Options of a smaller, faster variant of the network (e.g. half the filters). When a training run has a time
+   * budget that holds too few steps of the default network on the engine at hand, the default trainer measures both
+   * and trains this variant instead, for the options the user did not set. Leave it out for a network of fixed size.
+   */
+  readonly smallOptions?: Partial<O>;
 }
 
 /** A custom layer class: a subclass of tfjs-layers' `Layer` with a static `className` (prefix it with the plugin's name). */

@@ -18,8 +18,12 @@ export interface TrainingProvenance {
   durationSeconds: number;
   epochs: number;
   steps: number;
-  /** Epoch whose weights were kept (best validation loss). */
+  /** Epoch in which the kept weights were validated (the best by the selection metric). */
   bestEpoch: number;
+  /** Step at which the kept weights were validated. Absent in manifests written before validation by step. */
+  bestStep?: number;
+  /** How the kept weights were chosen, e.g. `'best validation foreground Dice (exponential moving average 0.99)'`. */
+  selection?: string;
   stopReason: string;
   /** Final validation metrics of the kept weights. */
   metrics: Record<string, unknown>;

@@ -96,8 +96,9 @@ async function train(name: string, options: Record<string, unknown>, extra: Part
     ...extra,
   });
   const start = events.find((e) => e.type === 'start') as Extract<TrainEvent, { type: 'start' }>;
+  // Checkpoints are named by step; validation (and so a checkpoint) falls at each epoch's end.
   const weights = (epoch: number) =>
-    readFile(join(out, 'checkpoints', `epoch-${String(epoch).padStart(4, '0')}`, 'weights.bin'));
+    readFile(join(out, 'checkpoints', `step-${String(epoch * OPTIONS.stepsPerEpoch).padStart(7, '0')}`, 'weights.bin'));
   return { result, start, weights, events };
 }
 

@@ -90,8 +90,12 @@ export function resolveScheduleOptions(options: ScheduleOptions): ResolvedSchedu
  * - `'step'`: `baseLr * gamma ^ floor(t / stepSize)`;
  * - `'cosine'`: `minLr + (baseLr - minLr) * (1 + cos(pi * t / T)) / 2`, and `minLr` from `totalSteps` on.
  *
+ * A run bounded by time rather than steps passes `progress`, the share of the run done (`0..1`, e.g. the share of a
+ * time budget spent): `'cosine'` then uses it in place of `t / T`, so the rate reaches `minLr` when the budget ends
+ * however many steps fit in it.
+ *
  * @param options see {@link ScheduleOptions}; validated once, here.
- * @returns `(step) => learningRate`, for integer steps `>= 0`.
+ * @returns `(step, progress?) => learningRate`, for integer steps `>= 0` and an optional progress in `[0, 1]`.
  * @throws UnknownNameError for an unknown schedule name.
  * @throws InvalidOptionError for an option out of range; the returned function throws it for a negative or
  *   non-integer step.
@@ -99,7 +103,7 @@ export function resolveScheduleOptions(options: ScheduleOptions): ResolvedSchedu
  * const lr = makeSchedule({ name: 'cosine', baseLr: 1e-3, totalSteps: 1000, warmupSteps: 50 });
  * setLearningRate(optimizer, lr(step));
  */
-export function makeSchedule(options: ScheduleOptions): (step: number) => number {
+export function makeSchedule(options: ScheduleOptions): (step: number, progress?: number) => number {
   const { name, baseLr, totalSteps, warmupSteps, gamma, minLr, stepSize } = resolveScheduleOptions(options);
   const span = totalSteps - warmupSteps;
   const afterWarmup: (t: number) => number =
@@ -107,14 +111,17 @@ export function makeSchedule(options: ScheduleOptions): (step: number) => number
       ? () => baseLr
       : name === 'step'
         ? (t) => baseLr * Math.pow(gamma, Math.floor(t / (stepSize as number)))
-        : (t) => (t >= span ? minLr : minLr + ((baseLr - minLr) * (1 + Math.cos((Math.PI * t) / span))) / 2);
-  return (step: number): number => {
+        : (t) => cosine(t / span);
+  const cosine = (share: number) =>
+    share >= 1 ? minLr : minLr + ((baseLr - minLr) * (1 + Math.cos(Math.PI * Math.max(0, share)))) / 2;
+  return (step: number, progress?: number): number => {
     if (!isInteger(step, 0)) {
       throw new InvalidOptionError(
         `Expected an integer >= 0 for the step of a learning-rate schedule but received ${describeValue(step)}.`,
       );
     }
     if (step < warmupSteps) return (baseLr * (step + 1)) / warmupSteps;
+    if (progress !== undefined && name === 'cosine') return cosine(progress);
     return afterWarmup(step - warmupSteps);
   };
 }

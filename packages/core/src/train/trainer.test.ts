@@ -91,14 +91,17 @@ describe('defaultTrainer', () => {
     expect(result.history.map((h) => h.epoch)).toEqual([1, 2, 3]);
     expect(events.filter((t) => t === 'step')).toHaveLength(9);
     expect(events[0]).toBe('data');
-    const best = Math.min(...result.history.map((h) => h.valLoss));
-    expect(result.history[result.bestEpoch - 1].valLoss).toBe(best);
+    // Kept: the best validation by foreground Dice (the default selection), validated once per epoch.
+    const best = Math.max(...result.history.map((h) => h.valForegroundDice));
+    expect(result.history[result.bestEpoch - 1].valForegroundDice).toBe(best);
+    expect(result.history.map((h) => h.step)).toEqual([3, 6, 9]);
     const { manifest } = await loadModel(out);
     expect(manifest.training).toMatchObject({
       seed: 9,
       epochs: 3,
       steps: 9,
       bestEpoch: result.bestEpoch,
+      bestStep: result.bestStep,
       stopReason: 'reached 3 epochs',
     });
     expect(manifest.training!.engine.name).toBe('wasm');
@@ -117,25 +120,27 @@ describe('defaultTrainer', () => {
       architecture: smallNet,
       ...data(),
       out: straight,
-      options: { ...OPTIONS, epochs: 3 },
+      options: { ...OPTIONS, epochs: 3, ema: 0.9 },
     });
     await defaultTrainer().train({
       architecture: smallNet,
       ...data(),
       out: resumed,
-      options: { ...OPTIONS, epochs: 2 },
+      options: { ...OPTIONS, epochs: 2, ema: 0.9 },
     });
     const b = await defaultTrainer().train({
       architecture: smallNet,
       ...data(),
       out: resumed,
-      options: { ...OPTIONS, epochs: 3 },
+      options: { ...OPTIONS, epochs: 3, ema: 0.9 },
       resume: true,
     });
     expect(b.history.map((h) => h.trainLoss)).toEqual(a.history.map((h) => h.trainLoss));
-    const wa = await readFile(join(straight, 'checkpoints', 'epoch-0003', 'weights.bin'));
-    const wb = await readFile(join(resumed, 'checkpoints', 'epoch-0003', 'weights.bin'));
-    expect(wb.equals(wa)).toBe(true);
+    for (const file of ['weights.bin', 'average.bin']) {
+      const wa = await readFile(join(straight, 'checkpoints', 'step-0000009', file));
+      const wb = await readFile(join(resumed, 'checkpoints', 'step-0000009', file));
+      expect(wb.equals(wa), file).toBe(true);
+    }
   });
 
   it('stops early when validation loss stops improving', async () => {
@@ -144,9 +149,9 @@ describe('defaultTrainer', () => {
       architectureOptions: { batchNorm: false },
       ...data(),
       out: join(root, 'early'),
-      options: { ...OPTIONS, epochs: 30, lr: 1e-9, patience: 2 },
+      options: { ...OPTIONS, epochs: 30, lr: 1e-9, patience: 2, select: 'loss', ema: 0 },
     });
-    expect(result.stopReason).toBe('early stopping: validation loss did not improve for 2 epochs');
+    expect(result.stopReason).toBe('early stopping: validation loss did not improve for 2 validations');
     // A learning rate of 1e-9 leaves the validation loss unchanged after epoch 1: epochs 2 and 3 do not improve it.
     expect(result.history).toHaveLength(3);
   });
@@ -160,4 +165,70 @@ describe('defaultTrainer', () => {
       'Expected a number in [0, 1) for valSplit but received 1 of type number.',
     );
   });
+});
+
+describe('time budget', () => {
+  const timed = async (name: string, options: Record<string, unknown>, extra: Record<string, unknown> = {}) => {
+    const events: TrainEvent[] = [];
+    const started = performance.now();
+    const result = await defaultTrainer().train({
+      architecture: smallNet,
+      ...data(),
+      out: join(root, name),
+      options: { ...OPTIONS, schedule: 'cosine', epochs: 100000, ...options },
+      onEvent: (e) => events.push(e),
+      ...extra,
+    });
+    return { result, events, seconds: (performance.now() - started) / 1000 };
+  };
+
+  it('ends within the budget plus one step and the final validation, having used at least 95% of it', async () => {
+    const budget = 0.1; // minutes: 6 s, hundreds of steps of this network
+    const { result, events, seconds } = await timed('budget', { timeBudgetMinutes: budget });
+    expect(result.stopReason).toBe(`time budget of ${budget} minutes`);
+    const steps = events.filter((e) => e.type === 'step') as Extract<TrainEvent, { type: 'step' }>[];
+    const longestStep = Math.max(...steps.map((s, i) => s.seconds - (i ? steps[i - 1].seconds : 0)));
+    const history = result.history;
+    const last = history[history.length - 1];
+    // The whole call also reads the data, re-evaluates the kept model and writes the report files.
+    expect(last.elapsed).toBeLessThanOrEqual(budget * 60 + longestStep + last.seconds);
+    // At least 95% of it; on a loaded machine whose steps take more than 5% of the budget, within one step of it.
+    expect(last.elapsed).toBeGreaterThanOrEqual(Math.min(0.95 * budget * 60, budget * 60 - longestStep));
+    expect(seconds).toBeLessThan(budget * 60 + 10);
+    // Validated over the budget, not only at its end; the schedule ends at the budget.
+    expect(history.length).toBeGreaterThanOrEqual(3); // 16 on a quiet machine; fewer when validations are slow
+    const lrs = steps.map((s) => s.lr);
+    expect(lrs[0]).toBeGreaterThan(0.9 * OPTIONS.lr);
+    expect(lrs[lrs.length - 1]).toBeLessThan(0.1 * OPTIONS.lr);
+    const plan = events.find((e) => e.type === 'plan') as Extract<TrainEvent, { type: 'plan' }>;
+    expect(plan.steps).toMatch(/^about \d+ steps in the 0\.1-minute budget at \d+\.\d\d s a step$/);
+    expect(plan.network).toBe('filters 6, batchNorm true (small-net has one size)');
+    const { manifest } = await loadModel(join(root, 'budget'));
+    expect(manifest.training!.bestStep).toBe(result.bestStep);
+    expect(manifest.training!.selection).toBe('best validation foreground Dice (every class but class_0)');
+  }, 60_000);
+
+  it('trains the small network of a plugin when the default fits too few steps, unless the user set its size', async () => {
+    const sized = defineArchitecture({ ...smallNet, smallOptions: { filters: 3 } });
+    const small = await defaultTrainer().train({
+      architecture: sized,
+      ...data(),
+      out: join(root, 'small'),
+      options: { ...OPTIONS, timeBudgetMinutes: 0.01, epochs: 2 },
+    });
+    expect(small.manifest.architecture.options).toEqual({ filters: 3, batchNorm: true });
+    expect(small.manifest.training!.options).toMatchObject({ timeBudgetMinutes: 0.01 });
+    const events: TrainEvent[] = [];
+    const kept = await defaultTrainer().train({
+      architecture: sized,
+      architectureOptions: { filters: 6 },
+      ...data(),
+      out: join(root, 'kept'),
+      options: { ...OPTIONS, timeBudgetMinutes: 0.01, epochs: 2 },
+      onEvent: (e) => events.push(e),
+    });
+    expect(kept.manifest.architecture.options).toEqual({ filters: 6, batchNorm: true });
+    const plan = events.find((e) => e.type === 'plan') as Extract<TrainEvent, { type: 'plan' }>;
+    expect(plan.network).toBe('filters 6, batchNorm true (filters set by the user)');
+  }, 60_000);
 });

@@ -1,10 +1,10 @@
-import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { resolveArchitectureOptions, type ArchitecturePlugin } from '../arch/architecture.js';
 import { DEFAULT_AUGMENT, randCropAugment, type AugmentOptions } from '../data/augment.js';
-import { inferClassMap, loadClassMap, type ClassMap } from '../data/class-map.js';
+import { backgroundClass, inferClassMap, loadClassMap, type ClassMap } from '../data/class-map.js';
 import {
   classPixelNotices,
   collectMaskValues,
@@ -16,42 +16,46 @@ import {
   type Normalization,
   type SamplePair,
 } from '../data/dataset.js';
-import { readImage, readImageHeader, writeFileAtomic } from '../data/image-io.js';
-import { createRandom, shuffle } from '../data/random.js';
+import { readImage, readImageHeader } from '../data/image-io.js';
+import { createRandom, shuffle, type Random } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
-import { countActivations } from '../arch/flops.js';
-import { buildArchitecture, checkModelOutput, registerPluginLayers } from '../arch/plugin-layers.js';
+import { registerPluginLayers } from '../arch/plugin-layers.js';
 import { DatasetError, InputNotFoundError, InvalidOptionError, describeValue } from '../errors.js';
 import type { ModelManifest } from '../model/manifest.js';
 import {
   checkOutputDir,
-  countParameters,
   deserializeModel,
   makeOutputDir,
   MODEL_FILES,
   saveModel,
-  serializeModel,
   type ManifestDraft,
 } from '../model/model-io.js';
 import { predictProbabilities } from '../predict/predict.js';
 import type { Predictor } from '../predict/predictor.js';
 import { CORE_VERSION } from '../version.js';
+import {
+  CHECKPOINTS,
+  latestCheckpoint,
+  pruneCheckpoints,
+  readNamedWeights,
+  saveCheckpoint,
+  type CheckpointState,
+} from './checkpoints.js';
+import { writeHistory } from './history.js';
 import { getLoss, LOSS_NAMES } from './losses.js';
 import { argmaxLabels, ConfusionMatrix, makeEvaluationReport, type EvaluationReport } from './metrics.js';
+import { chooseNetwork, describeOptions, openNetwork, trainStep, type Network, type NetworkSetup } from './network.js';
+import { setLearningRate, setOptimizerWeights } from './optimizers.js';
 import {
-  accumulateGradients,
-  applyMovingStatistics,
-  batchNormLayers,
-  chooseWorkers,
-  microBatchGradients,
-  splitMicroBatches,
-  TrainingWorkers,
-  type BatchNormLayer,
-  type WorkerChoice,
-} from './data-parallel.js';
-import { createOptimizer, setLearningRate, setOptimizerWeights } from './optimizers.js';
-import { renderLineChartPng } from './plot.js';
+  describeSchedule,
+  describeSteps,
+  describeValidation,
+  foregroundDice,
+  TrainingClock,
+  WeightAverage,
+} from './recipe.js';
 import { makeSchedule, type ScheduleName } from './schedules.js';
+export { MIN_BUDGET_STEPS } from './network.js';
 
 /** The version of the trainer plugin interface. */
 export const TRAINER_API_VERSION = 1;
@@ -77,10 +81,31 @@ export interface TrainOptions {
   /** Share of the samples held out for validation when no validation folders are given. */
   valSplit?: number;
   seed?: number;
-  /** Stop after this many minutes, keeping the best weights by validation loss. */
+  /**
+   * Stop within one step of this many minutes (then validate once more), keeping the best weights by `select`. The
+   * `'cosine'` schedule is then fitted to the budget (it ends at the budget however many steps fit), validation is
+   * spread over it, and a plugin's `smallOptions` network is trained instead of the default when the default fits
+   * fewer than {@link MIN_BUDGET_STEPS} steps on this engine (options the user set are kept).
+   */
   timeBudgetMinutes?: number;
-  /** Stop when the validation loss has not improved for this many epochs (0 = never). */
+  /** Stop when the selection metric has not improved for this many validations (0 = never). */
   patience?: number;
+  /**
+   * Steps between validations. Default: once per epoch; with a time budget, {@link VALIDATIONS_PER_BUDGET} times over
+   * the budget (fewer when validation would take more than a tenth of it).
+   */
+  validateEvery?: number;
+  /**
+   * What chooses the kept weights among the validations: `'dice'`, the mean Dice of the classes but the background
+   * (the class flagged `background`, else named so, else of value 0; every class when there is none), the loss
+   * breaking ties and standing in when the Dice is undefined; or `'loss'`, the validation loss.
+   */
+  select?: 'dice' | 'loss';
+  /**
+   * Decay of an exponential moving average of the weights, validated and kept in place of the raw weights; `0` turns
+   * it off.
+   */
+  ema?: number;
   /** Data augmentation; `false` turns it off. */
   augment?: Partial<AugmentOptions> | false;
   /** Epoch checkpoints to keep besides the best one. */
@@ -114,6 +139,9 @@ export interface ResolvedTrainOptions {
   seed: number;
   timeBudgetMinutes: number | null;
   patience: number;
+  validateEvery: number | null;
+  select: 'dice' | 'loss';
+  ema: number;
   augment: AugmentOptions | false;
   keepCheckpoints: number;
   /** `null`: the default (see {@link TrainOptions.microBatch}). */
@@ -138,6 +166,9 @@ export const TRAIN_DEFAULTS: ResolvedTrainOptions = {
   seed: 42,
   timeBudgetMinutes: null,
   patience: 0,
+  validateEvery: null,
+  select: 'dice',
+  ema: 0,
   augment: DEFAULT_AUGMENT,
   keepCheckpoints: 2,
   microBatch: null,
@@ -187,23 +218,37 @@ export type TrainEvent =
       workers: number;
       workersReason: string;
     }
+  /**
+   * After the first steps, when the step time is known: what the run chose and why, one sentence each (network
+   * size, steps expected in the budget, schedule, validation, selection).
+   */
+  | { type: 'plan'; network: string; steps: string; schedule: string; validation: string; selection: string }
   | { type: 'step'; epoch: number; step: number; stepsPerEpoch: number; loss: number; lr: number; seconds: number }
+  /** A validation: its history row, and whether its weights are the best so far (and were saved as the model). */
   | { type: 'epoch'; record: EpochRecord; best: boolean }
   | { type: 'stop'; reason: string }
   /** After `data`: what reading the data converted (`info`), or what looks wrong in it (`warning`). */
   | { type: 'notice'; level: 'info' | 'warning'; message: string };
 
-/** One row of the training history (`history.csv`). */
+/** One row of the training history (`history.csv`): one validation. */
 export interface EpochRecord {
+  /** The epoch the validation fell in (1-based; a validation at the end of epoch 2 has epoch 2). */
   epoch: number;
+  /** Optimizer steps done. */
   step: number;
   lr: number;
+  /** Mean training loss of the steps since the previous validation. */
   trainLoss: number;
   valLoss: number;
   valPixelAccuracy: number;
   valMeanIoU: number;
   valMeanDice: number;
+  /** Mean Dice of the classes but the background (see {@link TrainOptions.select}). */
+  valForegroundDice: number;
+  /** Seconds since the previous validation, this one included. */
   seconds: number;
+  /** Seconds since the start of the run. */
+  elapsed: number;
 }
 
 /** Result of a training run. */
@@ -211,7 +256,9 @@ export interface TrainResult {
   out: string;
   manifest: ModelManifest;
   history: EpochRecord[];
+  /** Epoch and step of the kept validation. */
   bestEpoch: number;
+  bestStep: number;
   stopReason: string;
   validation: EvaluationReport;
 }
@@ -250,6 +297,15 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
   int('keepCheckpoints', 0, 1000);
   if (r.microBatch !== null) int('microBatch', 1, r.batchSize);
   if (r.workers !== null) int('workers', 1, 256);
+  if (r.validateEvery !== null) int('validateEvery', 1);
+  if (r.select !== 'dice' && r.select !== 'loss') {
+    throw new InvalidOptionError(`Expected "dice" or "loss" for select but received ${describeValue(r.select)}.`);
+  }
+  if (!(typeof r.ema === 'number' && r.ema >= 0 && r.ema < 1)) {
+    throw new InvalidOptionError(
+      `Expected a decay in [0, 1) for ema (0 turns the average off) but received ${describeValue(r.ema)}.`,
+    );
+  }
   if (!(typeof r.lr === 'number' && r.lr > 0 && r.lr < 10)) {
     throw new InvalidOptionError(
       `Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`,
@@ -265,170 +321,6 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
   }
   if (!LOSS_NAMES.includes(r.loss as (typeof LOSS_NAMES)[number])) getLoss(r.loss);
   return r;
-}
-
-interface CheckpointState {
-  epoch: number;
-  step: number;
-  history: EpochRecord[];
-  bestEpoch: number;
-  bestValLoss: number;
-  epochsWithoutImprovement: number;
-  elapsedSeconds: number;
-  startedAt: string;
-}
-
-const CHECKPOINTS = 'checkpoints';
-const MICRO_BATCH_PIXELS = 2 * 256 * 256;
-/**
- * Layer outputs one micro-batch may keep (about 260 MB). Measured on wasm: U-Net with 16 base filters trains at
- * 2 x 256² (244 MB; peak RSS 1.8 GB), with 32 base filters 2 x 256² (488 MB) overflows the 2 GB heap.
- */
-const MICRO_BATCH_ACTIVATION_BYTES = 260e6;
-/** Layer outputs beyond which one micro-batch cannot train on wasm at all. */
-const WASM_MAX_ACTIVATION_BYTES = 300e6;
-
-/** What a training step needs besides the batch. */
-interface StepContext {
-  model: tfl.LayersModel;
-  optimizer: tf.Optimizer;
-  variables: tf.Variable[];
-  lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar;
-  batchSize: number;
-  microBatch: number;
-  tile: number;
-  channels: number;
-  /** Worker threads computing all but the first block of micro-batches, if any. */
-  workers?: TrainingWorkers;
-  batchNorm: BatchNormLayer[];
-}
-
-/**
- * One optimisation step over a batch, computed in micro-batches whose gradients are averaged. With workers, the
- * first block of micro-batches is computed here and the others in the workers; their gradients and batch-norm
- * statistics are then added in micro-batch order with the operations of the single-thread loop, so the step gives the
- * same bits. Returns the batch's mean loss.
- */
-async function trainStep(c: StepContext, images: Float32Array, labels: Int32Array): Promise<number> {
-  const { batchSize, microBatch, tile, channels } = c;
-  const pixels = tile * tile;
-  const parts = Math.ceil(batchSize / microBatch);
-  const size = (part: number) => Math.min(microBatch, batchSize - part * microBatch);
-  const blocks = splitMicroBatches(parts, 1 + (c.workers?.size ?? 0)).filter((b) => b.length > 0);
-  const remote = c.workers?.run(
-    blocks.slice(1).map((block) => {
-      const from = block[0] * microBatch;
-      const to = from + block.reduce((s, part) => s + size(part), 0);
-      return {
-        images: images.slice(from * pixels * channels, to * pixels * channels),
-        labels: labels.slice(from * pixels, to * pixels),
-        sizes: block.map(size),
-        tile,
-        channels,
-      };
-    }),
-  );
-  // Keep a failing worker's rejection from going unhandled while this thread computes its own block.
-  remote?.catch(() => undefined);
-  let lossSum = 0;
-  let accumulated: tf.NamedTensorMap | undefined;
-  for (const part of blocks[0]) {
-    const n = size(part);
-    const { loss, grads } = microBatchGradients(
-      c.model,
-      c.variables,
-      c.lossFn,
-      images,
-      labels,
-      part * microBatch,
-      n,
-      tile,
-      channels,
-    );
-    lossSum += loss * n;
-    accumulated = accumulateGradients(accumulated, grads);
-  }
-  let offset = 0;
-  const offsets = c.variables.map((v) => (offset += v.size) - v.size);
-  for (const [b, results] of (remote ? await remote : []).entries()) {
-    results.forEach((result, i) => {
-      const n = size(blocks[b + 1][i]);
-      const grads: tf.NamedTensorMap = {};
-      for (const index of result.present) {
-        const v = c.variables[index];
-        grads[v.name] = tf.tensor(result.grads.subarray(offsets[index], offsets[index] + v.size), v.shape);
-      }
-      applyMovingStatistics(c.batchNorm, result.statistics);
-      lossSum += result.loss * n;
-      accumulated = accumulateGradients(accumulated, grads);
-    });
-  }
-  tf.tidy(() => {
-    const averaged =
-      parts === 1
-        ? accumulated!
-        : Object.fromEntries(Object.entries(accumulated!).map(([k, g]) => [k, tf.div(g, parts)]));
-    c.optimizer.applyGradients(averaged);
-  });
-  for (const g of Object.values(accumulated!)) g.dispose();
-  c.workers?.publish(c.variables);
-  return lossSum / batchSize;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function saveCheckpoint(
-  dir: string,
-  model: tfl.LayersModel,
-  optimizer: tf.Optimizer,
-  state: CheckpointState,
-): Promise<void> {
-  const tmp = `${dir}.tmp-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp, { recursive: true });
-  const { topology, weights } = await serializeModel(model);
-  const optimizerWeights = await optimizer.getWeights();
-  const encoded = await tf.io.encodeWeights(optimizerWeights);
-  await writeFileAtomic(join(tmp, MODEL_FILES.topology), topology);
-  await writeFileAtomic(join(tmp, MODEL_FILES.weights), weights);
-  await writeFileAtomic(join(tmp, 'optimizer.bin'), new Uint8Array(tf.io.CompositeArrayBuffer.join(encoded.data)));
-  await writeFileAtomic(join(tmp, 'optimizer.json'), JSON.stringify(encoded.specs));
-  await writeFileAtomic(join(tmp, 'state.json'), JSON.stringify(state, null, 2));
-  await rm(dir, { recursive: true, force: true });
-  const { rename } = await import('node:fs/promises');
-  await rename(tmp, dir);
-}
-
-async function latestCheckpoint(out: string): Promise<string | undefined> {
-  const dir = join(out, CHECKPOINTS);
-  if (!(await exists(dir))) return undefined;
-  const names = (await readdir(dir)).filter((n) => /^epoch-\d+$/.test(n)).sort();
-  for (let i = names.length - 1; i >= 0; i--) {
-    if (await exists(join(dir, names[i], 'state.json'))) return join(dir, names[i]);
-  }
-  return undefined;
-}
-
-function toCsv(history: EpochRecord[]): string {
-  const keys: (keyof EpochRecord)[] = [
-    'epoch',
-    'step',
-    'lr',
-    'trainLoss',
-    'valLoss',
-    'valPixelAccuracy',
-    'valMeanIoU',
-    'valMeanDice',
-    'seconds',
-  ];
-  return [keys.join(','), ...history.map((h) => keys.map((k) => String(h[k])).join(','))].join('\n') + '\n';
 }
 
 /** Evaluates a model on whole samples: mean loss and the confusion matrix. */
@@ -499,6 +391,7 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
 }
 
 async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)[]): Promise<TrainResult> {
+  const started = performance.now(); // a time budget counts reading the data and choosing the network too
   const o = resolveTrainOptions(request.options);
   const plugin = request.architecture;
   const archOptions = resolveArchitectureOptions(plugin, request.architectureOptions);
@@ -573,21 +466,32 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const trainPixels = trainSamples.reduce((s, x) => s + x.width * x.height, 0);
   const stepsPerEpoch =
     o.stepsPerEpoch ?? Math.max(8, Math.ceil(trainPixels / (o.tileSize * o.tileSize * o.batchSize)));
-  const totalSteps = stepsPerEpoch * o.epochs;
-  const schedule = makeSchedule({ name: o.schedule, baseLr: o.lr, totalSteps, warmupSteps: o.warmupSteps });
+  const maxSteps = stepsPerEpoch * o.epochs;
+  const schedule = makeSchedule({ name: o.schedule, baseLr: o.lr, totalSteps: maxSteps, warmupSteps: o.warmupSteps });
+  const budgetSeconds = o.timeBudgetMinutes === null ? null : o.timeBudgetMinutes * 60;
+  const engine = activeEngine();
+  const setup: NetworkSetup = {
+    plugin,
+    channels,
+    numClasses,
+    options: o,
+    engine: engine?.name,
+    pluginModules: request.pluginModules ?? [],
+    lossOptions,
+    lossFn,
+  };
 
   // Model and optimizer, fresh or from a checkpoint
-  let model: tfl.LayersModel;
-  const optimizer = createOptimizer(o.optimizer, o.lr);
   let state: CheckpointState = {
     epoch: 0,
     step: 0,
     history: [],
-    bestEpoch: 0,
-    bestValLoss: Infinity,
-    epochsWithoutImprovement: 0,
+    best: null,
+    validationsWithoutImprovement: 0,
     elapsedSeconds: 0,
     startedAt: new Date().toISOString(),
+    averageUpdates: 0,
+    architectureOptions: archOptions as Record<string, unknown>,
   };
   const checkpoint = request.resume ? await latestCheckpoint(out) : undefined;
   if (request.resume && !checkpoint) {
@@ -596,106 +500,61 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       'Run without --resume to start training, or point --out at the folder of an earlier run.',
     );
   }
+  let network: Network;
+  let networkChoice: string;
+  let averageState: { values: tf.Tensor[]; updates: number } | undefined;
   if (checkpoint) {
+    state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
     registerPluginLayers(plugin);
-    model = await deserializeModel(
+    const model = await deserializeModel(
       await readFile(join(checkpoint, MODEL_FILES.topology), 'utf8'),
       await readFile(join(checkpoint, MODEL_FILES.weights)),
       checkpoint,
     );
-    const specs = JSON.parse(
-      await readFile(join(checkpoint, 'optimizer.json'), 'utf8'),
-    ) as tf.io.WeightsManifestEntry[];
-    const bytes = await readFile(join(checkpoint, 'optimizer.bin'));
-    const named = tf.io.decodeWeights(
-      bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
-      specs,
-    );
-    await setOptimizerWeights(
-      optimizer,
-      Object.entries(named).map(([name, tensor]) => ({ name, tensor })),
-    );
-    state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
-  } else {
-    model = buildArchitecture(plugin, {
-      inputChannels: channels,
-      numClasses,
-      tileSize: o.tileSize,
-      options: archOptions,
-      seed: o.seed,
-    });
-    // The build contract, once, on a small input (the conformance kit's check and messages): a network that outputs
-    // logits or another class count is refused here rather than trained or failing after a step.
-    const side = Math.min(o.tileSize, multiple * Math.max(1, Math.ceil(64 / multiple)));
-    try {
-      checkModelOutput(plugin, archOptions, model, {
-        batch: 1,
-        height: side,
-        width: side,
-        inputChannels: channels,
-        numClasses,
-      });
-    } catch (error) {
-      model.dispose();
-      throw error;
+    network = await openNetwork(setup, model, state.architectureOptions);
+    await setOptimizerWeights(network.optimizer, await readNamedWeights(checkpoint, 'optimizer'));
+    if (state.averageUpdates > 0) {
+      const values = (await readNamedWeights(checkpoint, 'average')).map((w) => w.tensor);
+      averageState = { values, updates: state.averageUpdates };
     }
+    networkChoice = `resumed with the checkpoint's options (${describeOptions(state.architectureOptions)})`;
+  } else {
+    const choice = await chooseNetwork(
+      setup,
+      request.architectureOptions ?? {},
+      archOptions as Record<string, unknown>,
+      budgetSeconds,
+      (image, labels) => fillBatch(trainSamples, o, normalization, rootRng.fork('size-trial'), image, labels),
+    );
+    networkChoice = choice.reason;
+    state.architectureOptions = choice.options;
+    network = choice.network;
     await makeOutputDir(out);
   }
-  const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
-  const parameters = countParameters(model);
-  const engine = activeEngine();
-  const tile = o.tileSize;
-  // Forward and backward passes run on micro-batches of at most MICRO_BATCH_PIXELS pixels and at most
-  // MICRO_BATCH_ACTIVATION_BYTES of layer outputs, their gradients averaged, which bounds the engine's memory (the
-  // wasm heap cannot pass 2 GB) whatever the batch size.
-  const sampleBytes = 4 * countActivations(model, [1, tile, tile, channels]);
-  const microBatch =
-    o.microBatch ??
-    Math.max(
-      1,
-      Math.min(
-        o.batchSize,
-        Math.floor(MICRO_BATCH_PIXELS / (tile * tile)),
-        Math.floor(MICRO_BATCH_ACTIVATION_BYTES / sampleBytes),
-      ),
-    );
-  if (engine?.name === 'wasm' && sampleBytes * microBatch > WASM_MAX_ACTIVATION_BYTES) {
-    throw new InvalidOptionError(
-      `A micro-batch of ${microBatch} crop(s) of ${tile}x${tile} px keeps ${((sampleBytes * microBatch) / 1e6).toFixed(0)} MB of ` +
-        `layer outputs for ${plugin.name}, more than the wasm engine's 2 GB heap can train (about ${WASM_MAX_ACTIVATION_BYTES / 1e6} MB).`,
-      `Use a smaller --tile (e.g. ${Math.max(32, tile / 2)}), --micro-batch 1, fewer filters, or install @tensorflow/tfjs-node.`,
-    );
-  }
-  const { workers, workersReason, pool } = await startWorkers(
-    chooseWorkers(o.workers, engine?.name, Math.ceil(o.batchSize / microBatch)),
-    engine?.name,
-    model,
-    request.pluginModules ?? [],
-    o.loss,
-    lossOptions,
-  );
-  if (pool) cleanup.push(() => pool.terminate());
+  cleanup.push(() => network.dispose());
+  const { model } = network;
+  const chosenOptions = state.architectureOptions;
+  const average = o.ema > 0 ? new WeightAverage(model, o.ema, averageState) : undefined;
+  if (averageState) tf.dispose(averageState.values);
+  cleanup.push(async () => average?.dispose());
+  const clock = new TrainingClock(budgetSeconds, maxSteps, state.elapsedSeconds, started);
   emit({
     type: 'start',
     epochs: o.epochs,
     stepsPerEpoch,
     startEpoch: state.epoch + 1,
-    parameters,
-    workers,
-    workersReason,
+    parameters: network.parameters,
+    workers: network.workers,
+    workersReason: network.workersReason,
   });
-  const stepContext: StepContext = {
-    model,
-    optimizer,
-    variables,
-    lossFn,
-    batchSize: o.batchSize,
-    microBatch,
-    tile,
-    channels,
-    workers: pool,
-    batchNorm: batchNormLayers(model),
-  };
+  const background = backgroundClass(classMap.classes);
+  const backgroundIndex = background ? classMap.classes.indexOf(background) : -1;
+  const selection =
+    (o.select === 'dice' && valSamples.length
+      ? `best validation foreground Dice (${background ? `every class but ${background.name}` : 'every class: no background class'})`
+      : 'lowest validation loss') +
+    (valSamples.length ? '' : ' (no validation images: the training loss)') +
+    (average ? ` of the exponential moving average of the weights (decay ${o.ema})` : '');
   const draft = (metrics: EvaluationReport | null, stopReason: string): ManifestDraft => ({
     format: 'tessera-model',
     formatVersion: 1,
@@ -703,10 +562,10 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       name: plugin.name,
       version: plugin.version,
       apiVersion: plugin.apiVersion,
-      options: archOptions as Record<string, unknown>,
+      options: chosenOptions,
       inputMultiple: multiple,
-      receptiveField: plugin.receptiveField(archOptions),
-      parameters,
+      receptiveField: plugin.receptiveField(chosenOptions as never),
+      parameters: network.parameters,
     },
     classes: classMap.classes,
     ...(classMap.ignore !== undefined ? { ignore: classMap.ignore } : {}),
@@ -722,7 +581,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
         validationStems: valPairs.map((p) => p.stem),
         validation,
       },
-      options: { ...o, microBatch, workers } as unknown as Record<string, unknown>,
+      options: { ...o, microBatch: network.microBatch, workers: network.workers } as unknown as Record<string, unknown>,
       seed: o.seed,
       engine: engine
         ? { name: engine.name, backend: engine.backend, threads: engine.threads }
@@ -732,189 +591,204 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       durationSeconds: Math.round(state.elapsedSeconds * 10) / 10,
       epochs: state.epoch,
       steps: state.step,
-      bestEpoch: state.bestEpoch,
+      bestEpoch: state.best?.epoch ?? 0,
+      bestStep: state.best?.step ?? 0,
+      selection,
       stopReason,
       metrics: metrics ? { ...metrics } : {},
     },
     createdBy: `@tessera/core ${CORE_VERSION}`,
   });
 
-  const budgetSeconds = o.timeBudgetMinutes === null ? Infinity : o.timeBudgetMinutes * 60;
   let stopReason = `reached ${o.epochs} epochs`;
   let bestReport: EvaluationReport | null = null;
-  const batchImage = new Float32Array(o.batchSize * tile * tile * channels);
-  const batchLabels = new Int32Array(o.batchSize * tile * tile);
-  let lastEpochSeconds = 0;
+  let lossSum = 0;
+  let lossSteps = 0;
+  let sinceValidation = performance.now();
+  let planned = false;
+  let lastLr = o.lr;
+  const plan = () => {
+    if (planned) return;
+    planned = true;
+    emit({
+      type: 'plan',
+      network: networkChoice,
+      steps: describeSteps(clock, state.step, maxSteps, o.epochs),
+      schedule: describeSchedule(o, budgetSeconds),
+      validation: describeValidation(o, valSamples.length, stepsPerEpoch, budgetSeconds),
+      selection,
+    });
+  };
+  const lrAt = (step: number) => (budgetSeconds === null ? schedule(step) : schedule(step, clock.progress(step)));
 
-  for (let epoch = state.epoch + 1; epoch <= o.epochs; epoch++) {
+  /** Validates the current (or averaged) weights, records the row, keeps the best, and checkpoints. */
+  const validate = async (): Promise<boolean> => {
+    const validationStarted = performance.now();
+    const evaluate = async () => {
+      const evaluation = valSamples.length
+        ? await evaluateSamples(model, valSamples, numClasses, multiple, o.loss, lossOptions)
+        : { loss: lossSum / Math.max(1, lossSteps), confusion: null };
+      const report = evaluation.confusion ? makeEvaluationReport(evaluation.confusion, classMap.classes) : null;
+      return { loss: evaluation.loss, report };
+    };
+    const { loss, report } = average ? await average.swapped(evaluate) : await evaluate();
+    clock.recordValidation((performance.now() - validationStarted) / 1000);
+    state.elapsedSeconds = clock.elapsed();
+    const record: EpochRecord = {
+      epoch: Math.ceil(state.step / stepsPerEpoch),
+      step: state.step,
+      lr: lastLr,
+      trainLoss: lossSum / Math.max(1, lossSteps),
+      valLoss: loss,
+      valPixelAccuracy: report?.pixelAccuracy ?? NaN,
+      valMeanIoU: report?.meanIoU ?? NaN,
+      valMeanDice: report?.meanDice ?? NaN,
+      valForegroundDice: report
+        ? foregroundDice(
+            report.classes.map((c) => c.dice),
+            backgroundIndex,
+          )
+        : NaN,
+      seconds: Math.round(((performance.now() - sinceValidation) / 1000) * 100) / 100,
+      elapsed: Math.round(state.elapsedSeconds * 10) / 10,
+    };
+    sinceValidation = performance.now();
+    lossSum = 0;
+    lossSteps = 0;
+    state.history.push(record);
+    state.epoch = record.epoch;
+    const best = state.best === null || isBetter(record, state.best, o.select);
+    if (best) {
+      state.best = record;
+      state.validationsWithoutImprovement = 0;
+      bestReport = report;
+      const save = () => saveModel(out, model, draft(report, 'in progress'));
+      await (average ? average.swapped(save) : save());
+    } else {
+      state.validationsWithoutImprovement++;
+    }
+    await writeHistory(out, state.history);
+    const ckptDir = join(out, CHECKPOINTS, `step-${String(state.step).padStart(7, '0')}`);
+    state.averageUpdates = average?.count ?? 0;
+    await saveCheckpoint(ckptDir, model, network.optimizer, average, state);
+    await pruneCheckpoints(join(out, CHECKPOINTS), o.keepCheckpoints);
+    emit({ type: 'epoch', record, best });
+    return best;
+  };
+
+  const batchImage = new Float32Array(o.batchSize * o.tileSize * o.tileSize * channels);
+  const batchLabels = new Int32Array(o.batchSize * o.tileSize * o.tileSize);
+  let lastValidated = state.step;
+  for (;;) {
     if (request.signal?.aborted) {
       stopReason = 'interrupted';
       break;
     }
-    if (state.elapsedSeconds + lastEpochSeconds > budgetSeconds) {
+    if (state.step >= maxSteps) break;
+    if (clock.budgetSpent()) {
       stopReason = `time budget of ${o.timeBudgetMinutes} minutes`;
       break;
     }
-    const epochStart = performance.now();
-    const rng = rootRng.fork(`epoch-${epoch}`);
-    let lossSum = 0;
-    let interrupted = false;
-    for (let step = 0; step < stepsPerEpoch; step++) {
-      if (request.signal?.aborted) {
-        interrupted = true;
+    const epoch = Math.floor(state.step / stepsPerEpoch) + 1;
+    fillBatch(trainSamples, o, normalization, rootRng.fork(`step-${state.step}`), batchImage, batchLabels);
+    const lr = lrAt(state.step);
+    lastLr = lr;
+    setLearningRate(network.optimizer, lr);
+    const stepStarted = performance.now();
+    const loss = await trainStep(network.step, batchImage, batchLabels);
+    clock.recordStep((performance.now() - stepStarted) / 1000);
+    if (!Number.isFinite(loss)) {
+      throw new InvalidOptionError(
+        `Training diverged at epoch ${epoch}, step ${state.step + 1}: the loss is ${loss}.`,
+        `Lower the learning rate (--lr ${o.lr / 10}).`,
+      );
+    }
+    average?.update();
+    lossSum += loss;
+    lossSteps++;
+    state.step++;
+    emit({
+      type: 'step',
+      epoch,
+      step: state.step - (epoch - 1) * stepsPerEpoch,
+      stepsPerEpoch,
+      loss,
+      lr,
+      seconds: clock.elapsed(),
+    });
+    if (state.step >= 3) plan();
+    const due =
+      o.validateEvery !== null
+        ? state.step % o.validateEvery === 0
+        : budgetSeconds !== null
+          ? clock.validationDue()
+          : state.step % stepsPerEpoch === 0;
+    if (due) {
+      lastValidated = state.step;
+      await validate();
+      if (o.patience > 0 && state.validationsWithoutImprovement >= o.patience) {
+        stopReason = `early stopping: ${o.select === 'dice' && valSamples.length ? 'validation foreground Dice' : 'validation loss'} did not improve for ${o.patience} validations`;
         break;
       }
-      for (let b = 0; b < o.batchSize; b++) {
-        const sample = trainSamples[rng.int(trainSamples.length)];
-        const crop = randCropAugment(sample, tile, o.augment === false ? {} : o.augment, rng, normalization);
-        batchImage.set(crop.image, b * tile * tile * channels);
-        batchLabels.set(crop.labels, b * tile * tile);
-      }
-      const lr = schedule(state.step);
-      setLearningRate(optimizer, lr);
-      const loss = await trainStep(stepContext, batchImage, batchLabels);
-      if (!Number.isFinite(loss)) {
-        throw new InvalidOptionError(
-          `Training diverged at epoch ${epoch}, step ${step + 1}: the loss is ${loss}.`,
-          `Lower the learning rate (--lr ${o.lr / 10}).`,
-        );
-      }
-      lossSum += loss;
-      state.step++;
-      emit({
-        type: 'step',
-        epoch,
-        step: step + 1,
-        stepsPerEpoch,
-        loss,
-        lr,
-        seconds: (performance.now() - epochStart) / 1000,
-      });
-    }
-    if (interrupted) {
-      stopReason = 'interrupted';
-      break;
-    }
-    const evaluation = valSamples.length
-      ? await evaluateSamples(model, valSamples, numClasses, multiple, o.loss, lossOptions)
-      : { loss: lossSum / stepsPerEpoch, confusion: null };
-    lastEpochSeconds = (performance.now() - epochStart) / 1000;
-    state.elapsedSeconds += lastEpochSeconds;
-    const report = evaluation.confusion ? makeEvaluationReport(evaluation.confusion, classMap.classes) : null;
-    const record: EpochRecord = {
-      epoch,
-      step: state.step,
-      lr: schedule(Math.max(0, state.step - 1)),
-      trainLoss: lossSum / stepsPerEpoch,
-      valLoss: evaluation.loss,
-      valPixelAccuracy: report?.pixelAccuracy ?? NaN,
-      valMeanIoU: report?.meanIoU ?? NaN,
-      valMeanDice: report?.meanDice ?? NaN,
-      seconds: Math.round(lastEpochSeconds * 100) / 100,
-    };
-    state.history.push(record);
-    state.epoch = epoch;
-    const best = evaluation.loss < state.bestValLoss;
-    if (best) {
-      state.bestValLoss = evaluation.loss;
-      state.bestEpoch = epoch;
-      state.epochsWithoutImprovement = 0;
-      bestReport = report;
-      await saveModel(out, model, draft(report, 'in progress'));
-    } else {
-      state.epochsWithoutImprovement++;
-    }
-    await writeHistory(out, state.history);
-    const ckptDir = join(out, CHECKPOINTS, `epoch-${String(epoch).padStart(4, '0')}`);
-    await saveCheckpoint(ckptDir, model, optimizer, state);
-    await pruneCheckpoints(join(out, CHECKPOINTS), o.keepCheckpoints);
-    emit({ type: 'epoch', record, best });
-    if (o.patience > 0 && state.epochsWithoutImprovement >= o.patience) {
-      stopReason = `early stopping: validation loss did not improve for ${o.patience} epochs`;
-      break;
     }
   }
-  await pool?.terminate();
+  plan();
+  // The last steps are validated too, so a time-bounded run keeps the weights of its very end when they are best.
+  if (stopReason !== 'interrupted' && state.step > lastValidated) await validate();
+  await network.pool?.terminate();
   emit({ type: 'stop', reason: stopReason });
 
-  // The kept model is the best epoch's; re-evaluate it for the final report and manifest.
+  // The kept model is the best validation's: its report is that validation's (re-evaluated after a resume, whose best
+  // validation may come from an earlier session).
   const { loadModel } = await import('../model/model-io.js');
-  if (state.bestEpoch === 0) {
+  if (state.best === null) {
     throw new InvalidOptionError(
-      `Training stopped (${stopReason}) before finishing its first epoch, so no model was written to ${out}.`,
+      `Training stopped (${stopReason}) before its first validation, so no model was written to ${out}.`,
       'Give a larger --time-budget or fewer --steps-per-epoch.',
     );
   }
   const best = await loadModel(out);
-  const finalEval = valSamples.length
-    ? makeEvaluationReport(
-        (await evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions)).confusion,
-        classMap.classes,
-      )
-    : bestReport!;
+  const finalEval =
+    bestReport ??
+    makeEvaluationReport(
+      (await evaluateSamples(best.model, valSamples, numClasses, multiple, o.loss, lossOptions)).confusion,
+      classMap.classes,
+    );
   const manifest = await saveModel(out, best.model, draft(finalEval, stopReason));
   best.model.dispose();
-  model.dispose();
-  optimizer.dispose();
-  return { out, manifest, history: state.history, bestEpoch: state.bestEpoch, stopReason, validation: finalEval };
+  return {
+    out,
+    manifest,
+    history: state.history,
+    bestEpoch: state.best.epoch,
+    bestStep: state.best.step,
+    stopReason,
+    validation: finalEval,
+  };
 }
 
-/**
- * Starts the worker threads of a {@link WorkerChoice}, or falls back to the main thread alone, saying why, when they
- * cannot reproduce its engine or rebuild the model.
- */
-async function startWorkers(
-  choice: WorkerChoice,
-  engine: string | undefined,
-  model: tfl.LayersModel,
-  pluginModules: string[],
-  loss: string,
-  lossOptions: { classWeights?: number[] },
-): Promise<{ workers: number; workersReason: string; pool?: TrainingWorkers }> {
-  if (choice.workers === 1) return { workers: 1, workersReason: choice.reason };
-  const fallback = (why: string) => ({
-    workers: 1,
-    workersReason: `${why}; training on one thread (wanted ${choice.workers}: ${choice.reason})`,
-  });
-  if (engine === undefined) return fallback('the engine was not set up with setupEngine, which workers would repeat');
-  try {
-    const pool = await TrainingWorkers.start({
-      threads: choice.workers - 1,
-      engine,
-      pluginModules,
-      model,
-      serialized: await serializeModel(model),
-      loss,
-      lossOptions,
-    });
-    return { workers: choice.workers, workersReason: choice.reason, pool };
-  } catch (error) {
-    return fallback(`the worker threads failed to start (${(error as Error).message})`);
+/** Whether a validation beats the best so far by the selection metric (the loss breaks ties and stands in). */
+function isBetter(record: EpochRecord, best: EpochRecord, select: 'dice' | 'loss'): boolean {
+  if (select === 'dice' && Number.isFinite(record.valForegroundDice) && Number.isFinite(best.valForegroundDice)) {
+    if (record.valForegroundDice !== best.valForegroundDice) return record.valForegroundDice > best.valForegroundDice;
   }
+  return record.valLoss < best.valLoss;
 }
 
-async function pruneCheckpoints(dir: string, keep: number): Promise<void> {
-  const names = (await readdir(dir)).filter((n) => /^epoch-\d+$/.test(n)).sort();
-  for (const name of names.slice(0, Math.max(0, names.length - Math.max(1, keep)))) {
-    await rm(join(dir, name), { recursive: true, force: true });
+/** Fills a batch with augmented random crops of the training samples. */
+function fillBatch(
+  samples: LoadedSample[],
+  o: ResolvedTrainOptions,
+  normalization: Normalization,
+  rng: Random,
+  image: Float32Array,
+  labels: Int32Array,
+): void {
+  const tile = o.tileSize;
+  for (let b = 0; b < o.batchSize; b++) {
+    const sample = samples[rng.int(samples.length)];
+    const crop = randCropAugment(sample, tile, o.augment === false ? {} : o.augment, rng, normalization);
+    image.set(crop.image, b * crop.image.length);
+    labels.set(crop.labels, b * tile * tile);
   }
-}
-
-async function writeHistory(out: string, history: EpochRecord[]): Promise<void> {
-  await writeFileAtomic(join(out, 'history.csv'), toCsv(history));
-  await writeFileAtomic(join(out, 'history.json'), JSON.stringify(history, null, 2) + '\n');
-  const points = (key: keyof EpochRecord) =>
-    history.map((h) => ({ x: h.epoch, y: h[key] as number })).filter((p) => Number.isFinite(p.y));
-  await renderLineChartPng(
-    {
-      title: 'Loss curve',
-      xLabel: 'epoch',
-      yLabel: 'loss',
-      series: [
-        { name: 'training loss', color: '#1f77b4', points: points('trainLoss') },
-        { name: 'validation loss', color: '#d62728', points: points('valLoss') },
-      ],
-    },
-    join(out, 'loss-curve.png'),
-  );
 }
