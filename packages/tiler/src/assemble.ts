@@ -11,6 +11,7 @@ import { TilerOptionError } from './errors.js';
 import {
   checkRegion,
   planSlidePrediction,
+  tilerRun,
   toResumePoint,
   writeSlideOutputs,
   type OutputGeometry,
@@ -98,27 +99,15 @@ function outputGeometry(planned: SlidePlan, engine: string): OutputGeometry {
 
 /** The record of an assembly, as that of a run over the whole slide. */
 function assemblyRun(planned: SlidePlan, results: RegionResults, started: number): TilerRun {
-  const { slide, level, scale, mpp, width, height, plan, stripes } = planned;
-  const { tiles, ...planSummary } = plan;
-  return {
-    slide,
-    level,
-    scale,
-    mpp,
-    width,
-    height,
-    options: planned.options,
-    plan: planSummary,
+  return tilerRun(planned, {
     tilesPredicted: results.tilesPredicted ?? 0,
-    tilesSkipped: tiles.filter((t) => !t.tissue).length,
     resumedRows: 0,
     resumedStripe: 0,
     resumedPixels: 0,
     engine: results.engine,
     timings: { wallMs: performance.now() - started, readMs: 0, inferMs: 0, mergeMs: 0, ...results.timings },
     peakRows: 0,
-    stripes: stripes.length,
-  };
+  });
 }
 
 /**

@@ -581,7 +581,27 @@ export async function streamSlidePrediction(
     if (!options.pool) await pool.destroy();
   }
   timings.wallMs = performance.now() - started;
-  const { tiles: _tiles, ...planSummary } = plan;
+  return tilerRun(planned, {
+    tilesPredicted,
+    resumedRows: resumed.row,
+    resumedStripe: resumed.stripe,
+    resumedPixels: resumedPixels(resumed, stripes, height),
+    engine,
+    timings,
+    peakRows,
+  });
+}
+
+/** The record of a run over a planned slide: the plan's description and what the run did. */
+export function tilerRun(
+  planned: SlidePlan,
+  done: Pick<
+    TilerRun,
+    'tilesPredicted' | 'resumedRows' | 'resumedStripe' | 'resumedPixels' | 'engine' | 'timings' | 'peakRows'
+  >,
+): TilerRun {
+  const { slide, level, scale, mpp, width, height, plan, stripes } = planned;
+  const { tiles, ...planSummary } = plan;
   return {
     slide,
     level,
@@ -589,17 +609,11 @@ export async function streamSlidePrediction(
     mpp,
     width,
     height,
-    options: resolved,
+    options: planned.options,
     plan: planSummary,
-    tilesPredicted,
-    tilesSkipped: plan.tiles.filter((t) => !t.tissue).length,
-    resumedRows: resumed.row,
-    resumedStripe: resumed.stripe,
-    resumedPixels: resumedPixels(resumed, stripes, height),
-    engine,
-    timings,
-    peakRows,
+    tilesSkipped: tiles.filter((t) => !t.tissue).length,
     stripes: stripes.length,
+    ...done,
   };
 }
 
