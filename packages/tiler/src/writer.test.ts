@@ -86,6 +86,25 @@ describe('SlideOutputWriter', () => {
     }
   });
 
+  it("makes the overlay of a 1101 x 1101 map at 1024 x 1024 (libvips's nearest resize of the .v file: SIGSEGV)", async () => {
+    // Found by the fuzzer (seed 1, case 826): any slide whose label map and overlay have these sizes crashed predict.
+    const dir = await mkdtemp(join(tmp, 'overlay-'));
+    const [width, height] = [1101, 1101];
+    const writer = new SlideOutputWriter({ dir, stem: 'o', width, height, classes, mpp: null });
+    const labels = new Uint8Array(width * height);
+    for (let i = 0; i < labels.length; i++) labels[i] = Math.floor(i / width) >= 1000 || i % width >= 1000 ? 1 : 0;
+    writer.write({ y: 0, x: 0, stripe: 0, height, width, labels, probabilities: new Float32Array(width * height * 2) });
+    const grey = { data: new Uint8Array(1024 * 1024 * 3).fill(200), width: 1024, height: 1024, channels: 3 };
+    const outputs = await writer.finish(grey);
+    const { data, info } = await sharp(outputs.overlay).raw().toBuffer({ resolveWithObject: true });
+    expect([info.width, info.height]).toEqual([1024, 1024]);
+    const at = (x: number, y: number) => [...data.subarray((y * 1024 + x) * 3, (y * 1024 + x) * 3 + 2)];
+    // Output pixel x takes the label under its centre: source column floor((x + 0.5) * 1101 / 1024).
+    expect(at(929, 0)).toEqual([200, 200]); // source column 999
+    expect(at(930, 0)).toEqual([222, 120]); // source column 1000: tumour
+    expect(at(0, 1023)).toEqual([222, 120]); // the last row
+  });
+
   it('leaves the background of an automatic class map (class_0) untinted and out of the polygons', async () => {
     // Old model folders without a background flag: class_0 (value 0) is coloured black and is the background.
     const auto = [

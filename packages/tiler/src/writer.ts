@@ -478,11 +478,7 @@ export class SlideOutputWriter {
 
   private async overlay(thumbnail: RasterImage): Promise<RasterImage> {
     const { width, height, channels } = thumbnail;
-    const small = await sharp(this.labels.path, { limitInputPixels: false })
-      .resize(width, height, { fit: 'fill', kernel: 'nearest' })
-      .extractChannel(0)
-      .raw()
-      .toBuffer();
+    const small = subsampleLabels(this.labels.path, this.options.width, this.options.height, width, height);
     return renderOverlay({ ...thumbnail, width, height, channels }, small, this.options.classes);
   }
 
@@ -501,6 +497,40 @@ export class SlideOutputWriter {
     }
     if (!this.options.workDir) await this.removeMaps();
   }
+}
+
+/**
+ * The labels of a one-band VIPS file at `outWidth` x `outHeight`, by nearest neighbour (each output pixel takes the
+ * label under its centre), reading only the rows it needs. Not libvips's nearest resize: on a memory-mapped `.v` file
+ * it reads past the mapping's end at some sizes (SIGSEGV for a 1101 x 1101 map shrunk to 1024 x 1024).
+ */
+export function subsampleLabels(
+  path: string,
+  width: number,
+  height: number,
+  outWidth: number,
+  outHeight: number,
+): Uint8Array {
+  const out = new Uint8Array(outWidth * outHeight);
+  const columns = Int32Array.from({ length: outWidth }, (_, x) =>
+    Math.min(width - 1, Math.floor(((x + 0.5) * width) / outWidth)),
+  );
+  const row = new Uint8Array(width);
+  const fd = openSync(path, 'r');
+  try {
+    for (let y = 0; y < outHeight; y++) {
+      const source = Math.min(height - 1, Math.floor(((y + 0.5) * height) / outHeight));
+      for (let read = 0; read < width; ) {
+        const n = readSync(fd, row, read, width - read, 64 + source * width + read);
+        if (n === 0) throw new OutputError(`${path} ends before row ${source} of ${height}.`);
+        read += n;
+      }
+      for (let x = 0; x < outWidth; x++) out[y * outWidth + x] = row[columns[x]];
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
 }
 
 function closeQuietly(file: VipsFileWriter): void {
