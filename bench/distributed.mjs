@@ -73,33 +73,14 @@ async function makeSlide(size, dir) {
 }
 
 async function makeModel(dir) {
-  const { default: unet } = await import('@tessera/arch-unet');
-  const { resolveArchitectureOptions, saveModel, setupEngine } = await import('@tessera/core');
-  await setupEngine('cpu');
-  const plugin = unet();
-  const options = resolveArchitectureOptions(plugin, { depth: 3, baseFilters: 8 });
-  const model = plugin.build({ inputChannels: 3, numClasses: 2, tileSize: 512, seed: 1, options });
+  const { NUCLEUS_CLASSES, saveTinyUnet } = await import('../packages/tiler/test/tiny-model.mjs');
   const out = join(dir, 'model');
-  await saveModel(out, model, {
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: 'unet',
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options,
-      inputMultiple: plugin.inputMultiple(options),
-      receptiveField: plugin.receptiveField(options),
-      parameters: model.countParams(),
-    },
-    classes: [
-      { name: 'background', value: 0, color: '#000000' },
-      { name: 'nucleus', value: 255, color: '#ff0000' },
-    ],
-    inputChannels: 3,
-    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
+  await saveTinyUnet(out, {
+    depth: 3,
+    baseFilters: 8,
+    classes: NUCLEUS_CLASSES,
     tileSize: 512,
-    mpp: null,
+    seed: 1,
     createdBy: 'bench/distributed.mjs',
   });
   spawnSync(process.execPath, [BIN, 'export', out, '--format', 'onnx'], { stdio: 'ignore' });

@@ -13,8 +13,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import unet from '../packages/arch-unet/dist/index.js';
-import { resolveArchitectureOptions, saveModel, setupEngine } from '../packages/core/dist/index.js';
+import { saveTinyUnet } from '../packages/tiler/test/tiny-model.mjs';
 import { exportModelDir } from '../packages/onnx/dist/index.js';
 import { predictSlide } from '../packages/tiler/dist/index.js';
 import { deepZoom, levelTiles, startViewer } from '../packages/viewer/dist/index.js';
@@ -28,33 +27,7 @@ const LEVELS = values.levels.split(',').map(Number);
 
 async function makePredictions(dir) {
   const model = join(dir, 'model');
-  await setupEngine('cpu');
-  const plugin = unet();
-  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
-  const net = plugin.build({ inputChannels: 3, numClasses: 3, tileSize: 256, seed: 1, options });
-  await saveModel(model, net, {
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: 'unet',
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options,
-      inputMultiple: plugin.inputMultiple(options),
-      receptiveField: plugin.receptiveField(options),
-      parameters: net.countParams(),
-    },
-    classes: [
-      { name: 'background', value: 0, color: '#000000' },
-      { name: 'nucleus', value: 1, color: '#ff0000' },
-      { name: 'stroma', value: 2, color: '#00ff00' },
-    ],
-    inputChannels: 3,
-    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
-    tileSize: 256,
-    mpp: null,
-    createdBy: 'viewer bench',
-  });
+  await saveTinyUnet(model, { tileSize: 256, seed: 1, createdBy: 'viewer bench' });
   const { path } = await exportModelDir(model);
   const out = join(dir, 'predictions');
   await predictSlide(CMU, { model, out, workers: 2, batchSize: 2, onnx: { file: path, threads: 1 } });
@@ -92,9 +65,10 @@ try {
     for (const level of LEVELS) {
       const { columns, rows: r } = levelTiles(dz, level);
       const paths = [];
-      for (let row = 0; row < r; row++) for (let column = 0; column < columns; column++) {
-        paths.push(`/slides/0/${layer}_files/${level}/${column}_${row}.${ext}`);
-      }
+      for (let row = 0; row < r; row++)
+        for (let column = 0; column < columns; column++) {
+          paths.push(`/slides/0/${layer}_files/${level}/${column}_${row}.${ext}`);
+        }
       const cold = [];
       const cached = [];
       let bytes = 0;

@@ -1,4 +1,4 @@
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { TesseraError, TRAIN_DEFAULTS as D } from '@tessera/core';
 import { archsCommand } from './commands/archs.js';
 import { checkPluginCommand } from './commands/check-plugin.js';
@@ -12,6 +12,7 @@ import { predictCommand } from './commands/predict.js';
 import { trainCommand } from './commands/train.js';
 import { registerView } from './commands/view.js';
 import { registerQueueCommands } from './commands/queue.js';
+import { collect, float, floatList, int } from './parsers.js';
 import { colour } from './progress.js';
 
 /** Version of the CLI. */
@@ -211,24 +212,6 @@ export function buildProgram(): Command {
   registerView(program);
   registerQueueCommands(program);
   return program;
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-function int(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer but received "${value}"`);
-  return n;
-}
-function float(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n))
-    throw new InvalidArgumentError(`expected a number but received "${value}"`);
-  return n;
-}
-function floatList(value: string): number[] {
-  return value.split(',').map((v) => float(v.trim()));
 }
 
 /** Runs the CLI with `argv` (as `process.argv`) and returns the exit status. */

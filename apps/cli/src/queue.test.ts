@@ -9,8 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import unet from '@tessera/arch-unet';
-import { resolveArchitectureOptions, saveModel, setupEngine } from '@tessera/core';
+import { NUCLEUS_CLASSES, saveTinyUnet } from '../../../packages/tiler/test/tiny-model.mjs';
 import { hasRedis, startRedis, type TestRedis } from '../../../packages/queue/src/test-redis.js';
 import { writeTiledTiff } from '../../../packages/tiler/test/tiff-writer.mjs';
 import { BIN, tessera } from './test-helpers.js';
@@ -26,32 +25,7 @@ const workers: ChildProcess[] = [];
 const servers: TestRedis[] = [];
 
 async function saveModelHere(dir: string) {
-  await setupEngine('cpu');
-  const plugin = unet();
-  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
-  const net = plugin.build({ inputChannels: 3, numClasses: 2, tileSize: 128, seed: 3, options });
-  await saveModel(dir, net, {
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: 'unet',
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options: options as unknown as Record<string, unknown>,
-      inputMultiple: plugin.inputMultiple(options),
-      receptiveField: plugin.receptiveField(options),
-      parameters: net.countParams(),
-    },
-    classes: [
-      { name: 'background', value: 0, color: '#000000' },
-      { name: 'nucleus', value: 255, color: '#ff0000' },
-    ],
-    inputChannels: 3,
-    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
-    tileSize: 128,
-    mpp: null,
-    createdBy: 'cli queue test',
-  });
+  await saveTinyUnet(dir, { classes: NUCLEUS_CLASSES, tileSize: 128, seed: 3, createdBy: 'cli queue test' });
 }
 
 /** The common prediction flags: small tiles and regions, so a slide has many region jobs. */

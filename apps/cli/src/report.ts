@@ -9,14 +9,14 @@ import {
   readImage,
   readMask,
   renderLineChartSvg,
+  markup,
+  rawMarkup,
   writeFileAtomic,
   type EpochRecord,
+  type Markup,
   type EvaluationReport,
   type ModelManifest,
 } from '@tessera/core';
-
-const escape = (text: string) =>
-  text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 async function pngDataUri(
   data: Uint8Array,
@@ -42,7 +42,7 @@ function colourise(labels: Uint8Array, colours: [number, number, number][]): Uin
 }
 
 /** Sample rows of the report: validation image, its mask and the model's prediction, in class colours. */
-async function samplePredictions(modelDir: string, manifest: ModelManifest, limit: number): Promise<string[]> {
+async function samplePredictions(modelDir: string, manifest: ModelManifest, limit: number): Promise<Markup[]> {
   const training = manifest.training;
   if (!training || training.data.validationStems.length === 0) return [];
   const { model } = await loadModel(modelDir);
@@ -51,7 +51,7 @@ async function samplePredictions(modelDir: string, manifest: ModelManifest, limi
   const { readdir } = await import('node:fs/promises');
   const files = await readdir(training.data.images);
   const maskFiles = await readdir(training.data.masks);
-  const rows: string[] = [];
+  const rows: Markup[] = [];
   for (const stem of training.data.validationStems.slice(0, limit)) {
     const imageFile = files.find((f) => f.replace(/\.[^.]+$/, '') === stem);
     const maskFile = maskFiles.find((f) => f.replace(/\.[^.]+$/, '').replace(/[-_]mask$/, '') === stem);
@@ -78,7 +78,7 @@ async function samplePredictions(modelDir: string, manifest: ModelManifest, limi
       pngDataUri(colourise(predicted, colours), width, height, 3),
     ]);
     rows.push(
-      `<tr><td class="stem">${escape(stem)}</td>${cells.map((src) => `<td><img src="${src}" alt=""></td>`).join('')}</tr>`,
+      markup`<tr><td class="stem">${stem}</td>${cells.map((src) => markup`<td><img src="${src}" alt=""></td>`)}</tr>`,
     );
   }
   model.dispose();
@@ -123,26 +123,20 @@ export async function writeTrainingReport(
     ],
   });
   const classes = manifest.classes;
-  const swatch = (color: string) => `<span class="swatch" style="background:${escape(color)}"></span>`;
-  const classRows = validation.classes
-    .map(
-      (c, i) =>
-        `<tr><td>${swatch(classes[i]?.color ?? '#000')}${escape(c.name)}</td><td>${c.value}</td><td>${c.iou.toFixed(4)}</td><td>${c.dice.toFixed(4)}</td></tr>`,
-    )
-    .join('');
+  const swatch = (color: string) => markup`<span class="swatch" style="background:${color}"></span>`;
+  const classRows = validation.classes.map(
+    (c, i) =>
+      markup`<tr><td>${swatch(classes[i]?.color ?? '#000')}${c.name}</td><td>${c.value}</td><td>${c.iou.toFixed(4)}</td><td>${c.dice.toFixed(4)}</td></tr>`,
+  );
   const total = validation.confusionMatrix.map((row) => row.reduce((a, b) => a + b, 0));
-  const confusion = validation.confusionMatrix
-    .map((row, t) => {
-      const cells = row
-        .map((count) => {
-          const share = total[t] > 0 ? count / total[t] : 0;
-          const shade = Math.round(255 - share * 160);
-          return `<td style="background:rgb(${shade},${shade},255)">${count.toLocaleString('en-US')}<br><small>${(share * 100).toFixed(1)}%</small></td>`;
-        })
-        .join('');
-      return `<tr><th>${escape(classes[t]?.name ?? String(t))}</th>${cells}</tr>`;
-    })
-    .join('');
+  const confusion = validation.confusionMatrix.map((row, t) => {
+    const cells = row.map((count) => {
+      const share = total[t] > 0 ? count / total[t] : 0;
+      const shade = Math.round(255 - share * 160);
+      return markup`<td style="background:rgb(${shade},${shade},255)">${count.toLocaleString('en-US')}<br><small>${(share * 100).toFixed(1)}%</small></td>`;
+    });
+    return markup`<tr><th>${classes[t]?.name ?? String(t)}</th>${cells}</tr>`;
+  });
   const samples = await samplePredictions(modelDir, manifest, 4);
   const t = manifest.training;
   const settings: [string, string][] = [
@@ -165,8 +159,8 @@ export async function writeTrainingReport(
     ['images / masks', t ? `${t.data.images} / ${t.data.masks}` : '?'],
     ['options', t ? JSON.stringify(t.options) : '?'],
   ];
-  const html = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Tessera training report: ${escape(modelDir)}</title>
+  const html = markup`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Tessera training report: ${modelDir}</title>
 <style>
 body{font-family:"DejaVu Sans",system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -178,19 +172,19 @@ td:first-child{text-align:left}.swatch{display:inline-block;width:12px;height:12
 .samples img{display:block;max-width:320px;image-rendering:pixelated}.samples td{text-align:center;vertical-align:top}
 .settings td{text-align:left;max-width:900px;word-break:break-all}
 </style></head><body>
-<h1>Training report</h1><p class="sub">${escape(modelDir)} &middot; ${escape(manifest.createdAt)}</p>
+<h1>Training report</h1><p class="sub">${modelDir} &middot; ${manifest.createdAt}</p>
 <div class="kpi"><div>pixel accuracy<b>${validation.pixelAccuracy.toFixed(4)}</b></div><div>mean IoU<b>${validation.meanIoU.toFixed(4)}</b></div><div>mean Dice<b>${validation.meanDice.toFixed(4)}</b></div></div>
-<h2>Curves</h2><div class="charts">${lossSvg}${metricSvg}</div>
+<h2>Curves</h2><div class="charts">${rawMarkup(lossSvg)}${rawMarkup(metricSvg)}</div>
 <h2>Per-class scores (validation, kept weights)</h2>
 <table><tr><th>class</th><th>mask value</th><th>IoU</th><th>Dice</th></tr>${classRows}</table>
 <h2>Confusion matrix</h2><p class="sub">rows: true class; columns: predicted class; share of the row's pixels</p>
-<table><tr><th></th>${classes.map((c) => `<th>${escape(c.name)}</th>`).join('')}</tr>${confusion}</table>
+<table><tr><th></th>${classes.map((c) => markup`<th>${c.name}</th>`)}</tr>${confusion}</table>
 <h2>Validation samples</h2>
-${samples.length ? `<table class="samples"><tr><th>image</th><th>input</th><th>mask</th><th>prediction</th></tr>${samples.join('')}</table>` : '<p>No validation images.</p>'}
-<h2>Settings</h2><table class="settings">${settings.map(([k, v]) => `<tr><th>${escape(k)}</th><td>${escape(v)}</td></tr>`).join('')}</table>
+${samples.length ? markup`<table class="samples"><tr><th>image</th><th>input</th><th>mask</th><th>prediction</th></tr>${samples}</table>` : markup`<p>No validation images.</p>`}
+<h2>Settings</h2><table class="settings">${settings.map(([k, v]) => markup`<tr><th>${k}</th><td>${v}</td></tr>`)}</table>
 </body></html>
 `;
   const path = join(modelDir, 'report.html');
-  await writeFileAtomic(path, html);
+  await writeFileAtomic(path, html.text);
   return path;
 }

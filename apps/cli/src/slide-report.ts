@@ -1,10 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { writeFileAtomic, type ModelManifest } from '@tessera/core';
+import { markup, writeFileAtomic, type ModelManifest } from '@tessera/core';
 import type { SlideOutputs, TilerRun } from '@tessera/tiler';
-
-const escape = (text: string) =>
-  text.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 /** The shell command that opens a slide and its predictions in the viewer (`tessera view`), paths quoted as needed. */
 export function viewerCommandLine(slide: string, predictions: string): string {
@@ -26,14 +23,12 @@ export async function writeSlideReport(
   const path = join(dirname(outputs.labels), `${stem}_report.html`);
   const overlay = (await readFile(outputs.overlay)).toString('base64');
   const colours = new Map(manifest.classes.map((c) => [c.value, c.color]));
-  const areaRows = outputs.areas
-    .map(
-      (a) =>
-        `<tr><td><span class="swatch" style="background:${escape(colours.get(a.value) ?? '#000')}"></span>${escape(a.name)}</td>` +
-        `<td>${a.value}</td><td>${a.pixels.toLocaleString('en-US')}</td><td>${(a.fraction * 100).toFixed(2)}%</td>` +
-        `<td>${a.areaUm2 === null ? '&ndash;' : (a.areaUm2 / 1e6).toFixed(4)}</td></tr>`,
-    )
-    .join('');
+  const areaRows = outputs.areas.map(
+    (a) =>
+      markup`<tr><td><span class="swatch" style="background:${colours.get(a.value) ?? '#000'}"></span>${a.name}</td>
+<td>${a.value}</td><td>${a.pixels.toLocaleString('en-US')}</td><td>${(a.fraction * 100).toFixed(2)}%</td>
+<td>${a.areaUm2 === null ? '–' : (a.areaUm2 / 1e6).toFixed(4)}</td></tr>`,
+  );
   const s = run.slide;
   const t = run.timings;
   const rows: [string, string][] = [
@@ -64,8 +59,8 @@ export async function writeSlideReport(
     const counts = p.classes.map((c) => `${c.polygons} ${c.name}${c.dropped ? ` (${c.dropped} dropped)` : ''}`);
     rows.push(['polygons', `${basename(p.path)}: ${counts.join(', ')}; traced in ${(p.ms / 1000).toFixed(2)} s`]);
   }
-  const html = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Tessera slide report: ${escape(basename(s.path))}</title>
+  const html = markup`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Tessera slide report: ${basename(s.path)}</title>
 <style>
 body{font-family:"DejaVu Sans",system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -75,13 +70,13 @@ table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ddd;paddin
 th{background:#fafafa}td:first-child{text-align:left}.settings td{text-align:left;max-width:760px;word-break:break-all}
 .swatch{display:inline-block;width:12px;height:12px;margin-right:6px;border:1px solid #999;vertical-align:middle}
 </style></head><body>
-<h1>Slide report: ${escape(basename(s.path))}</h1><p class="sub">${escape(new Date().toISOString())}</p>
-<p class="view">Look at the predictions over the slide, from the whole slide down to single nuclei: <code>${escape(viewerCommandLine(s.path, dirname(outputs.labels)))}</code></p>
-<div class="layout"><img src="data:image/png;base64,${overlay}" alt="overlay">
+<h1>Slide report: ${basename(s.path)}</h1><p class="sub">${new Date().toISOString()}</p>
+<p class="view">Look at the predictions over the slide, from the whole slide down to single nuclei: <code>${viewerCommandLine(s.path, dirname(outputs.labels))}</code></p>
+<div class="layout"><img src="${`data:image/png;base64,${overlay}`}" alt="overlay">
 <div><h2>Class areas</h2><table><tr><th>class</th><th>value</th><th>pixels</th><th>share</th><th>mm²</th></tr>${areaRows}</table></div></div>
-<h2>Slide and run</h2><table class="settings">${rows.map(([k, v]) => `<tr><th>${escape(k)}</th><td>${escape(v)}</td></tr>`).join('')}</table>
+<h2>Slide and run</h2><table class="settings">${rows.map(([k, v]) => markup`<tr><th>${k}</th><td>${v}</td></tr>`)}</table>
 </body></html>
 `;
-  await writeFileAtomic(path, html);
+  await writeFileAtomic(path, html.text);
   return path;
 }

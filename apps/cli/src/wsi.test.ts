@@ -6,8 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import unet from '@tessera/arch-unet';
-import { resolveArchitectureOptions, saveModel, setupEngine } from '@tessera/core';
+import { NUCLEUS_CLASSES, saveTinyUnet } from '../../../packages/tiler/test/tiny-model.mjs';
 
 const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
@@ -24,32 +23,7 @@ let model: string;
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'tessera-wsi-'));
   model = join(root, 'model');
-  await setupEngine('cpu');
-  const plugin = unet();
-  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
-  const net = plugin.build({ inputChannels: 3, numClasses: 2, tileSize: 256, seed: 1, options });
-  await saveModel(model, net, {
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: 'unet',
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options: options as unknown as Record<string, unknown>,
-      inputMultiple: plugin.inputMultiple(options),
-      receptiveField: plugin.receptiveField(options),
-      parameters: net.countParams(),
-    },
-    classes: [
-      { name: 'background', value: 0, color: '#000000' },
-      { name: 'nucleus', value: 255, color: '#ff0000' },
-    ],
-    inputChannels: 3,
-    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
-    tileSize: 256,
-    mpp: 0.499,
-    createdBy: 'cli test',
-  });
+  await saveTinyUnet(model, { classes: NUCLEUS_CLASSES, tileSize: 256, seed: 1, mpp: 0.499, createdBy: 'cli test' });
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });

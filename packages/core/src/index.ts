@@ -7,6 +7,7 @@ export * as tf from '@tensorflow/tfjs-core';
 export * as layers from '@tensorflow/tfjs-layers';
 export * from './errors.js';
 export { CORE_VERSION } from './version.js';
+export { escapeMarkup, Markup, markup, rawMarkup } from './markup.js';
 export {
   ARCHITECTURE_API_VERSION,
   defineArchitecture,
@@ -72,8 +73,10 @@ export {
   makeOutputDir,
   readManifest,
   saveModel,
+  draftManifest,
   MODEL_FILES,
   type ManifestDraft,
+  type ManifestFields,
 } from './model/model-io.js';
 export {
   padReflect,

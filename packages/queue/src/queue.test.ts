@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { predictSlide, quantizeBand, type SlideRegion } from '@tessera/tiler';
-import { saveTinyUnet } from '../../tiler/test/tiny-model.js';
+import { saveTinyUnet } from '../../tiler/test/tiny-model.mjs';
 import { parseQueueUrl, redactUrl } from './connection.js';
 import { QueueOptionError } from './errors.js';
 import { readRegionFile, writeRegionFile } from './region-files.js';
@@ -194,7 +194,7 @@ describe.skipIf(!hasRedis)('distributed prediction on a real Redis', () => {
     const other = join(tmp, 'model-b');
     await cp(model, other, { recursive: true });
     const submitted = await submitSlides(target, [slide], { model: other, out: join(tmp, 'out-b'), settings });
-    await saveTinyUnet(other, 0.5); // another version of the model appears under the same path
+    await saveTinyUnet(other, { mpp: 0.5 }); // another version of the model appears under the same path
     const [outcome] = await waitForSlides(target, submitted);
     expect(outcome.error?.message).toMatch(/refuses .*crop\.tif: its model ".*model-b" has checksum/);
     expect(outcome.error?.message).toMatch(/region \d+ \(rows/);

@@ -4,10 +4,10 @@
  * that is flushed and renamed when complete, with the SHA-256 of its rows in its header. A region whose file is
  * present and verifies is not computed again; the slide job reads and checks every file before it writes outputs.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { imageStem } from '@tessera/core';
+import { imageStem, writeFileAtomic } from '@tessera/core';
 import type { QuantizedBand, SlideRegion } from '@tessera/tiler';
 
 const MAGIC = 'TSREGION';
@@ -69,18 +69,7 @@ export async function writeRegionFile(
   head.write(MAGIC, 0, 'latin1');
   head.writeUInt32LE(json.length, 8);
   await mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
-  const handle = await open(tmp, 'w');
-  try {
-    await handle.writev([head, json, ...parts]);
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await rm(tmp, { force: true });
-    throw error;
-  }
-  await handle.close();
-  await rename(tmp, path);
+  await writeFileAtomic(path, [head, json, ...parts], { durable: true });
   return full;
 }
 

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { saveTinyUnet } from '../test/tiny-model.js';
+import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { TilerOptionError } from './errors.js';
 import { checkObjectType, writePolygonsGeoJson } from './geojson.js';
 import { predictSlide } from './predict-slide.js';

@@ -17,7 +17,7 @@ import {
   readImage,
   type ModelManifest,
 } from '@tessera/core';
-import { saveTinyUnet } from '../test/tiny-model.js';
+import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { streamSlidePrediction } from './predict-slide.js';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');

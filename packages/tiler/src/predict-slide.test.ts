@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, normalizeImage, predictProbabilities, readImage } from '@tessera/core';
-import { saveTinyUnet } from '../test/tiny-model.js';
+import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { PartialWorkError, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { exportModelDir } from '@tessera/onnx';
 import { predictSlide, resolveTilerOptions, streamSlidePrediction } from './predict-slide.js';

@@ -3,7 +3,7 @@
  * the merger blends them band by band, and the writer streams the bands to pyramidal TIFFs. Finished rows are
  * journaled in a partial work folder, so an interrupted prediction continues where it stopped.
  */
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import {
   OutputError,
   readManifest,
   receptiveContext,
+  writeFileAtomic,
   type ModelManifest,
 } from '@tessera/core';
 import { partialDamaged, partialMismatch, PredictionInterruptedError, TilerOptionError } from './errors.js';
@@ -744,19 +745,6 @@ function partialWorkDir(out: string, stem: string): string {
   return join(out, `.${stem}.partial`);
 }
 
-/** Writes a file under a temporary name, flushes it to the disk and renames it. */
-async function writeDurably(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const handle = await open(tmp, 'w');
-  try {
-    await handle.writeFile(text);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(tmp, path);
-}
-
 /**
  * The journal of a partial work folder made with `settings`, `null` when there is none to resume.
  * @throws {@link PartialWorkError} when the folder was made with other settings or its journal is unreadable.
@@ -891,7 +879,7 @@ export async function writeSlideOutputs(
   const journal = async () => {
     const { stripe, rows, counts } = writer!.checkpoint();
     const record: PartialJournal = { format: 'tessera-slide-partial', version: 2, settings, stripe, rows, counts };
-    await writeDurably(join(partial, 'journal.json'), JSON.stringify(record, null, 2) + '\n');
+    await writeFileAtomic(join(partial, 'journal.json'), JSON.stringify(record, null, 2) + '\n', { durable: true });
     journaled = { stripe, row: rows };
     journaledAt = performance.now();
   };

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { valueSymbol } from 'piscina';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { saveTinyUnet } from '../test/tiny-model.js';
+import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { openSlide, type SlideInfo } from './slide.js';
 import { predict, rethrowFailure, type PredictResult, type PredictTask } from './worker.js';
 

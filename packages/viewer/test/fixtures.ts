@@ -10,8 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import unet from '@tessera/arch-unet';
-import { resolveArchitectureOptions, saveModel, setupEngine } from '@tessera/core';
+import { saveTinyUnet } from '../../tiler/test/tiny-model.mjs';
 import { exportModelDir } from '@tessera/onnx';
 import { predictSlide } from '@tessera/tiler';
 
@@ -32,33 +31,7 @@ export interface Fixture {
 async function make(root: string): Promise<void> {
   const model = join(root, 'model');
   const predictions = join(root, 'predictions');
-  await setupEngine('cpu');
-  const plugin = unet();
-  const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });
-  const net = plugin.build({ inputChannels: 3, numClasses: 3, tileSize: 256, seed: 1, options });
-  await saveModel(model, net, {
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: 'unet',
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options: options as unknown as Record<string, unknown>,
-      inputMultiple: plugin.inputMultiple(options),
-      receptiveField: plugin.receptiveField(options),
-      parameters: net.countParams(),
-    },
-    classes: [
-      { name: 'background', value: 0, color: '#000000' },
-      { name: 'nucleus', value: 1, color: '#ff0000' },
-      { name: 'stroma', value: 2, color: '#00ff00' },
-    ],
-    inputChannels: 3,
-    normalization: { mean: [0.7, 0.5, 0.7], std: [0.15, 0.2, 0.15] },
-    tileSize: 256,
-    mpp: null,
-    createdBy: 'viewer test',
-  });
+  await saveTinyUnet(model, { tileSize: 256, seed: 1, createdBy: 'viewer test' });
   const { path: onnx } = await exportModelDir(model);
   await predictSlide(CMU, {
     model,

@@ -1,7 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { defaultTrainer, writeFileAtomic, type TrainOptions } from '@tessera/core';
-import { mergeConfig, readConfig } from '../config.js';
 import { getArchitecture, loadRegistry } from '../plugins.js';
 import { colour, formatDuration, info, ProgressBar, warn } from '../progress.js';
 import { writeTrainingReport } from '../report.js';
@@ -49,7 +48,10 @@ export interface TrainCliOptions {
 export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): Promise<void> {
   let opts = cliOptions;
   if (cliOptions.config) {
-    const fromFile = await readConfig(cliOptions.config);
+    // Loaded only here: the schema library adds a noticeable share of the CLI's start-up time.
+    const { mergeConfig, readConfig } = await import('../config.js');
+    // From a file, archOption may be an object of architecture options and augment one of augmentation settings.
+    const fromFile = await readConfig(cliOptions.config, cmd, ['archOption', 'augment']);
     opts = mergeConfig(
       cliOptions as unknown as Record<string, unknown>,
       fromFile,

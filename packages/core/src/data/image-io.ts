@@ -271,14 +271,28 @@ export async function readMask(path: string): Promise<MaskImage> {
 /**
  * Writes `data` to `path` atomically: it is first written to `path + '.tmp-<pid>-<random>'` in the same folder, then
  * renamed over `path`, so readers never see a half-written file. The temporary file is removed on failure.
+ * @param data the content, or its parts in order (written with one `writev`).
+ * @param options `durable`: flush the file to the disk before the rename, for files a resumed run trusts (journals,
+ *   region results).
  * @throws {@link OutputError} naming `path` when the folder is missing or cannot be written.
  * @example
  * await writeFileAtomic('model/manifest.json', JSON.stringify(manifest, null, 2));
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array | readonly Uint8Array[],
+  options: { durable?: boolean } = {},
+): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
   try {
-    await fs.writeFile(tmp, data);
+    const handle = await fs.open(tmp, 'w');
+    try {
+      if (Array.isArray(data)) await handle.writev(data as Uint8Array[]);
+      else await handle.writeFile(data as string | Uint8Array);
+      if (options.durable) await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await fs.rename(tmp, path);
   } catch (error) {
     await fs.rm(tmp, { force: true }).catch(() => undefined);

@@ -6,13 +6,46 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import { registerBatchNormalization } from '../arch/batch-norm.js';
 import { writeFileAtomic } from '../data/image-io.js';
 import { InputNotFoundError, ModelFormatError, OutputError, UnknownLayerError } from '../errors.js';
-import { validateManifest, type FileDigest, type ModelManifest } from './manifest.js';
+import type { ArchitecturePlugin } from '../arch/architecture.js';
+import { MODEL_FORMAT_VERSION, validateManifest, type FileDigest, type ModelManifest } from './manifest.js';
 
 /** File names inside a model folder. */
 export const MODEL_FILES = { topology: 'model.json', weights: 'weights.bin', manifest: 'manifest.json' } as const;
 
 /** A manifest before its file digests are known. */
 export type ManifestDraft = Omit<ModelManifest, 'files' | 'createdAt'>;
+
+/** The fields of a manifest draft that come neither from the architecture nor from the saved files. */
+export type ManifestFields = Omit<ManifestDraft, 'format' | 'formatVersion' | 'architecture'>;
+
+/**
+ * The one way to draft a manifest: the architecture block (name, versions, resolved options, input multiple,
+ * receptive field, parameter count) comes from the plugin that built `model` with `options`; the rest from `fields`.
+ * @example
+ * await saveModel(dir, model, draftManifest(plugin, options, model, { classes, inputChannels: 3, normalization,
+ *   tileSize: 256, mpp: null, createdBy: 'my script' }));
+ */
+export function draftManifest<O extends object>(
+  plugin: ArchitecturePlugin<O>,
+  options: O,
+  model: tfl.LayersModel,
+  fields: ManifestFields,
+): ManifestDraft {
+  return {
+    format: 'tessera-model',
+    formatVersion: MODEL_FORMAT_VERSION,
+    architecture: {
+      name: plugin.name,
+      version: plugin.version,
+      apiVersion: plugin.apiVersion,
+      options: options as Record<string, unknown>,
+      inputMultiple: plugin.inputMultiple(options),
+      receptiveField: plugin.receptiveField(options),
+      parameters: countParameters(model),
+    },
+    ...fields,
+  };
+}
 
 /** SHA-256 of bytes, hex. */
 export function sha256(data: Uint8Array | string): string {

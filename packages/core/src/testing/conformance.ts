@@ -18,7 +18,7 @@ import { activeEngine } from '../engine/engine.js';
 import { createRandom } from '../data/random.js';
 import { randSyntheticTissue } from '../data/synthetic.js';
 import { InvalidOptionError, PluginError } from '../errors.js';
-import { countParameters, loadModel, saveModel, type ManifestDraft } from '../model/model-io.js';
+import { countParameters, draftManifest, loadModel, saveModel } from '../model/model-io.js';
 import { getLoss } from '../train/losses.js';
 import type { LoadWorkerInit, LoadWorkerReply } from './load-worker.js';
 import { createOptimizer } from '../train/optimizers.js';
@@ -179,18 +179,7 @@ export async function checkSaveLoad(
 ): Promise<SaveLoadCheckResult> {
   const dir = await mkdtemp(join(tmpdir(), `tessera-conformance-${plugin.name}-`));
   try {
-    const draft: ManifestDraft = {
-      format: 'tessera-model',
-      formatVersion: 1,
-      architecture: {
-        name: plugin.name,
-        version: plugin.version,
-        apiVersion: plugin.apiVersion,
-        options: options as Record<string, unknown>,
-        inputMultiple: plugin.inputMultiple(options),
-        receptiveField: plugin.receptiveField(options),
-        parameters: countParameters(model),
-      },
+    const draft = draftManifest(plugin, options, model, {
       classes: Array.from({ length: shape.numClasses }, (_, i) => ({
         name: `class${i}`,
         value: i,
@@ -204,7 +193,7 @@ export async function checkSaveLoad(
       tileSize: shape.height,
       mpp: null,
       createdBy: 'tessera conformance',
-    };
+    });
     await saveModel(dir, model, draft);
     registerPluginLayers(plugin);
     const { model: loaded } = await loadModel(dir);

@@ -1,13 +1,13 @@
 /**
  * Line charts of training curves (loss, IoU, learning rate per epoch) as self-contained SVG, and as PNG through sharp.
  */
-import { randomUUID } from 'node:crypto';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 
 import sharp from 'sharp';
+import { nice, ticks, tickStep } from 'd3-array';
 
 import { InvalidOptionError, OutputError, describeValue } from '../errors.js';
+import { writeFileAtomic } from '../data/image-io.js';
+import { escapeMarkup } from '../markup.js';
 
 /** One line of a chart. */
 export interface Series {
@@ -41,46 +41,9 @@ export interface LineChartOptions {
 export const LINE_CHART_DEFAULTS = Object.freeze({ width: 800, height: 500, logY: false });
 
 const FONT_FAMILY = 'DejaVu Sans, sans-serif';
-const E10 = Math.sqrt(50);
-const E5 = Math.sqrt(10);
-const E2 = Math.sqrt(2);
-
-/** d3's tick specification: ticks are `(i1..i2) * inc`, or `(i1..i2) / -inc` when `inc < 0` (exact decimals). */
-function tickSpec(start: number, stop: number, count: number): [number, number, number] {
-  const step = (stop - start) / Math.max(0, count);
-  const power = Math.floor(Math.log10(step));
-  const error = step / Math.pow(10, power);
-  const factor = error >= E10 ? 10 : error >= E5 ? 5 : error >= E2 ? 2 : 1;
-  let i1: number;
-  let i2: number;
-  let inc: number;
-  if (power < 0) {
-    inc = Math.pow(10, -power) / factor;
-    i1 = Math.round(start * inc);
-    i2 = Math.round(stop * inc);
-    if (i1 / inc < start) ++i1;
-    if (i2 / inc > stop) --i2;
-    inc = -inc;
-  } else {
-    inc = Math.pow(10, power) * factor;
-    i1 = Math.round(start / inc);
-    i2 = Math.round(stop / inc);
-    if (i1 * inc < start) ++i1;
-    if (i2 * inc > stop) --i2;
-  }
-  if (i2 < i1 && 0.5 <= count && count < 2) return tickSpec(start, stop, count * 2);
-  return [i1, i2, inc];
-}
-
-/** The distance between two ticks of {@link niceTicks}. */
-function tickStep(min: number, max: number, count: number): number {
-  const inc = tickSpec(min, max, count)[2];
-  return inc < 0 ? 1 / -inc : inc;
-}
-
 /**
  * About `count` "nice" tick values (multiples of 1, 2 or 5 times a power of ten) inside `[min, max]`, ascending, as
- * exact as decimals allow (`0.3`, not `0.30000000000000004`). Same algorithm as d3's `ticks`.
+ * exact as decimals allow (`0.3`, not `0.30000000000000004`): d3's `ticks`, with the ends in either order.
  *
  * @param min lower end (the ends may come in either order).
  * @param max upper end.
@@ -101,29 +64,7 @@ export function niceTicks(min: number, max: number, count: number): number[] {
     throw new InvalidOptionError(`Expected a number >= 1 for count in niceTicks but received ${describeValue(count)}.`);
   }
   if (min === max) return [min];
-  if (min > max) [min, max] = [max, min];
-  const [i1, i2, inc] = tickSpec(min, max, count);
-  const n = i2 - i1 + 1;
-  if (!(n > 0)) return [];
-  return Array.from({ length: n }, (_, i) => (inc < 0 ? (i1 + i) / -inc : (i1 + i) * inc));
-}
-
-/** Extends `[min, max]` outwards to multiples of the tick step (d3's `nice`). */
-function niceDomain(min: number, max: number, count: number): [number, number] {
-  let previous: number | undefined;
-  for (let i = 0; i < 10; i++) {
-    const inc = tickSpec(min, max, count)[2];
-    if (inc === previous || inc === 0 || !Number.isFinite(inc)) break;
-    if (inc > 0) {
-      min = Math.floor(min / inc) * inc;
-      max = Math.ceil(max / inc) * inc;
-    } else {
-      min = Math.ceil(min * inc) / inc;
-      max = Math.floor(max * inc) / inc;
-    }
-    previous = inc;
-  }
-  return [min, max];
+  return min < max ? ticks(min, max, count) : ticks(max, min, count);
 }
 
 /** Formats a tick value: fixed decimals that show the step, exponent notation for very large or small values. */
@@ -133,13 +74,6 @@ function formatTick(value: number, step: number): string {
   if (abs >= 1e6 || abs < 1e-4) return Number(value.toPrecision(3)).toExponential();
   const decimals = Math.max(0, Math.min(10, -Math.floor(Math.log10(step) + 1e-9)));
   return value.toFixed(decimals);
-}
-
-function escapeXml(text: string): string {
-  return text.replace(
-    /[&<>"']/g,
-    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c]!,
-  );
 }
 
 /** Rounds a coordinate to 0.01 px to keep the SVG short. */
@@ -180,7 +114,7 @@ function linearAxis(values: number[], count: number, from: number, to: number): 
     lo -= pad;
     hi += pad;
   }
-  [lo, hi] = niceDomain(lo, hi, count);
+  [lo, hi] = nice(lo, hi, count);
   const step = tickStep(lo, hi, count);
   const ticks = niceTicks(lo, hi, count).map((value) => ({ value, label: formatTick(value, step) }));
   return { min: lo, max: hi, ticks, minor: [], scale: (v) => from + ((v - lo) / (hi - lo)) * (to - from) };
@@ -289,7 +223,7 @@ export function renderLineChartSvg(options: LineChartOptions): string {
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
       `font-family="${FONT_FAMILY}" font-size="${fontSize}">`,
   );
-  out.push(`<title>${escapeXml(options.title ?? '')}</title>`);
+  out.push(`<title>${escapeMarkup(options.title ?? '')}</title>`);
   out.push(
     `<defs><clipPath id="tessera-plot-area"><rect x="${left}" y="${top}" width="${right - left}" height="${
       plotBottom - top
@@ -299,7 +233,7 @@ export function renderLineChartSvg(options: LineChartOptions): string {
   if (options.title) {
     out.push(
       `<text x="${r((left + right) / 2)}" y="28" text-anchor="middle" font-size="16" font-weight="bold" ` +
-        `fill="#222222">${escapeXml(options.title)}</text>`,
+        `fill="#222222">${escapeMarkup(options.title)}</text>`,
     );
   }
 
@@ -315,12 +249,12 @@ export function renderLineChartSvg(options: LineChartOptions): string {
     const y = crisp(yAxis.scale(t.value));
     if (y < top - 1 || y > plotBottom + 1) continue;
     grid.push(`<line x1="${left}" y1="${y}" x2="${right}" y2="${y}"/>`);
-    labels.push(`<text x="${left - 8}" y="${r(y + 4)}" text-anchor="end">${escapeXml(t.label)}</text>`);
+    labels.push(`<text x="${left - 8}" y="${r(y + 4)}" text-anchor="end">${escapeMarkup(t.label)}</text>`);
   }
   for (const t of xAxis.ticks) {
     const x = crisp(xAxis.scale(t.value));
     grid.push(`<line x1="${x}" y1="${top}" x2="${x}" y2="${plotBottom}"/>`);
-    labels.push(`<text x="${x}" y="${plotBottom + 18}" text-anchor="middle">${escapeXml(t.label)}</text>`);
+    labels.push(`<text x="${x}" y="${plotBottom + 18}" text-anchor="middle">${escapeMarkup(t.label)}</text>`);
   }
   if (minorGrid.length) out.push(`<g stroke="#f3f3f3" stroke-width="1">${minorGrid.join('')}</g>`);
   out.push(`<g stroke="#e5e5e5" stroke-width="1">${grid.join('')}</g>`);
@@ -332,21 +266,21 @@ export function renderLineChartSvg(options: LineChartOptions): string {
   if (options.xLabel) {
     out.push(
       `<text x="${r((left + right) / 2)}" y="${height - 14}" text-anchor="middle" font-size="13" fill="#222222">` +
-        `${escapeXml(options.xLabel)}</text>`,
+        `${escapeMarkup(options.xLabel)}</text>`,
     );
   }
   if (options.yLabel) {
     const cy = r((top + plotBottom) / 2);
     out.push(
       `<text x="18" y="${cy}" transform="rotate(-90 18 ${cy})" text-anchor="middle" font-size="13" fill="#222222">` +
-        `${escapeXml(options.yLabel)}</text>`,
+        `${escapeMarkup(options.yLabel)}</text>`,
     );
   }
 
   // Series: split at undrawable points; runs of one point become dots.
   const lines: string[] = [];
   for (const s of series) {
-    const color = escapeXml(s.color);
+    const color = escapeMarkup(s.color);
     const runs: { x: number; y: number }[][] = [[]];
     for (const p of s.points) {
       if (drawable(p)) runs[runs.length - 1].push(p);
@@ -387,11 +321,11 @@ export function renderLineChartSvg(options: LineChartOptions): string {
     );
     series.forEach((s, i) => {
       const cy = ly + 4 + rowHeight * i + rowHeight / 2;
-      const color = escapeXml(s.color);
+      const color = escapeMarkup(s.color);
       out.push(
         `<line x1="${lx + 10}" y1="${cy}" x2="${lx + 32}" y2="${cy}" stroke="${color}" stroke-width="2.5" ` +
           `stroke-linecap="round"/>` +
-          `<text x="${lx + 38}" y="${cy + 4}" fill="#222222">${escapeXml(s.name)}</text>`,
+          `<text x="${lx + 38}" y="${cy + 4}" fill="#222222">${escapeMarkup(s.name)}</text>`,
       );
     });
     out.push(`</g>`);
@@ -401,8 +335,8 @@ export function renderLineChartSvg(options: LineChartOptions): string {
 }
 
 /**
- * Renders a line chart (see {@link renderLineChartSvg}) to a PNG file. The PNG is written to a temporary file in the
- * same folder and renamed into place, so readers never see a half-written file.
+ * Renders a line chart (see {@link renderLineChartSvg}) to a PNG file, written atomically (see
+ * {@link writeFileAtomic}).
  *
  * @param options see {@link LineChartOptions}.
  * @param outputPath the `.png` file to write; its folder must exist.
@@ -413,17 +347,15 @@ export function renderLineChartSvg(options: LineChartOptions): string {
  */
 export async function renderLineChartPng(options: LineChartOptions, outputPath: string): Promise<void> {
   const svg = renderLineChartSvg(options);
-  const dir = path.dirname(outputPath);
-  const tmp = path.join(dir, `.${path.basename(outputPath)}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
+  let png: Buffer;
   try {
-    await sharp(Buffer.from(svg)).png().toFile(tmp);
-    await fs.rename(tmp, outputPath);
+    png = await sharp(Buffer.from(svg)).png().toBuffer();
   } catch (error) {
-    await fs.rm(tmp, { force: true }).catch(() => undefined);
     throw new OutputError(
-      `Could not write the chart PNG "${outputPath}": ${error instanceof Error ? error.message : String(error)}`,
-      `Check that the folder "${dir}" exists and is writable.`,
+      `Could not render the chart PNG "${outputPath}": ${error instanceof Error ? error.message : String(error)}`,
+      'Check the chart options (title, labels and series).',
       error,
     );
   }
+  await writeFileAtomic(outputPath, png);
 }

@@ -28,6 +28,7 @@ import {
   makeOutputDir,
   MODEL_FILES,
   saveModel,
+  draftManifest,
   type ManifestDraft,
 } from '../model/model-io.js';
 import { predictProbabilities } from '../predict/predict.js';
@@ -555,50 +556,43 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       : 'lowest validation loss') +
     (valSamples.length ? '' : ' (no validation images: the training loss)') +
     (average ? ` of the exponential moving average of the weights (decay ${o.ema})` : '');
-  const draft = (metrics: EvaluationReport | null, stopReason: string): ManifestDraft => ({
-    format: 'tessera-model',
-    formatVersion: 1,
-    architecture: {
-      name: plugin.name,
-      version: plugin.version,
-      apiVersion: plugin.apiVersion,
-      options: chosenOptions,
-      inputMultiple: multiple,
-      receptiveField: plugin.receptiveField(chosenOptions as never),
-      parameters: network.parameters,
-    },
-    classes: classMap.classes,
-    ...(classMap.ignore !== undefined ? { ignore: classMap.ignore } : {}),
-    inputChannels: channels,
-    normalization,
-    tileSize: o.tileSize,
-    mpp: request.mpp ?? null,
-    training: {
-      data: {
-        images: resolve(request.images),
-        masks: resolve(request.masks),
-        trainStems: trainPairs.map((p) => p.stem),
-        validationStems: valPairs.map((p) => p.stem),
-        validation,
+  const draft = (metrics: EvaluationReport | null, stopReason: string): ManifestDraft =>
+    draftManifest(plugin, chosenOptions, model, {
+      classes: classMap.classes,
+      ...(classMap.ignore !== undefined ? { ignore: classMap.ignore } : {}),
+      inputChannels: channels,
+      normalization,
+      tileSize: o.tileSize,
+      mpp: request.mpp ?? null,
+      training: {
+        data: {
+          images: resolve(request.images),
+          masks: resolve(request.masks),
+          trainStems: trainPairs.map((p) => p.stem),
+          validationStems: valPairs.map((p) => p.stem),
+          validation,
+        },
+        options: { ...o, microBatch: network.microBatch, workers: network.workers } as unknown as Record<
+          string,
+          unknown
+        >,
+        seed: o.seed,
+        engine: engine
+          ? { name: engine.name, backend: engine.backend, threads: engine.threads }
+          : { name: tf.getBackend(), backend: tf.getBackend(), threads: 1 },
+        startedAt: state.startedAt,
+        finishedAt: new Date().toISOString(),
+        durationSeconds: Math.round(state.elapsedSeconds * 10) / 10,
+        epochs: state.epoch,
+        steps: state.step,
+        bestEpoch: state.best?.epoch ?? 0,
+        bestStep: state.best?.step ?? 0,
+        selection,
+        stopReason,
+        metrics: metrics ? { ...metrics } : {},
       },
-      options: { ...o, microBatch: network.microBatch, workers: network.workers } as unknown as Record<string, unknown>,
-      seed: o.seed,
-      engine: engine
-        ? { name: engine.name, backend: engine.backend, threads: engine.threads }
-        : { name: tf.getBackend(), backend: tf.getBackend(), threads: 1 },
-      startedAt: state.startedAt,
-      finishedAt: new Date().toISOString(),
-      durationSeconds: Math.round(state.elapsedSeconds * 10) / 10,
-      epochs: state.epoch,
-      steps: state.step,
-      bestEpoch: state.best?.epoch ?? 0,
-      bestStep: state.best?.step ?? 0,
-      selection,
-      stopReason,
-      metrics: metrics ? { ...metrics } : {},
-    },
-    createdBy: `@tessera/core ${CORE_VERSION}`,
-  });
+      createdBy: `@tessera/core ${CORE_VERSION}`,
+    });
 
   let stopReason = `reached ${o.epochs} epochs`;
   let bestReport: EvaluationReport | null = null;
