@@ -214,9 +214,37 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** SDK option names whose flag is not their kebab-case form. */
+const FLAG_NAMES: Readonly<Record<string, string>> = {
+  tileSize: '--tile',
+  batchSize: '--batch',
+  timeBudgetMinutes: '--time-budget',
+  'geojson.objectType': '--geojson-object',
+};
+
+/**
+ * A message of the SDK in the vocabulary of the command that ran: each option the error names (`options`, by its SDK
+ * name) becomes the command's flag for it, when the command has one (`tileSize` → `--tile`, `geojson.minArea` →
+ * `--geojson-min-area`).
+ */
+export function inFlags(text: string, options: readonly string[], command: Command | undefined): string {
+  for (const option of options) {
+    const flag =
+      FLAG_NAMES[option] ?? `--${option.replace(/\./g, '-').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    if (!command?.options.some((o) => o.long === flag)) continue;
+    const name = option.replace(/\./g, '\\.');
+    text = text.replace(new RegExp(`(?<![\\w.-])${name}(?![\\w-])`, 'g'), flag);
+  }
+  return text;
+}
+
 /** Runs the CLI with `argv` (as `process.argv`) and returns the exit status. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  let ran: Command | undefined;
+  program.hook('preAction', (_program, action) => {
+    ran = action;
+  });
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
@@ -225,8 +253,8 @@ export async function main(argv: string[]): Promise<number> {
       return error.exitCode === 0 ? 0 : 2;
     }
     if (error instanceof TesseraError) {
-      process.stderr.write(colour(`error: ${error.message}\n`, 'red'));
-      if (error.hint) process.stderr.write(`hint: ${error.hint}\n`);
+      process.stderr.write(colour(`error: ${inFlags(error.message, error.options, ran)}\n`, 'red'));
+      if (error.hint) process.stderr.write(`hint: ${inFlags(error.hint, error.options, ran)}\n`);
       return error.exitCode;
     }
     throw error;

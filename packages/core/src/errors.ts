@@ -12,20 +12,34 @@ export class TesseraError extends Error {
   readonly exitCode: number;
   /** A short suggestion of what to do, printed after the message. */
   readonly hint?: string;
+  /**
+   * The options the error is about, by their names in the SDK (e.g. `tileSize`, `geojson.minArea`), as the message
+   * and hint spell them. A front end with other names for its options (the CLI's flags) translates them.
+   */
+  readonly options: readonly string[];
 
-  constructor(code: string, message: string, options: { exitCode?: number; hint?: string; cause?: unknown } = {}) {
+  constructor(
+    code: string,
+    message: string,
+    options: { exitCode?: number; hint?: string; cause?: unknown; option?: string | readonly string[] } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
     this.exitCode = options.exitCode ?? 1;
     this.hint = options.hint;
+    this.options =
+      options.option === undefined ? [] : typeof options.option === 'string' ? [options.option] : options.option;
   }
 }
 
-/** An option or argument has a value outside what is allowed. Exit code 2. */
+/**
+ * An option or argument has a value outside what is allowed. Exit code 2. `option` names it (or them) in the SDK's
+ * vocabulary (see {@link TesseraError.options}).
+ */
 export class InvalidOptionError extends TesseraError {
-  constructor(message: string, hint?: string) {
-    super('E_INVALID_OPTION', message, { exitCode: 2, hint });
+  constructor(message: string, hint?: string, option?: string | readonly string[]) {
+    super('E_INVALID_OPTION', message, { exitCode: 2, hint, option });
   }
 }
 

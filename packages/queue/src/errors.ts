@@ -11,8 +11,8 @@ function setCode(error: Error, code: string): void {
 
 /** A queue URL or option is malformed (exit code 2, code `E_QUEUE_OPTION`). */
 export class QueueOptionError extends InvalidOptionError {
-  constructor(message: string, hint?: string) {
-    super(message, hint);
+  constructor(message: string, hint?: string, option?: string | readonly string[]) {
+    super(message, hint, option);
     setCode(this, 'E_QUEUE_OPTION');
   }
 }

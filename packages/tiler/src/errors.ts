@@ -31,8 +31,8 @@ export class SlideRegionError extends InvalidOptionError {
 
 /** An option of the tiler (tile, overlap, workers, batch, mpp) is out of range. Exit code 2, code `E_TILER_OPTION`. */
 export class TilerOptionError extends InvalidOptionError {
-  constructor(message: string, hint?: string) {
-    super(message, hint);
+  constructor(message: string, hint?: string, option?: string | readonly string[]) {
+    super(message, hint, option);
     setCode(this, 'E_TILER_OPTION');
   }
 }

@@ -103,8 +103,8 @@ describe('writePolygonsGeoJson', () => {
     await expect(bad).rejects.toBeInstanceOf(TilerOptionError);
     await expect(bad).rejects.toThrow('Expected objectType to be one of "detection", "annotation" but received "cell"');
     expect(checkObjectType(undefined)).toBe('detection');
-    expect(() => checkObjectType('Detection', '--geojson-object')).toThrow(
-      'Expected --geojson-object to be one of "detection", "annotation" but received "Detection" of type string.',
+    expect(() => checkObjectType('Detection', 'geojson.objectType')).toThrow(
+      'Expected geojson.objectType to be one of "detection", "annotation" but received "Detection" of type string.',
     );
     expect((await readdir(tmp)).filter((n) => n.startsWith('cells'))).toEqual([]);
   });
@@ -141,7 +141,7 @@ describe('writePolygonsGeoJson', () => {
     );
     const bad = writePolygonsGeoJson(path, [labels], { width: 2, classes, minArea: -5 });
     await expect(bad).rejects.toBeInstanceOf(TilerOptionError);
-    await expect(bad).rejects.toThrow('Expected --geojson-min-area to be a number of pixels >= 0 but received -5.');
+    await expect(bad).rejects.toThrow('Expected minArea to be a number of pixels >= 0 but received -5.');
     expect((await readdir(tmp)).filter((n) => n.startsWith('bad'))).toEqual([]);
   });
 
@@ -222,11 +222,11 @@ describe('predictSlide with geojson', () => {
   it('checks the minimum area and the object type before predicting', async () => {
     await expect(
       predictSlide(CMU, { model: join(tmp, 'model'), out: join(tmp, 'never'), geojson: { minArea: Number.NaN } }),
-    ).rejects.toThrow('Expected --geojson-min-area to be a number of pixels >= 0 but received NaN.');
+    ).rejects.toThrow('Expected geojson.minArea to be a number of pixels >= 0 but received NaN.');
     const objectType = 'tile' as 'annotation';
     await expect(
       predictSlide(CMU, { model: join(tmp, 'model'), out: join(tmp, 'never'), geojson: { objectType } }),
-    ).rejects.toThrow('Expected --geojson-object to be one of "detection", "annotation" but received "tile"');
+    ).rejects.toThrow('Expected geojson.objectType to be one of "detection", "annotation" but received "tile"');
     expect(await readdir(tmp)).not.toContain('never');
   });
 });

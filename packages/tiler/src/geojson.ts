@@ -73,7 +73,7 @@ export interface PolygonsGeoJson {
 
 /**
  * Checks the `objectType` option of {@link writePolygonsGeoJson}.
- * @param name - How the caller calls it, named in the error (e.g. `'--geojson-object'`).
+ * @param name - How the caller calls it, named in the error (e.g. `'geojson.objectType'`).
  * @returns the object type, `'detection'` when `objectType` is undefined.
  * @throws {@link TilerOptionError} quoting the value and the valid choices.
  */
@@ -85,6 +85,7 @@ export function checkObjectType(objectType: unknown, name = 'objectType'): 'dete
         `${describeValue(objectType)}.`,
       'Use "detection" for many small objects such as nuclei (QuPath draws thousands quickly), "annotation" for a ' +
         'few regions to edit by hand.',
+      name,
     );
   }
   return objectType as 'detection' | 'annotation';
@@ -138,7 +139,7 @@ export async function writePolygonsGeoJson(
   const traced = options.include
     ? classes.filter((c) => options.include!.includes(c.name))
     : classes.filter((c) => c !== background);
-  const minArea = checkMinArea(options.minArea, '--geojson-min-area');
+  const minArea = checkMinArea(options.minArea);
   const objectType = checkObjectType(options.objectType);
   const counts = new Map<number, ClassPolygons>(
     traced.map((c) => [c.value, { name: c.name, value: c.value, polygons: 0, dropped: 0, pixels: 0 }]),

@@ -138,8 +138,8 @@ function splitRing(ring: number[], width: number): number[][] {
   return rings;
 }
 
-function option(message: string, hint?: string): TilerOptionError {
-  return new TilerOptionError(message, hint);
+function option(message: string, hint?: string, name?: string): TilerOptionError {
+  return new TilerOptionError(message, hint, name);
 }
 
 /**
@@ -152,6 +152,7 @@ export function checkMinArea(minArea: unknown, name = 'minArea'): number {
     throw option(
       `Expected ${name} to be a number of pixels >= 0 but received ${String(minArea)}.`,
       'Give the smallest region to keep in pixels of the label map, e.g. 20; 0 keeps every region.',
+      name,
     );
   }
   return minArea;

@@ -170,7 +170,7 @@ describe('options', () => {
     expect(resolved).toMatchObject({ tile: 512, overlap: 48, batchSize: 4, tissue: true, blend: 'gaussian' });
     expect(() => resolveTilerOptions({ model: modelDir, tile: 50 }, manifest)).toThrow(TilerOptionError);
     expect(() => resolveTilerOptions({ model: modelDir, workers: 0 }, manifest)).toThrow(
-      /Expected --workers to be a positive integer but received 0/,
+      /Expected workers to be a positive integer but received 0/,
     );
   });
 
@@ -372,7 +372,7 @@ describe('resume', () => {
     await expect(other).rejects.toBeInstanceOf(PartialWorkError);
     await expect(other).rejects.toMatchObject({ code: 'E_PARTIAL_WORK', exitCode: 2 });
     await expect(other).rejects.toThrow(
-      `Cannot resume from "${stopped.partial}": it was made with --overlap 48, but this run has --overlap 56.`,
+      `Cannot resume from "${stopped.partial}": it was made with overlap 48, but this run has overlap 56.`,
     );
     await expect(other).rejects.toMatchObject({ hint: expect.stringContaining('Drop --resume') });
     expect(JSON.parse(await readFile(join(stopped.partial!, 'journal.json'), 'utf8')).rows).toBe(stopped.rows);

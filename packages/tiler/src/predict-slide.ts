@@ -205,9 +205,13 @@ export const TILER_DEFAULTS = {
   stripeWidth: 16384,
 } as const;
 
-function positiveInteger(value: unknown, flag: string, hint: string): void {
+function positiveInteger(value: unknown, option: string, hint: string): void {
   if (!(Number.isInteger(value) && (value as number) > 0)) {
-    throw new TilerOptionError(`Expected ${flag} to be a positive integer but received ${String(value)}.`, hint);
+    throw new TilerOptionError(
+      `Expected ${option} to be a positive integer but received ${String(value)}.`,
+      hint,
+      option,
+    );
   }
 }
 
@@ -218,9 +222,9 @@ function positiveInteger(value: unknown, flag: string, hint: string): void {
 export function resolveTilerOptions(options: TilerOptions, manifest: ModelManifest): ResolvedTilerOptions {
   const multiple = manifest.architecture.inputMultiple;
   const workers = options.workers ?? Math.min(TILER_DEFAULTS.maxWorkers, availableParallelism());
-  positiveInteger(workers, '--workers', 'Use --workers 1 up to the number of CPU cores.');
+  positiveInteger(workers, 'workers', 'Set workers to 1 up to the number of CPU cores.');
   const batchSize = options.batchSize ?? TILER_DEFAULTS.batchSize;
-  positiveInteger(batchSize, '--batch', 'Use --batch 1 to 16.');
+  positiveInteger(batchSize, 'batchSize', 'Set batchSize to 1 to 16.');
   // The tiling of image prediction (core's resolveTiling): the same tile and overlap mean the same for both.
   const { tile, overlap } = resolveTileOptions({
     multiple,
@@ -229,14 +233,18 @@ export function resolveTilerOptions(options: TilerOptions, manifest: ModelManife
     overlap: options.overlap,
   });
   if (options.mpp !== undefined && !(options.mpp > 0)) {
-    throw new TilerOptionError(`Expected --mpp to be a positive number but received ${options.mpp}.`);
+    throw new TilerOptionError(`Expected mpp to be a positive number but received ${options.mpp}.`, undefined, 'mpp');
   }
   const stripeWidth = options.stripeWidth ?? TILER_DEFAULTS.stripeWidth;
   positiveInteger(stripeWidth, 'stripeWidth', 'Use a stripe width of at least the tile size, e.g. 16384.');
   const maxInFlight = options.maxInFlight ?? 3 * workers;
   positiveInteger(maxInFlight, 'maxInFlight', 'Allow at least one batch in flight.');
   if (options.blend !== undefined && options.blend !== 'gaussian' && options.blend !== 'constant') {
-    throw new TilerOptionError(`Expected blend "gaussian" or "constant" but received "${String(options.blend)}".`);
+    throw new TilerOptionError(
+      `Expected blend "gaussian" or "constant" but received "${String(options.blend)}".`,
+      undefined,
+      'blend',
+    );
   }
   return {
     model: options.model,
@@ -730,13 +738,13 @@ const SETTING_NAMES: Record<keyof PartialSettings, string> = {
   mpp: 'µm/px',
   width: 'output width',
   height: 'output height',
-  tile: '--tile',
-  overlap: '--overlap',
-  batchSize: '--batch',
+  tile: 'tile',
+  overlap: 'overlap',
+  batchSize: 'batchSize',
   blend: 'blend',
   tissue: 'tissue detection',
   engine: 'engine',
-  probabilities: '--probabilities',
+  probabilities: 'probabilities',
   stripeWidth: 'stripe width',
 };
 
@@ -856,8 +864,8 @@ export async function writeSlideOutputs(
 ): Promise<{ run: TilerRun; outputs?: SlideOutputs }> {
   const manifest = await readManifest(options.model);
   if (typeof options.geojson === 'object') {
-    checkMinArea(options.geojson.minArea, '--geojson-min-area');
-    checkObjectType(options.geojson.objectType, '--geojson-object');
+    checkMinArea(options.geojson.minArea, 'geojson.minArea');
+    checkObjectType(options.geojson.objectType, 'geojson.objectType');
   }
   // Polygons are written in level-0 pixels: the output may be of a reduced level or scale.
   const geojsonOutput = async (geometry: OutputGeometry) => {

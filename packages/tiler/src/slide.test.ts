@@ -154,7 +154,7 @@ describe('readRegion', () => {
     expect(perTile).toBeLessThan(500);
     expect(chooseLevel(slide, 0.499)).toEqual({ level: 0, scale: 1, mpp: 0.499 });
     expect(chooseLevel(slide, 0.998).scale).toBeCloseTo(0.5, 6);
-    expect(() => chooseLevel(slide, 0.2)).toThrow(/expected --mpp of at least 0.4990 \(its level 0\) but received 0.2/);
+    expect(() => chooseLevel(slide, 0.2)).toThrow(/expected mpp of at least 0.4990 \(its level 0\) but received 0.2/);
   });
 });
 

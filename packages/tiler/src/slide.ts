@@ -685,15 +685,17 @@ export async function verifySlide(slide: SlideInfo): Promise<void> {
 export function chooseLevel(slide: SlideInfo, mpp: number): { level: number; scale: number; mpp: number } {
   if (!slide.mpp) {
     throw new TilerOptionError(
-      `Slide "${slide.path}" does not record its µm/px, so --mpp ${mpp} cannot be applied.`,
-      'Leave out --mpp to predict at full resolution.',
+      `Slide "${slide.path}" does not record its µm/px, so mpp ${mpp} cannot be applied.`,
+      'Leave out mpp to predict at full resolution.',
+      'mpp',
     );
   }
   const base = (slide.mpp.x + slide.mpp.y) / 2;
   if (!(mpp > 0) || mpp < base * 0.98) {
     throw new TilerOptionError(
-      `Slide "${slide.path}": expected --mpp of at least ${base.toFixed(4)} (its level 0) but received ${mpp}.`,
-      'Tessera does not enlarge slides; train the model at the slide resolution or use a coarser --mpp.',
+      `Slide "${slide.path}": expected mpp of at least ${base.toFixed(4)} (its level 0) but received ${mpp}.`,
+      'Tessera does not enlarge slides; train the model at the slide resolution or use a coarser mpp.',
+      'mpp',
     );
   }
   let best = slide.levels[0];

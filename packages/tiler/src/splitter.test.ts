@@ -26,13 +26,13 @@ describe('splitLevel', () => {
 
   it('names the option, the expectation and the value', () => {
     expect(() => checkTileOptions(100, 0, 16)).toThrow(
-      'Expected --tile to be a positive multiple of 16 (the architecture\u2019s input multiple) but received 100.'.replace(
+      'Expected tile to be a positive multiple of 16 (the architecture\u2019s input multiple) but received 100.'.replace(
         '\u2019',
         "'",
       ),
     );
     expect(() => checkTileOptions(64, 64, 16)).toThrow(
-      /--overlap to be a multiple of 16 between 0 and 48 but received 64/,
+      /Expected overlap to be a multiple of 16 between 0 and 48 but received 64/,
     );
   });
 });

@@ -141,7 +141,22 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     );
   }
   for (const file of expanded) ((await wholeSlideOf(file)) ? slides : files).push(file);
-  await makeOutputDir(opts.out);
+  const undo = await makeOutputDir(opts.out);
+  try {
+    await predictInto(slides, files, opts, out);
+  } catch (error) {
+    await undo(); // a run that fails leaves no empty output folder behind
+    throw error;
+  }
+}
+
+/** Predicts the slides and images into `opts.out` (made). */
+async function predictInto(
+  slides: string[],
+  files: string[],
+  opts: PredictCliOptions,
+  out: { quiet?: boolean; json?: boolean },
+): Promise<void> {
   // Installed plugins register their custom layers (here and, through `modules`, in the slide workers).
   const { modules } = await loadRegistry();
   const slideRecords: unknown[] = [];

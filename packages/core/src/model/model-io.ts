@@ -219,11 +219,14 @@ async function removeEmptyFolders(created: string[]): Promise<void> {
  * Creates an output folder (and its parents) and checks that a file can be written in it.
  * @throws {@link OutputError} (exit code 10) naming the folder and the reason: a file in the way, permission denied,
  * a read-only file system, a folder that cannot be created (under /proc).
+ * @returns a function that removes the folders this call made that are still empty: a command that fails calls it,
+ * so that it leaves no folder behind.
  * @example
- * await makeOutputDir('runs/isbi');
+ * const undo = await makeOutputDir('runs/isbi');
  */
-export async function makeOutputDir(dir: string): Promise<void> {
-  await prepareOutputDir(dir);
+export async function makeOutputDir(dir: string): Promise<() => Promise<void>> {
+  const created = await prepareOutputDir(dir);
+  return () => removeEmptyFolders(created);
 }
 
 /**

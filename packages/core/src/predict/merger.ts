@@ -32,7 +32,11 @@ function gaussianLine(size: number): Float32Array {
  */
 export function tileWeights(width: number, height: number, blend: Blend = 'gaussian'): Float32Array {
   if (blend !== 'gaussian' && blend !== 'constant') {
-    throw new InvalidOptionError(`Expected blend "gaussian" or "constant" but received "${String(blend)}".`);
+    throw new InvalidOptionError(
+      `Expected blend "gaussian" or "constant" but received "${String(blend)}".`,
+      undefined,
+      'blend',
+    );
   }
   if (blend === 'constant') return new Float32Array(width * height).fill(1);
   const gy = gaussianLine(height);

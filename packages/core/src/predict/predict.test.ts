@@ -47,13 +47,13 @@ describe('splitter', () => {
 
   it('names the option, the expectation and the value', () => {
     expect(() => checkTileOptions(100, 0, 16)).toThrow(
-      "Expected --tile to be a positive multiple of 16 (the architecture's input multiple) but received 100.",
+      "Expected tile to be a positive multiple of 16 (the architecture's input multiple) but received 100.",
     );
     expect(() => resolveTiling({ multiple: 8, tile: 64, overlap: 12 })).toThrow(
-      'Expected --overlap to be a multiple of 8 between 0 and 56 but received 12.',
+      'Expected overlap to be a multiple of 8 between 0 and 56 but received 12.',
     );
     expect(() => resolveTiling({ multiple: 16, receptiveField: 215, tile: 128 })).toThrow(
-      "The model's receptive field (215 px) needs an overlap of 224 px, which is not smaller than --tile 128.",
+      "The model's receptive field (215 px) needs an overlap of 224 px, which is not smaller than tile 128.",
     );
     expect(() => checkTileOptions(64, 64, 16)).toThrow(InvalidOptionError);
   });
@@ -167,7 +167,7 @@ describe('predictProbabilities', () => {
 
   it('refuses a tile that is not on the input multiple', async () => {
     await expect(predictProbabilities(pointwise(), image(40, 40), { multiple: 16, tile: 100 })).rejects.toThrow(
-      "Expected --tile to be a positive multiple of 16 (the architecture's input multiple) but received 100.",
+      "Expected tile to be a positive multiple of 16 (the architecture's input multiple) but received 100.",
     );
   });
 });

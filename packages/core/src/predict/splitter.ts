@@ -93,15 +93,17 @@ function starts(n: number, tile: number, stride: number): number[] {
 export function checkTileOptions(tile: number, overlap: number, multiple: number): void {
   if (!(Number.isInteger(tile) && tile > 0 && tile % multiple === 0)) {
     throw new InvalidOptionError(
-      `Expected --tile to be a positive multiple of ${multiple} (the architecture's input multiple) but received ` +
+      `Expected tile to be a positive multiple of ${multiple} (the architecture's input multiple) but received ` +
         `${tile}.`,
-      `Use --tile ${Math.max(multiple, Math.ceil(tile / multiple) * multiple || multiple)}.`,
+      `Set tile to ${Math.max(multiple, Math.ceil(tile / multiple) * multiple || multiple)}.`,
+      'tile',
     );
   }
   if (!(Number.isInteger(overlap) && overlap >= 0 && overlap < tile && overlap % multiple === 0)) {
     throw new InvalidOptionError(
-      `Expected --overlap to be a multiple of ${multiple} between 0 and ${tile - multiple} but received ${overlap}.`,
-      `Use --overlap ${Math.min(tile - multiple, Math.ceil(Math.max(0, overlap) / multiple) * multiple)}.`,
+      `Expected overlap to be a multiple of ${multiple} between 0 and ${tile - multiple} but received ${overlap}.`,
+      `Set overlap to ${Math.min(tile - multiple, Math.ceil(Math.max(0, overlap) / multiple) * multiple)}.`,
+      'overlap',
     );
   }
 }
@@ -139,8 +141,9 @@ export function resolveTiling(options: TilingOptions): { tile: number; overlap: 
   if (options.overlap === undefined && receptiveField !== undefined && overlap >= tile) {
     throw new InvalidOptionError(
       `The model's receptive field (${receptiveField} px) needs an overlap of ${overlap} px, ` +
-        `which is not smaller than --tile ${tile}.`,
-      `Use a larger --tile, e.g. --tile ${Math.ceil((overlap * 2) / multiple) * multiple}, or give --overlap.`,
+        `which is not smaller than tile ${tile}.`,
+      `Set tile to a larger size, e.g. ${Math.ceil((overlap * 2) / multiple) * multiple}, or set overlap.`,
+      ['tile', 'overlap'],
     );
   }
   checkTileOptions(tile, overlap, multiple);

@@ -285,6 +285,8 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
     if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
       throw new InvalidOptionError(
         `Expected an integer between ${min} and ${max} for ${name} but received ${describeValue(v)}.`,
+        undefined,
+        name,
       );
     }
   };
@@ -300,24 +302,38 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
   if (r.workers !== null) int('workers', 1, 256);
   if (r.validateEvery !== null) int('validateEvery', 1);
   if (r.select !== 'dice' && r.select !== 'loss') {
-    throw new InvalidOptionError(`Expected "dice" or "loss" for select but received ${describeValue(r.select)}.`);
+    throw new InvalidOptionError(
+      `Expected "dice" or "loss" for select but received ${describeValue(r.select)}.`,
+      undefined,
+      'select',
+    );
   }
   if (!(typeof r.ema === 'number' && r.ema >= 0 && r.ema < 1)) {
     throw new InvalidOptionError(
       `Expected a decay in [0, 1) for ema (0 turns the average off) but received ${describeValue(r.ema)}.`,
+      undefined,
+      'ema',
     );
   }
   if (!(typeof r.lr === 'number' && r.lr > 0 && r.lr < 10)) {
     throw new InvalidOptionError(
       `Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`,
+      undefined,
+      'lr',
     );
   }
   if (!(typeof r.valSplit === 'number' && r.valSplit >= 0 && r.valSplit < 1)) {
-    throw new InvalidOptionError(`Expected a number in [0, 1) for valSplit but received ${describeValue(r.valSplit)}.`);
+    throw new InvalidOptionError(
+      `Expected a number in [0, 1) for valSplit but received ${describeValue(r.valSplit)}.`,
+      undefined,
+      'valSplit',
+    );
   }
   if (r.timeBudgetMinutes !== null && !(typeof r.timeBudgetMinutes === 'number' && r.timeBudgetMinutes > 0)) {
     throw new InvalidOptionError(
       `Expected a positive number of minutes for timeBudgetMinutes but received ${describeValue(r.timeBudgetMinutes)}.`,
+      undefined,
+      'timeBudgetMinutes',
     );
   }
   if (!LOSS_NAMES.includes(r.loss as (typeof LOSS_NAMES)[number])) getLoss(r.loss);
@@ -399,8 +415,9 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const multiple = plugin.inputMultiple(archOptions);
   if (o.tileSize % multiple !== 0) {
     throw new InvalidOptionError(
-      `Expected a tile size that is a multiple of ${multiple} for architecture "${plugin.name}" but received ${o.tileSize}.`,
-      `Use --tile ${Math.max(multiple, Math.round(o.tileSize / multiple) * multiple)}.`,
+      `Expected tileSize to be a multiple of ${multiple} for architecture "${plugin.name}" but received ${o.tileSize}.`,
+      `Set tileSize to ${Math.max(multiple, Math.round(o.tileSize / multiple) * multiple)}.`,
+      'tileSize',
     );
   }
   const out = resolve(request.out);
