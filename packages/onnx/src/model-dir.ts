@@ -2,60 +2,20 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadModel, readManifest, writeFileAtomic, type ModelManifest, type OnnxLayerConverter } from '@tessera/core';
 import { exportOnnx, ONNX_METADATA } from './export.js';
+import { ModelMetadata } from './onnx-proto.js';
 
 /** File name of the exported ONNX model inside a model folder. */
 export const ONNX_FILE = 'model.onnx';
 
 /**
- * The `metadata_props` of an ONNX model, read straight from its bytes (top-level ModelProto field 14) without
- * loading it.
+ * The `metadata_props` of an ONNX model, decoded from its bytes without the graph (whose bytes are skipped).
+ * @throws Error from protobufjs when the bytes are not a protobuf message.
  */
 export function readOnnxMetadata(bytes: Uint8Array): Record<string, string> {
-  const decoder = new TextDecoder();
-  const out: Record<string, string> = {};
-  let pos = 0;
-  const varint = (): bigint => {
-    let result = 0n;
-    let shift = 0n;
-    for (;;) {
-      if (pos >= bytes.length) throw new Error('truncated varint');
-      const b = bytes[pos++];
-      result |= BigInt(b & 0x7f) << shift;
-      if (b < 0x80) return result;
-      shift += 7n;
-    }
+  const { metadataProps = [] } = ModelMetadata.decode(bytes) as unknown as {
+    metadataProps?: { key?: string; value?: string }[];
   };
-  // Walks the fields of one message in [start, end), calling `onField` for length-delimited ones.
-  const fields = (end: number, onField: (field: number, start: number, end: number) => void) => {
-    while (pos < end) {
-      const tag = Number(varint());
-      const field = tag >>> 3;
-      const wire = tag & 7;
-      if (wire === 0) varint();
-      else if (wire === 1) pos += 8;
-      else if (wire === 5) pos += 4;
-      else if (wire === 2) {
-        const length = Number(varint());
-        const start = pos;
-        pos += length;
-        onField(field, start, start + length);
-      } else throw new Error(`unsupported wire type ${wire}`);
-    }
-  };
-  fields(bytes.length, (field, start, end) => {
-    if (field !== 14) return;
-    const after = pos;
-    pos = start;
-    let key = '';
-    let value = '';
-    fields(end, (f, s, e) => {
-      if (f === 1) key = decoder.decode(bytes.subarray(s, e));
-      if (f === 2) value = decoder.decode(bytes.subarray(s, e));
-    });
-    out[key] = value;
-    pos = after;
-  });
-  return out;
+  return Object.fromEntries(metadataProps.map((p) => [p.key ?? '', p.value ?? '']));
 }
 
 /**

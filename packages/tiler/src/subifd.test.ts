@@ -20,12 +20,8 @@ const dir = mkdtempSync(join(tmpdir(), 'tessera-subifd-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('SubIFD pyramids in BigTIFF', () => {
-  it('finds every SubIFD level and reads the pixels libvips reads', async () => {
-    if (!hasVips) {
-      if (process.env.CI) throw new Error('vips (libvips-tools) is missing');
-      console.warn('skipping: apt-get install libvips-tools');
-      return;
-    }
+  // .ci/run installs libvips-tools; elsewhere the test shows as skipped.
+  it.skipIf(!hasVips)('finds every SubIFD level and reads the pixels libvips reads', async () => {
     const source = join(dir, 'crop.png');
     await sharp(CMU).extract({ left: 0, top: 0, width: 2048, height: 1536 }).png().toFile(source);
     const file = join(dir, 'subifd.ome.tif');
