@@ -8,20 +8,17 @@
  */
 import type { SlideOutputs, QuantizedBand } from './writer.js';
 import { TilerOptionError } from './errors.js';
+import { toResumePoint, type ResumePoint } from './journal.js';
+import { writeSlideOutputs, type OutputSink } from './outputs.js';
 import {
-  checkRegion,
   planSlidePrediction,
   tilerRun,
-  toResumePoint,
-  writeSlideOutputs,
   type OutputGeometry,
-  type OutputSink,
   type PredictSlideOptions,
-  type ResumePoint,
   type SlidePlan,
-  type SlideRegion,
   type TilerRun,
 } from './predict-slide.js';
+import { checkRegion, type SlideRegion } from './regions.js';
 
 /** Region results to assemble into a slide's outputs with {@link assembleSlidePrediction}. */
 export interface RegionResults {

@@ -59,19 +59,15 @@ export {
   createTilerPool,
   planSlidePrediction,
   predictSlide,
-  resolveTilerOptions,
-  splitRegions,
   streamSlidePrediction,
-  TILER_DEFAULTS,
   type BandSink,
   type OutputGeometry,
   type PredictSlideOptions,
   type SlidePlan,
-  type SlideRegion,
   type TilerPool,
-  type ResumePoint,
-  type ResolvedTilerOptions,
-  type TilerOptions,
   type TilerProgress,
   type TilerRun,
 } from './predict-slide.js';
+export { resolveTilerOptions, TILER_DEFAULTS, type ResolvedTilerOptions, type TilerOptions } from './options.js';
+export { splitRegions, type SlideRegion } from './regions.js';
+export type { ResumePoint } from './journal.js';

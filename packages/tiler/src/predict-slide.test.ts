@@ -7,7 +7,8 @@ import { loadModel, normalizeImage, predictProbabilities, readImage } from '@tes
 import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { PartialWorkError, PredictionInterruptedError, TilerOptionError } from './errors.js';
 import { exportModelDir } from '@tessera/onnx';
-import { predictSlide, resolveTilerOptions, streamSlidePrediction } from './predict-slide.js';
+import { resolveTilerOptions } from './options.js';
+import { predictSlide, streamSlidePrediction } from './predict-slide.js';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
 const HE = join(DATA, 'monuseg-train20/images');

@@ -11,14 +11,8 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { saveTinyUnet } from '../test/tiny-model.mjs';
 import { appendSlideRegions, assembleSlidePrediction } from './assemble.js';
-import {
-  planSlidePrediction,
-  predictSlide,
-  splitRegions,
-  streamSlidePrediction,
-  type SlidePlan,
-  type SlideRegion,
-} from './predict-slide.js';
+import { planSlidePrediction, predictSlide, streamSlidePrediction, type SlidePlan } from './predict-slide.js';
+import { splitRegions, type SlideRegion } from './regions.js';
 import { quantizeBand, type QuantizedBand } from './writer.js';
 
 const DATA = process.env.TESSERA_DATA ?? join(import.meta.dirname, '../../../../shared/data');
