@@ -89,9 +89,9 @@ function writtenBefore(region: { stripe: number; y: number; height: number }, po
 
 /** The output's geometry as a run over the whole slide would report it. */
 function outputGeometry(planned: SlidePlan, engine: string): OutputGeometry {
-  const { width, height, mpp, level, scale, numClasses, options, stripes } = planned;
+  const { width, height, mpp, level, scale, numClasses, options, stripes, slide, thumbnail } = planned;
   const columns = stripes.map((stripe) => ({ x: stripe.x, width: stripe.width }));
-  return { width, height, mpp, level, scale, numClasses, options, engine, stripes: columns };
+  return { width, height, mpp, level, scale, numClasses, options, engine, slide, thumbnail, stripes: columns };
 }
 
 /** The record of an assembly, as that of a run over the whole slide. */

@@ -4,7 +4,7 @@
  */
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { imageStem, makeOutputDir, OutputError, readManifest, writeFileAtomic } from '@tessera/core';
+import { imageStem, makeOutputDir, OutputError, readManifest, writeFileAtomic, type RasterImage } from '@tessera/core';
 import { PredictionInterruptedError } from './errors.js';
 import { checkObjectType } from './geojson.js';
 import {
@@ -24,7 +24,6 @@ import {
   type PredictSlideOptions,
   type TilerRun,
 } from './predict-slide.js';
-import { openSlide, readThumbnail } from './slide.js';
 import { SlideOutputWriter, type QuantizedBand, type SlideOutputs } from './writer.js';
 
 /** Receives the bands of a slide's output, as a run computes them or as region results bring them. */
@@ -72,14 +71,15 @@ export async function writeSlideOutputs(
     checkObjectType(options.geojson.objectType, 'geojson.objectType');
   }
   // Polygons are written in level-0 pixels: the output may be of a reduced level or scale.
-  const geojsonOutput = async (geometry: OutputGeometry) => {
-    const slide = await openSlide(slidePath);
+  const geojsonOutput = (geometry: OutputGeometry) => {
+    const { slide } = geometry;
     const scale = { x: slide.width / geometry.width, y: slide.height / geometry.height };
     const { minArea, objectType } = typeof options.geojson === 'object' ? options.geojson : {};
     return { scale, minArea, objectType };
   };
   await makeOutputDir(options.out); // folder by folder: a path under /proc fails at once instead of spinning
   let writer: SlideOutputWriter | undefined;
+  let thumbnail: RasterImage | undefined;
   const stem = imageStem(basename(slidePath)).replace(/\.ome$/i, '');
   const partial = work.dir ?? partialWorkDir(options.out, stem);
   let ownsPartial = false;
@@ -98,6 +98,7 @@ export async function writeSlideOutputs(
   try {
     const run = await produce({
       start: async (geometry) => {
+        thumbnail = geometry.thumbnail;
         height = geometry.height;
         stripeCount = geometry.stripes.length;
         const file = await stat(slidePath);
@@ -155,7 +156,7 @@ export async function writeSlideOutputs(
           workDir: partial,
           stripes: geometry.stripes,
           resume: kept ? { stripe: kept.stripe, rows: kept.rows, counts: kept.counts } : undefined,
-          geojson: options.geojson ? await geojsonOutput(geometry) : undefined,
+          geojson: options.geojson ? geojsonOutput(geometry) : undefined,
         });
         ownsPartial = true;
         await journal();
@@ -176,8 +177,7 @@ export async function writeSlideOutputs(
       await writer!.abort(); // closes the maps, which stay in the partial work folder for the next call
       return { run };
     }
-    const thumbnail = await readThumbnail(run.slide, 1024);
-    const outputs = await writer!.finish(thumbnail, options.signal);
+    const outputs = await writer!.finish(thumbnail!, options.signal);
     await rm(partial, { recursive: true, force: true });
     return { run, outputs };
   } catch (error) {

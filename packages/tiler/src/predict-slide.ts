@@ -7,7 +7,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { backgroundClass, readManifest, receptiveContext, type ModelManifest } from '@tessera/core';
+import { backgroundClass, readManifest, receptiveContext, type ModelManifest, type RasterImage } from '@tessera/core';
 import { BandMerger, RowPool, type Band } from './merger.js';
 import { chooseLevel, openSlide, readThumbnail, verifySlide, type SlideInfo } from './slide.js';
 import {
@@ -79,6 +79,9 @@ export interface OutputGeometry {
   options: ResolvedTilerOptions;
   /** The engine the workers run (`wasm`, `tfjs-node`...). */
   engine: string;
+  /** The slide and its overview, as the plan read them (the outputs need its level-0 size and the overlay). */
+  slide: SlideInfo;
+  thumbnail: RasterImage;
   /**
    * The vertical stripes the output is cut into, left to right (one unless wider than `stripeWidth`): bands of a
    * stripe come top to bottom, stripe after stripe.
@@ -115,7 +118,10 @@ function workerFile(): string {
 export interface SlidePlan {
   manifest: ModelManifest;
   options: ResolvedTilerOptions;
+  /** The slide, opened once for the whole run. */
   slide: SlideInfo;
+  /** An RGB overview of the slide, at most 1024 px, read once: tissue detection and the overlay use it. */
+  thumbnail: RasterImage;
   level: number;
   scale: number;
   mpp: number | null;
@@ -183,16 +189,16 @@ export async function planSlidePrediction(slidePath: string, options: TilerOptio
     multiple,
     context: receptiveContext(manifest.architecture.receptiveField, multiple),
   });
-  if (resolved.tissue && slide.channels === 3) {
-    const thumbnail = await readThumbnail(slide, 1024);
+  const thumbnail = await readThumbnail(slide, 1024);
+  if (resolved.tissue && slide.channels === 3)
     markTissue(plan, tissueMask(thumbnail), thumbnail.width, thumbnail.height);
-  }
   const stripes = splitStripes(plan, resolved.stripeWidth);
   const numClasses = manifest.classes.length;
   return {
     manifest,
     options: resolved,
     slide,
+    thumbnail,
     level,
     scale,
     mpp,
@@ -255,6 +261,8 @@ export async function streamSlidePrediction(
       numClasses: k,
       options: resolved,
       engine,
+      slide,
+      thumbnail: planned.thumbnail,
       stripes: stripes.map((stripe) => ({ x: stripe.x, width: stripe.width })),
     };
     const asked = await sink.start?.(geometry);
