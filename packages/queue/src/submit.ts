@@ -39,9 +39,13 @@ export interface SubmittedSlide {
   status: 'new' | 'queued' | 'completed' | 'failed';
 }
 
-/** Cuts a slide into regions of about `pixels` output pixels: whole rows of tiles across a stripe. */
-function regionTileRows(stripeWidth: number, keptTileHeight: number, pixels: number): number {
-  return Math.max(1, Math.round(pixels / (stripeWidth * Math.max(1, keptTileHeight))));
+/**
+ * Cuts a slide into regions of about `pixels` output pixels: whole rows of tiles across a stripe, whose width is the
+ * output's (at most the stripe width option), so a slide narrower than a stripe gets regions of the size asked for.
+ */
+function regionTileRows(stripes: { width: number }[], keptTileHeight: number, pixels: number): number {
+  const width = Math.max(...stripes.map((stripe) => stripe.width));
+  return Math.max(1, Math.round(pixels / (width * Math.max(1, keptTileHeight))));
 }
 
 /**
@@ -100,7 +104,7 @@ export async function submitSlides(
       };
       const plan = await planSlidePrediction(slide, tilerOptions({ ...base, tileRows: 1, regions: 0, pixels: 0 }));
       const kept = plan.plan.keptRowEnds[0] - plan.plan.keptRowStarts[0];
-      const rows = regionTileRows(plan.options.stripeWidth, kept, request.regionPixels ?? 16e6);
+      const rows = regionTileRows(plan.stripes, kept, request.regionPixels ?? 16e6);
       const regions: SlideRegion[] = splitRegions(plan, rows);
       const data: SlideJobData = {
         ...base,

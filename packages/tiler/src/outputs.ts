@@ -24,6 +24,7 @@ import {
   type PredictSlideOptions,
   type TilerRun,
 } from './predict-slide.js';
+import { readThumbnail } from './slide.js';
 import { SlideOutputWriter, type QuantizedBand, type SlideOutputs } from './writer.js';
 
 /** Receives the bands of a slide's output, as a run computes them or as region results bring them. */
@@ -177,7 +178,8 @@ export async function writeSlideOutputs(
       await writer!.abort(); // closes the maps, which stay in the partial work folder for the next call
       return { run };
     }
-    const outputs = await writer!.finish(thumbnail!, options.signal);
+    thumbnail ??= await readThumbnail(run.slide, 1024);
+    const outputs = await writer!.finish(thumbnail, options.signal);
     await rm(partial, { recursive: true, force: true });
     return { run, outputs };
   } catch (error) {

@@ -81,7 +81,7 @@ export interface OutputGeometry {
   engine: string;
   /** The slide and its overview, as the plan read them (the outputs need its level-0 size and the overlay). */
   slide: SlideInfo;
-  thumbnail: RasterImage;
+  thumbnail?: RasterImage;
   /**
    * The vertical stripes the output is cut into, left to right (one unless wider than `stripeWidth`): bands of a
    * stripe come top to bottom, stripe after stripe.
@@ -120,8 +120,11 @@ export interface SlidePlan {
   options: ResolvedTilerOptions;
   /** The slide, opened once for the whole run. */
   slide: SlideInfo;
-  /** An RGB overview of the slide, at most 1024 px, read once: tissue detection and the overlay use it. */
-  thumbnail: RasterImage;
+  /**
+   * An RGB overview of the slide, at most 1024 px, when tissue detection read it (the overlay then uses it too, so it
+   * is read once); without tissue detection the outputs read it at the end.
+   */
+  thumbnail?: RasterImage;
   level: number;
   scale: number;
   mpp: number | null;
@@ -189,9 +192,11 @@ export async function planSlidePrediction(slidePath: string, options: TilerOptio
     multiple,
     context: receptiveContext(manifest.architecture.receptiveField, multiple),
   });
-  const thumbnail = await readThumbnail(slide, 1024);
-  if (resolved.tissue && slide.channels === 3)
+  let thumbnail: RasterImage | undefined;
+  if (resolved.tissue && slide.channels === 3) {
+    thumbnail = await readThumbnail(slide, 1024);
     markTissue(plan, tissueMask(thumbnail), thumbnail.width, thumbnail.height);
+  }
   const stripes = splitStripes(plan, resolved.stripeWidth);
   const numClasses = manifest.classes.length;
   return {
