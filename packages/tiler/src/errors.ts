@@ -133,10 +133,11 @@ export class PartialWorkError extends InvalidOptionError {
   /** The partial work folder. */
   readonly dir: string;
 
-  constructor(dir: string, message: string) {
+  constructor(dir: string, message: string, option?: string) {
     super(
       message,
       `Drop --resume to predict the slide from the start (the folder is then replaced), or delete "${dir}".`,
+      option,
     );
     setCode(this, 'E_PARTIAL_WORK');
     this.dir = dir;
@@ -144,7 +145,13 @@ export class PartialWorkError extends InvalidOptionError {
 }
 
 /** Partial work made with another value of a setting. */
-export function partialMismatch(dir: string, setting: string, was: unknown, now: unknown): PartialWorkError {
+export function partialMismatch(
+  dir: string,
+  setting: string,
+  was: unknown,
+  now: unknown,
+  option?: string,
+): PartialWorkError {
   const show = (value: unknown) => {
     const text = value === undefined ? 'unknown' : JSON.stringify(value);
     return text.length > 80 ? `${text.slice(0, 77)}...` : text;
@@ -152,6 +159,7 @@ export function partialMismatch(dir: string, setting: string, was: unknown, now:
   return new PartialWorkError(
     dir,
     `Cannot resume from "${dir}": it was made with ${setting} ${show(was)}, but this run has ${setting} ${show(now)}.`,
+    option,
   );
 }
 

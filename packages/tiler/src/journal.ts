@@ -91,8 +91,18 @@ const SETTING_NAMES: Record<keyof PartialSettings, string> = {
   tissue: 'tissue detection',
   engine: 'engine',
   probabilities: 'probabilities',
-  stripeWidth: 'stripe width',
+  stripeWidth: 'stripeWidth',
 };
+
+/** The settings that are options of {@link predictSlide}, named by their option name. */
+const OPTION_SETTINGS: (keyof PartialSettings)[] = [
+  'tile',
+  'overlap',
+  'batchSize',
+  'blend',
+  'probabilities',
+  'stripeWidth',
+];
 
 /** The partial work folder of a slide's prediction into `out`: `<out>/.<stem>.partial`. */
 export function partialWorkDir(out: string, stem: string): string {
@@ -127,7 +137,8 @@ export async function readJournal(
   }
   for (const key of Object.keys(settings) as (keyof PartialSettings)[]) {
     if (JSON.stringify(journal.settings[key]) !== JSON.stringify(settings[key])) {
-      throw partialMismatch(dir, SETTING_NAMES[key], journal.settings[key], settings[key]);
+      const option = OPTION_SETTINGS.includes(key) ? key : undefined; // named as the option, e.g. --overlap in the CLI
+      throw partialMismatch(dir, SETTING_NAMES[key], journal.settings[key], settings[key], option);
     }
   }
   const { stripe, rows, counts } = journal;
