@@ -518,8 +518,13 @@ export function subsampleLabels(
   const row = new Uint8Array(width);
   const fd = openSync(path, 'r');
   try {
-    for (let y = 0; y < outHeight; y++) {
+    for (let y = 0, last = -1; y < outHeight; y++) {
       const source = Math.min(height - 1, Math.floor(((y + 0.5) * height) / outHeight));
+      if (source === last) {
+        out.copyWithin(y * outWidth, (y - 1) * outWidth, y * outWidth); // an overlay larger than the map
+        continue;
+      }
+      last = source;
       for (let read = 0; read < width; ) {
         const n = readSync(fd, row, read, width - read, 64 + source * width + read);
         if (n === 0) throw new OutputError(`${path} ends before row ${source} of ${height}.`);

@@ -53,7 +53,7 @@ describe('splitter', () => {
       'Expected overlap to be a multiple of 8 between 0 and 56 but received 12.',
     );
     expect(() => resolveTiling({ multiple: 16, receptiveField: 215, tile: 128 })).toThrow(
-      "The model's receptive field (215 px) needs an overlap of 224 px, which is not smaller than tile 128.",
+      "The model's receptive field (215 px) needs neighbouring tiles to share 224 px, which is not smaller than tile 128.",
     );
     expect(() => checkTileOptions(64, 64, 16)).toThrow(InvalidOptionError);
   });

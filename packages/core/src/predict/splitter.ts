@@ -140,7 +140,7 @@ export function resolveTiling(options: TilingOptions): { tile: number; overlap: 
   const overlap = options.overlap ?? derived;
   if (options.overlap === undefined && receptiveField !== undefined && overlap >= tile) {
     throw new InvalidOptionError(
-      `The model's receptive field (${receptiveField} px) needs an overlap of ${overlap} px, ` +
+      `The model's receptive field (${receptiveField} px) needs neighbouring tiles to share ${overlap} px, ` +
         `which is not smaller than tile ${tile}.`,
       `Set tile to a larger size, e.g. ${Math.ceil((overlap * 2) / multiple) * multiple}, or set overlap.`,
       ['tile', 'overlap'],
