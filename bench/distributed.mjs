@@ -14,6 +14,9 @@
  *    busy at a given per-worker speed and region size.
  *
  *   node bench/distributed.mjs [--size 8000] [--jobs 10000] [--region-mpx 16] [--worker-mpxs 2.5]
+ *     [--region-pixels n] [--skip throughput|overhead]
+ *
+ * --region-pixels is passed to `tessera predict --queue` (default: its own region sizing).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -33,6 +36,7 @@ const { values } = parseArgs({
     jobs: { type: 'string', default: '10000' },
     'region-mpx': { type: 'string', default: '16' },
     'worker-mpxs': { type: 'string', default: '2.5' },
+    'region-pixels': { type: 'string' },
     skip: { type: 'string', default: '' },
   },
 });
@@ -114,7 +118,8 @@ async function throughput(dir, redis) {
     ),
   );
   start = performance.now();
-  await run(['predict', slide, '--out', join(dir, 'queued'), ...flags, '--queue', redis.url]);
+  const regionFlags = values['region-pixels'] ? ['--region-pixels', values['region-pixels']] : [];
+  await run(['predict', slide, '--out', join(dir, 'queued'), ...flags, '--queue', redis.url, ...regionFlags]);
   const queued = (performance.now() - start) / 1000;
   for (const w of workers) w.kill('SIGTERM');
   const names = (await readdir(join(dir, 'single'))).filter(

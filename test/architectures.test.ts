@@ -22,6 +22,7 @@ import { createOnnxPredictor, exportOnnx } from '@tessera/onnx';
 import unet from '@tessera/arch-unet';
 // The conformance kit plugin authors use too.
 import {
+  checkEncoderLayers,
   checkInputMultiple,
   checkOutputContract,
   checkReceptiveField,
@@ -31,7 +32,13 @@ import {
 
 /** CPU-fit configurations per architecture; an architecture not listed runs at its defaults. */
 const SMALL_OPTIONS: Record<string, Record<string, unknown>[]> = {
-  unet: [{ depth: 3, baseFilters: 8 }],
+  unet: [
+    { depth: 3, baseFilters: 8 },
+    // The U-Net decoder on each of core's encoders (smp-style), at a fraction of their published widths.
+    { encoder: 'vgg16', encoderWidth: 0.125, baseFilters: 8 },
+    { encoder: 'mobilenetv2', encoderWidth: 0.25, baseFilters: 8 },
+    { encoder: 'resnet50', encoderWidth: 0.125, baseFilters: 8 },
+  ],
   fcn8s: [{ baseFilters: 8, fcFilters: 64 }],
   deeplabv3plus: [{}, { backbone: 'resnet50', resnetWidth: 8, outputStride: 8 }],
 };
@@ -176,6 +183,24 @@ describe('architecture conformance table', () => {
         const result = await time(label, 'receptive field', () => checkReceptiveField(plugin, resolved, model, 3));
         expect(result.outsideChange).toBeLessThanOrEqual(1e-5);
         expect(result.centreChange).toBeGreaterThan(0);
+      } finally {
+        model.dispose();
+      }
+    });
+
+    it.skipIf(!plugin.encoder)("names its encoder's layers (for freezing and transfer)", () => {
+      const { model, options: resolved } = checkOutputContract(plugin, options, {
+        batch: 1,
+        inputChannels: 3,
+        numClasses: 2,
+        height: 64,
+        width: 64,
+      });
+      try {
+        const { name, encoderLayers, otherWeightedLayers } = checkEncoderLayers(plugin, resolved, model);
+        const named = resolved as { encoder?: string; backbone?: string };
+        if (named.encoder ?? named.backbone) expect(name).toBe(named.encoder ?? named.backbone);
+        expect(encoderLayers.length).toBeGreaterThan(otherWeightedLayers.length / 4);
       } finally {
         model.dispose();
       }

@@ -142,7 +142,11 @@ export function buildProgram(): Command {
         'whole slides: submit them to the workers of this Redis queue and wait (see "tessera worker")',
       )
       .option('--detach', 'with --queue: submit and exit without waiting')
-      .option('--region-pixels <n>', 'with --queue: output pixels per region job (default 16000000)', int)
+      .option(
+        '--region-pixels <n>',
+        'with --queue: output pixels per region job (default 16000000, less for a slide of fewer than 16 regions)',
+        int,
+      )
       .option('--shard <i/N>', 'predict only shard i of N of the sorted inputs (Kubernetes Indexed Jobs, SLURM arrays)')
       .addOption(backend()),
   ).action(async (inputs: string[], opts) => predictCommand(inputs, opts));

@@ -65,10 +65,13 @@ function check<T extends string>(value: string | undefined, valid: readonly T[],
   return value as T;
 }
 
-/** The ONNX converters of every installed plugin (loading them also registers their custom layers). */
+/**
+ * The ONNX converters of every installed plugin (loading them also registers their custom layers); two plugins with
+ * different converters for one layer class are refused.
+ */
 export async function pluginConverters(): Promise<Record<string, OnnxLayerConverter>> {
   const { registry } = await loadRegistry();
-  return Object.assign({}, ...registry.list().map((p) => p.onnxConverters ?? {})) as Record<string, OnnxLayerConverter>;
+  return registry.onnxConverters();
 }
 
 /**

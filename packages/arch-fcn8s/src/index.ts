@@ -1,10 +1,19 @@
 import {
   ARCHITECTURE_API_VERSION,
-  batchNormalization,
+  applyLayer,
+  classHead,
+  convBnAct,
   defineArchitecture,
   layers,
+  reachConv,
+  reachTransposed,
+  reachUnion,
+  receptiveFieldOfReach,
+  seedSequence,
   tf,
+  vgg16,
   type ArchitecturePlugin,
+  type Vgg16Options,
 } from '@tessera/core';
 
 /** Skip variants of {@link fcn8s}: the same network with two, one or no skip connections. */
@@ -36,58 +45,22 @@ export const FCN8S_DEFAULTS: Fcn8sOptions = {
   dropout: 0,
 };
 
-/** Convolutions per VGG-16 block and the width factor of each block. */
-const BLOCKS: readonly { convs: number; width: number }[] = [
-  { convs: 2, width: 1 },
-  { convs: 2, width: 2 },
-  { convs: 3, width: 4 },
-  { convs: 3, width: 8 },
-  { convs: 3, width: 8 },
-];
-
-/**
- * Conservative input interval of one feature pixel: pixel `i` of a map of stride `s` depends on input pixels
- * `[s*i - a, s*i + b]`.
- */
-interface Reach {
-  s: number;
-  a: number;
-  b: number;
+/** The VGG-16 encoder's options for FCN options: `baseFilters` of 64 is VGG-16's width. */
+function encoderOptions(o: Fcn8sOptions): Vgg16Options {
+  return { width: o.baseFilters / 64, batchNorm: o.batchNorm };
 }
-
-/** A 'same' k x k convolution (dilation 1). */
-const conv = (r: Reach, k: number): Reach => ({
-  s: r.s,
-  a: r.a + r.s * Math.floor((k - 1) / 2),
-  b: r.b + r.s * Math.ceil((k - 1) / 2),
-});
-/** 2x2 max-pool, stride 2: the new pixel covers two old ones. */
-const pool = (r: Reach): Reach => ({ s: r.s * 2, a: r.a, b: r.b + r.s });
-/** k x k transposed convolution with stride t, 'same' padding (tfjs pads `floor((k - t) / 2)` before). */
-const upconv = (r: Reach, k: number, t: number): Reach => {
-  const s = r.s / t;
-  const before = Math.floor((k - t) / 2);
-  return { s, a: r.a + s * (k - 1 - before), b: r.b + s * before };
-};
-const union = (p: Reach, q: Reach): Reach => ({ s: p.s, a: Math.max(p.a, q.a), b: Math.max(p.b, q.b) });
 
 /** Receptive field (pixels) of the network described by `o`; see {@link fcn8s}. */
 export function fcn8sReceptiveField(o: Fcn8sOptions): number {
-  let r: Reach = { s: 1, a: 0, b: 0 };
-  const pools: Reach[] = [];
-  for (const block of BLOCKS) {
-    for (let k = 0; k < block.convs; k++) r = conv(r, 3);
-    r = pool(r);
-    pools.push(r);
-  }
-  r = conv(r, o.fc6Kernel); // fc6; fc7 and the score layer are 1x1
-  if (o.variant === '32s') r = upconv(r, 64, 32);
+  const pools = vgg16.reach(encoderOptions(o), 32);
+  let r = reachConv(pools[4], o.fc6Kernel); // fc6; fc7 and the score layers are 1x1
+  if (o.variant === '32s') r = reachTransposed(r, 64, 32);
   else {
-    r = union(upconv(r, 4, 2), pools[3]);
-    if (o.variant === '16s') r = upconv(r, 32, 16);
-    else r = upconv(union(upconv(r, 4, 2), pools[2]), 16, 8);
+    r = reachUnion(reachTransposed(r, 4, 2), pools[3]);
+    if (o.variant === '16s') r = reachTransposed(r, 32, 16);
+    else r = reachTransposed(reachUnion(reachTransposed(r, 4, 2), pools[2]), 16, 8);
   }
-  return 2 * Math.max(r.a, r.b) + 1;
+  return receptiveFieldOfReach(r);
 }
 
 /**
@@ -141,39 +114,15 @@ export default function fcn8s(options: Partial<Fcn8sOptions> = {}): Architecture
     },
     inputMultiple: () => 32,
     receptiveField: fcn8sReceptiveField,
+    encoder: () => ({ name: 'vgg16', layers: vgg16.layerPattern }),
     build({ inputChannels, numClasses, options: o, seed = 0 }) {
-      let layerSeed = seed * 1000;
-      const init = () => layers.initializers.heNormal({ seed: ++layerSeed });
-      const apply = (layer: layers.layers.Layer, x: layers.SymbolicTensor) => layer.apply(x) as layers.SymbolicTensor;
-      const convBnRelu = (x: layers.SymbolicTensor, filters: number, kernelSize: number, name: string) => {
-        x = apply(
-          layers.layers.conv2d({
-            filters,
-            kernelSize,
-            padding: 'same',
-            activation: o.batchNorm ? 'linear' : 'relu',
-            useBias: !o.batchNorm,
-            kernelInitializer: init(),
-            name,
-          }),
-          x,
-        );
-        if (!o.batchNorm) return x;
-        x = apply(batchNormalization({ momentum: 0.9, name: `${name}_bn` }), x);
-        return apply(layers.layers.reLU({ name: `${name}_relu` }), x);
-      };
-      const score = (x: layers.SymbolicTensor, name: string) =>
-        apply(
-          layers.layers.conv2d({
-            filters: numClasses,
-            kernelSize: 1,
-            kernelInitializer: layers.initializers.glorotUniform({ seed: ++layerSeed }),
-            name,
-          }),
-          x,
-        );
-      const upsample = (x: layers.SymbolicTensor, factor: number, name: string) =>
-        apply(
+      const seeds = seedSequence(seed);
+      type T = layers.SymbolicTensor;
+      const convBlock = (x: T, filters: number, kernelSize: number, name: string) =>
+        convBnAct(x, { filters, kernelSize, batchNorm: o.batchNorm, name, seeds });
+      const score = (x: T, name: string) => classHead(x, numClasses, { name, seeds, softmax: false });
+      const upsample = (x: T, factor: number, name: string) =>
+        applyLayer(
           layers.layers.conv2dTranspose({
             filters: numClasses,
             kernelSize: 2 * factor,
@@ -187,18 +136,11 @@ export default function fcn8s(options: Partial<Fcn8sOptions> = {}): Architecture
         );
 
       const input = layers.input({ shape: [null, null, inputChannels], name: 'image' });
-      let x: layers.SymbolicTensor = input;
-      const pools: layers.SymbolicTensor[] = [];
-      BLOCKS.forEach((block, b) => {
-        for (let k = 1; k <= block.convs; k++)
-          x = convBnRelu(x, o.baseFilters * block.width, 3, `block${b + 1}_conv${k}`);
-        x = apply(layers.layers.maxPooling2d({ poolSize: 2, strides: 2, name: `pool${b + 1}` }), x);
-        pools.push(x);
-      });
-      x = convBnRelu(x, o.fcFilters, o.fc6Kernel, 'fc6');
-      if (o.dropout > 0) x = apply(layers.layers.dropout({ rate: o.dropout, name: 'fc6_dropout' }), x);
-      x = convBnRelu(x, o.fcFilters, 1, 'fc7');
-      if (o.dropout > 0) x = apply(layers.layers.dropout({ rate: o.dropout, name: 'fc7_dropout' }), x);
+      const pools = vgg16.build({ input, options: encoderOptions(o), outputStride: 32, seeds });
+      let x = convBlock(pools[4], o.fcFilters, o.fc6Kernel, 'fc6');
+      if (o.dropout > 0) x = applyLayer(layers.layers.dropout({ rate: o.dropout, name: 'fc6_dropout' }), x);
+      x = convBlock(x, o.fcFilters, 1, 'fc7');
+      if (o.dropout > 0) x = applyLayer(layers.layers.dropout({ rate: o.dropout, name: 'fc7_dropout' }), x);
       x = score(x, 'score_fr');
       const upsamplers: [string, number][] = [];
       const up = (t: layers.SymbolicTensor, factor: number, name: string) => {
@@ -209,16 +151,16 @@ export default function fcn8s(options: Partial<Fcn8sOptions> = {}): Architecture
         x = up(x, 32, 'upscore32');
       } else {
         x = up(x, 2, 'upscore2');
-        x = apply(layers.layers.add({ name: 'fuse_pool4' }), [x, score(pools[3], 'score_pool4')] as never);
+        x = applyLayer(layers.layers.add({ name: 'fuse_pool4' }), [x, score(pools[3], 'score_pool4')]);
         if (o.variant === '16s') {
           x = up(x, 16, 'upscore16');
         } else {
           x = up(x, 2, 'upscore_pool4');
-          x = apply(layers.layers.add({ name: 'fuse_pool3' }), [x, score(pools[2], 'score_pool3')] as never);
+          x = applyLayer(layers.layers.add({ name: 'fuse_pool3' }), [x, score(pools[2], 'score_pool3')]);
           x = up(x, 8, 'upscore8');
         }
       }
-      const output = apply(layers.layers.softmax({ axis: -1, name: 'probabilities' }), x);
+      const output = applyLayer(layers.layers.softmax({ axis: -1, name: 'probabilities' }), x);
       const model = layers.model({ inputs: input, outputs: output, name: `fcn${o.variant}` });
       for (const [name, factor] of upsamplers) {
         const kernel = bilinearKernel(2 * factor, numClasses);

@@ -62,6 +62,37 @@ describe('unet plugin', () => {
     model.dispose();
   });
 
+  it("takes any of core's encoders (smp's U-Net) and names the encoder's layers", () => {
+    const plugin = unet();
+    expect(() => resolveArchitectureOptions(plugin, { encoder: 'resnet5' })).toThrow(
+      /Expected one of "unet", "vgg16", "mobilenetv2", "resnet50" for option "encoder" of architecture "unet" but received "resnet5"/,
+    );
+    expect(plugin.encoder!(UNET_DEFAULTS)).toEqual({ name: 'unet', layers: /^(enc\d+_|pool\d+$|bottleneck_)/ });
+    for (const [encoder, count] of [
+      ['vgg16', 14_714_688],
+      ['mobilenetv2', 1_811_712],
+      ['resnet50', 23_508_032],
+    ] as const) {
+      const options = resolveArchitectureOptions(plugin, { encoder, batchNorm: encoder !== 'vgg16' });
+      expect(plugin.inputMultiple(options)).toBe(32);
+      const { name, layers: pattern } = plugin.encoder!(options);
+      expect(name).toBe(encoder);
+      const model = plugin.build({ inputChannels: 3, numClasses: 2, options, seed: 1 });
+      // The encoder's layers hold the published network's weights (VGG-16 without batch norm here), nothing more.
+      const inEncoder = model.trainableWeights.filter((w) => pattern.test(w.originalName.split('/')[0]));
+      expect(inEncoder.reduce((sum, w) => sum + w.shape.reduce((a, b) => a * b, 1), 0)).toBe(count);
+      // The receptive field of the whole network reaches past the encoder's deepest features (the decoder adds).
+      expect(plugin.receptiveField(options)).toBeGreaterThan(200);
+      model.dispose();
+    }
+    const small = resolveArchitectureOptions(plugin, { encoder: 'mobilenetv2', encoderWidth: 0.25, baseFilters: 8 });
+    const model = plugin.build({ inputChannels: 3, numClasses: 4, options: small, seed: 2 });
+    const out = tf.tidy(() => model.predict(tf.randomUniform([2, 64, 96, 3], 0, 1, 'float32', 1)) as tf.Tensor);
+    expect(out.shape).toEqual([2, 64, 96, 4]);
+    out.dispose();
+    model.dispose();
+  });
+
   it('gives identical initial weights for the same seed', () => {
     const plugin = unet();
     const options = resolveArchitectureOptions(plugin, { depth: 2, baseFilters: 4 });

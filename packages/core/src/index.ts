@@ -27,6 +27,34 @@ export {
 } from './arch/plugin-layers.js';
 export { ArchitectureRegistry, type PluginOrigin } from './arch/registry.js';
 export { batchNormalization, type BatchNormalizationArgs } from './arch/batch-norm.js';
+export { applyLayer, classHead, convBnAct, seedSequence, type ConvBlockOptions } from './arch/blocks.js';
+export {
+  INPUT_REACH,
+  reachConv,
+  reachTransposed,
+  reachUnion,
+  reachUpsample,
+  receptiveFieldOfReach,
+  type Reach,
+} from './arch/reach.js';
+export {
+  AtrousConv2D,
+  atrousOnnxConverter,
+  defineEncoder,
+  EncoderRegistry,
+  encoders,
+  featureStrides,
+  mobilenetv2,
+  resnet50,
+  strideSchedule,
+  vgg16,
+  type AtrousConv2DArgs,
+  type EncoderBuildSpec,
+  type EncoderPlugin,
+  type MobileNetV2Options,
+  type ResNet50Options,
+  type Vgg16Options,
+} from './arch/encoders/index.js';
 export type {
   OnnxAttribute,
   OnnxConvOptions,

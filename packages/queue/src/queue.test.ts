@@ -10,7 +10,7 @@ import { QueueOptionError } from './errors.js';
 import { readRegionFile, writeRegionFile } from './region-files.js';
 import { parseShard, shardOf } from './shard.js';
 import { queueStatus } from './status.js';
-import { submitSlides, waitForSlides } from './submit.js';
+import { MIN_REGIONS, regionTileRows, submitSlides, waitForSlides } from './submit.js';
 import { hasRedis, startRedis, type TestRedis } from './test-redis.js';
 import { startWorker, type RunningWorker } from './worker.js';
 
@@ -43,6 +43,23 @@ describe('queue URLs and shards', () => {
     expect(shards.flat().sort()).toEqual([...slides].sort());
     expect(() => parseShard('2/2')).toThrow(/0 <= i < N.*"2\/2"/);
     expect(() => parseShard('x')).toThrow(QueueOptionError);
+  });
+});
+
+describe('region sizing', () => {
+  const stripe = (width: number, rows: number) => ({ width, plan: { rows } });
+
+  it('cuts about 16 Mpx per region, and a small slide into at least MIN_REGIONS regions of whole tile rows', () => {
+    // 3 stripes of 16384 px, 90 tile rows each, 448 kept rows per tile: 16 Mpx is 2 tile rows.
+    expect(regionTileRows([stripe(16384, 90), stripe(16384, 90), stripe(7232, 90)], 448)).toBe(2);
+    // 8000 px wide, 18 tile rows: 16 Mpx would be 4 rows (5 regions); 16 regions need 1 row each.
+    expect(MIN_REGIONS).toBe(16);
+    expect(regionTileRows([stripe(8000, 18)], 448)).toBe(1);
+    // 40 tile rows: 2 rows per region make 20 regions.
+    expect(regionTileRows([stripe(8000, 40)], 448)).toBe(2);
+    // A size asked for is kept, however few regions it makes.
+    expect(regionTileRows([stripe(8000, 18)], 448, 16e6)).toBe(4);
+    expect(regionTileRows([stripe(8000, 18)], 448, 1)).toBe(1);
   });
 });
 

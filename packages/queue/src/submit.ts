@@ -20,7 +20,10 @@ export interface SubmitRequest {
   model: string;
   out: string;
   settings: RunSettings;
-  /** Output pixels per region, about. Default 16 Mpx (some seconds of work on one CPU worker). */
+  /**
+   * Output pixels per region, about. Default: 16 Mpx (some seconds of work on one CPU worker), smaller on a slide of
+   * fewer than {@link MIN_REGIONS} such regions, down to one row of tiles.
+   */
   regionPixels?: number;
   /** Attempts per region job before its slide fails. Default 3. */
   attempts?: number;
@@ -40,12 +43,27 @@ export interface SubmittedSlide {
 }
 
 /**
- * Cuts a slide into regions of about `pixels` output pixels: whole rows of tiles across a stripe, whose width is the
- * output's (at most the stripe width option), so a slide narrower than a stripe gets regions of the size asked for.
+ * Regions a slide is cut into at least, when it has that many rows of tiles and `regionPixels` is not given: a slide
+ * of a few large regions keeps some workers idle while the last ones finish (3 regions on 2 workers take the time of
+ * 2), and a region costs little more than its tiles (a job, a file and a merge: milliseconds).
  */
-function regionTileRows(stripes: { width: number }[], keptTileHeight: number, pixels: number): number {
+export const MIN_REGIONS = 16;
+
+/**
+ * Rows of tiles per region: about `pixels` output pixels per region (whole rows of tiles across a stripe, whose width
+ * is the output's, at most the stripe width option), or, by default, fewer rows so that the slide makes at least
+ * {@link MIN_REGIONS} regions.
+ */
+export function regionTileRows(
+  stripes: { width: number; plan: { rows: number } }[],
+  keptTileHeight: number,
+  pixels?: number,
+): number {
   const width = Math.max(...stripes.map((stripe) => stripe.width));
-  return Math.max(1, Math.round(pixels / (width * Math.max(1, keptTileHeight))));
+  const bySize = Math.max(1, Math.round((pixels ?? 16e6) / (width * Math.max(1, keptTileHeight))));
+  if (pixels !== undefined) return bySize;
+  const tileRows = stripes.reduce((sum, stripe) => sum + stripe.plan.rows, 0);
+  return Math.max(1, Math.min(bySize, Math.floor(tileRows / MIN_REGIONS)));
 }
 
 /**
@@ -104,7 +122,7 @@ export async function submitSlides(
       };
       const plan = await planSlidePrediction(slide, tilerOptions({ ...base, tileRows: 1, regions: 0, pixels: 0 }));
       const kept = plan.plan.keptRowEnds[0] - plan.plan.keptRowStarts[0];
-      const rows = regionTileRows(plan.stripes, kept, request.regionPixels ?? 16e6);
+      const rows = regionTileRows(plan.stripes, kept, request.regionPixels);
       const regions: SlideRegion[] = splitRegions(plan, rows);
       const data: SlideJobData = {
         ...base,

@@ -1,6 +1,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InvalidOptionError, PluginError, describeValue } from '../errors.js';
+import type { EncoderPlugin } from './encoders/encoder.js';
 import type { OnnxLayerConverter } from './onnx-converter.js';
 
 /** The version of the architecture plugin interface this release of `@tessera/core` speaks. */
@@ -87,6 +88,18 @@ export interface ArchitecturePlugin<O extends object = Record<string, unknown>> 
    * and trains this variant instead, for the options the user did not set. Leave it out for a network of fixed size.
    */
   readonly smallOptions?: Partial<O>;
+  /**
+   * Encoders the plugin brings beyond core's `encoders` (VGG-16, MobileNetV2, ResNet-50). Core registers them with the
+   * plugin, so that its own and other architectures can build them by name. Their `layers` and `onnxConverters` must
+   * be listed in the plugin's too, like every class its models use.
+   */
+  readonly encoders?: readonly EncoderPlugin<any>[];
+  /**
+   * The encoder of a network built with `options` and the pattern its layers' names match (the encoder's
+   * `layerPattern`, or the plugin's own for a built-in encoder), for freezing it and for transfer learning. Leave it
+   * out for a network without a separable encoder.
+   */
+  encoder?(options: O): { name: string; layers: RegExp };
 }
 
 /** A custom layer class: a subclass of tfjs-layers' `Layer` with a static `className` (prefix it with the plugin's name). */

@@ -9,6 +9,7 @@ import { createRandom } from '../data/random.js';
 import { PluginError } from '../errors.js';
 import { validatePlugin, type ArchitecturePlugin, type BuildSpec } from './architecture.js';
 import { BATCH_NORM_CLASS_NAMES } from './batch-norm.js';
+import { encoders } from './encoders/index.js';
 
 function classNameMap(): Record<string, unknown> {
   return tf.serialization.SerializationMap.getMap().classNameMap as Record<string, unknown>;
@@ -30,7 +31,8 @@ function registeredClass(className: string): unknown {
 
 /**
  * Registers the layer classes a plugin declares in `layers` with TensorFlow.js's serialisation, so that saved models
- * using them load. Idempotent; `ArchitectureRegistry.register` and {@link importPluginModules} call it.
+ * using them load, and the encoders it declares in `encoders` with core's `encoders`. Idempotent;
+ * `ArchitectureRegistry.register` and {@link importPluginModules} call it.
  *
  * @throws PluginError when a class is not a layer of this copy of TensorFlow.js (the plugin uses a second copy of
  * `@tessera/core`), or when another class (a tfjs layer, another plugin's) is registered under the same `className`.
@@ -63,6 +65,7 @@ export function registerPluginLayers(plugin: ArchitecturePlugin<any>, source = `
     }
     tf.serialization.registerClass(cls as unknown as tf.serialization.SerializableConstructor<never>);
   }
+  for (const encoder of plugin.encoders ?? []) encoders.register(encoder, source);
 }
 
 /**

@@ -1,5 +1,6 @@
 import { PluginError, unknownName } from '../errors.js';
 import { validatePlugin, type ArchitecturePlugin } from './architecture.js';
+import type { OnnxLayerConverter } from './onnx-converter.js';
 import { registerPluginLayers } from './plugin-layers.js';
 
 /** Where a registered plugin came from, shown by `tessera archs`. */
@@ -71,5 +72,29 @@ export class ArchitectureRegistry {
   /** Registered plugins in registration order. */
   list(): ArchitecturePlugin<object>[] {
     return [...this.plugins.values()].map((e) => e.plugin);
+  }
+
+  /**
+   * The ONNX converters of every registered plugin, by layer class name. Plugins may list the same converter (those of
+   * a shared encoder); two different converters for one class are refused.
+   * @throws PluginError naming the class and both plugins.
+   */
+  onnxConverters(): Record<string, OnnxLayerConverter> {
+    const merged: Record<string, OnnxLayerConverter> = {};
+    const from: Record<string, string> = {};
+    for (const { plugin, origin } of this.plugins.values()) {
+      for (const [className, converter] of Object.entries(plugin.onnxConverters ?? {})) {
+        if (merged[className] !== undefined && merged[className] !== converter) {
+          throw new PluginError(
+            `Architectures "${from[className]}" and "${plugin.name}" (from ${origin.source}) both bring an ONNX ` +
+              `converter for layer class "${className}", and they differ: one would silently replace the other.`,
+            'Give each layer class a className of its own, prefixed with the plugin name, or install only one of the two.',
+          );
+        }
+        merged[className] = converter;
+        from[className] = plugin.name;
+      }
+    }
+    return merged;
   }
 }

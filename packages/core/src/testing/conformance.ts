@@ -426,3 +426,44 @@ export function checkReceptiveField(
   }
   return result;
 }
+
+/** What {@link checkEncoderLayers} found. */
+export interface EncoderLayersCheckResult {
+  /** The encoder's name, as `plugin.encoder(options)` gives it. */
+  name: string;
+  /** Layers of the model whose names match the encoder's pattern. */
+  encoderLayers: string[];
+  /** Layers with weights that do not (decoder and head). */
+  otherWeightedLayers: string[];
+}
+
+/**
+ * Checks that `plugin.encoder(options)` names the encoder's layers of a model built with `options`: its pattern matches
+ * some layers with weights, not the output layer, and not every layer with weights (a decoder and a head remain), so
+ * that freezing the encoder and transferring it find exactly those layers.
+ *
+ * @throws PluginError when the plugin declares no `encoder()`, or the pattern matches none, all, or the output layer.
+ */
+export function checkEncoderLayers(
+  plugin: AnyPlugin,
+  options: object,
+  model: tfl.LayersModel,
+): EncoderLayersCheckResult {
+  if (typeof plugin.encoder !== 'function') {
+    throw new PluginError(`${where(plugin, options)} declares no encoder() naming its encoder's layers.`);
+  }
+  const { name, layers: pattern } = plugin.encoder(options);
+  const weighted = model.layers.filter((layer) => layer.weights.length > 0);
+  const encoderLayers = weighted.filter((layer) => pattern.test(layer.name)).map((layer) => layer.name);
+  const otherWeightedLayers = weighted.filter((layer) => !pattern.test(layer.name)).map((layer) => layer.name);
+  const output = model.outputs[0].sourceLayer.name;
+  const fail = (what: string) =>
+    new PluginError(
+      `The encoder "${name}" that ${where(plugin, options)} declares (layers ${pattern}) ${what}.`,
+      "Make encoder() return the pattern the encoder's layer names match, and name decoder and head layers otherwise.",
+    );
+  if (encoderLayers.length === 0) throw fail('matches no layer with weights');
+  if (otherWeightedLayers.length === 0) throw fail('matches every layer with weights, the head included');
+  if (pattern.test(output)) throw fail(`matches the output layer "${output}"`);
+  return { name, encoderLayers, otherWeightedLayers };
+}

@@ -1,4 +1,6 @@
-import { layers, tf, type OnnxLayerConverter } from '@tessera/core';
+import * as tf from '@tensorflow/tfjs-core';
+import * as layers from '@tensorflow/tfjs-layers';
+import type { OnnxLayerConverter } from '../onnx-converter.js';
 
 /** Configuration of {@link AtrousConv2D}. */
 export interface AtrousConv2DArgs {
@@ -25,7 +27,8 @@ export interface AtrousConv2DArgs {
  * (`registerDilatedGradients`, installed by `setupEngine`).
  *
  * Weights: `kernel` `[k, k, cin, filters]` (depthwise: `depthwise_kernel` `[k, k, cin, 1]`) and `bias`.
- * Serialised as class `TesseraAtrousConv2D`, declared in the plugin's `layers` (core registers it for model loading).
+ * Serialised as class `TesseraAtrousConv2D`. The encoders that use it (MobileNetV2 and ResNet-50 at output stride 8
+ * or 16) declare it in their `layers`, and so does every architecture built on them.
  */
 export class AtrousConv2D extends layers.layers.Layer {
   /** @nocollapse */
@@ -88,22 +91,9 @@ export class AtrousConv2D extends layers.layers.Layer {
   }
 }
 
-let registered = false;
-
-/**
- * Registers the custom layer class of DeepLabv3+ models (`TesseraAtrousConv2D`) with tfjs's serialisation, so that
- * `loadModel` can rebuild saved models. Registering the plugin (`ArchitectureRegistry.register`, which registers its
- * `layers`) does this; call it yourself only to load a DeepLabv3+ model without any registry. Idempotent.
- */
-export function registerDeeplabLayers(): void {
-  if (registered) return;
-  tf.serialization.registerClass(AtrousConv2D);
-  registered = true;
-}
-
 /**
  * ONNX converter of {@link AtrousConv2D}: a dilated (depthwise) convolution with TensorFlow's 'same' padding.
- * Listed in the plugin's `onnxConverters`.
+ * Listed in the encoders' `onnxConverters`, and so in those of the architectures built on them.
  */
 export const atrousOnnxConverter: OnnxLayerConverter = (layer, [x], graph) => {
   const rate = Number(layer.config.dilationRate);
