@@ -14,12 +14,13 @@
  *    busy at a given per-worker speed and region size.
  *
  *   node bench/distributed.mjs [--size 8000] [--jobs 10000] [--region-mpx 16] [--worker-mpxs 2.5]
- *     [--region-pixels n] [--skip throughput|overhead]
+ *     [--region-pixels n] [--worker-logs dir] [--skip throughput|overhead]
  *
- * --region-pixels is passed to `tessera predict --queue` (default: its own region sizing).
+ * --region-pixels is passed to `tessera predict --queue` (default: its own region sizing); --worker-logs <dir> keeps
+ * what each worker process printed (worker-1.log, worker-2.log).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +38,7 @@ const { values } = parseArgs({
     'region-mpx': { type: 'string', default: '16' },
     'worker-mpxs': { type: 'string', default: '2.5' },
     'region-pixels': { type: 'string' },
+    'worker-logs': { type: 'string' },
     skip: { type: 'string', default: '' },
   },
 });
@@ -110,17 +112,25 @@ async function throughput(dir, redis) {
   let start = performance.now();
   await run(['predict', slide, '--out', join(dir, 'single'), ...flags, '--workers', '2', '--threads', '1']);
   const single = (performance.now() - start) / 1000;
-  const workers = [1, 2].map(() =>
-    spawn(
+  const logs = values['worker-logs'];
+  const workers = [1, 2].map((i) => {
+    const child = spawn(
       process.execPath,
       [BIN, 'worker', '--queue', redis.url, '--allow-root', dir, '--workers', '1', '--threads', '1'],
-      { stdio: 'ignore' },
-    ),
-  );
+      { stdio: ['ignore', logs ? 'pipe' : 'ignore', logs ? 'pipe' : 'ignore'] },
+    );
+    if (logs) {
+      const out = createWriteStream(join(logs, `worker-${i}.log`));
+      child.stdout.pipe(out);
+      child.stderr.pipe(out);
+    }
+    return child;
+  });
   start = performance.now();
   const regionFlags = values['region-pixels'] ? ['--region-pixels', values['region-pixels']] : [];
   await run(['predict', slide, '--out', join(dir, 'queued'), ...flags, '--queue', redis.url, ...regionFlags]);
   const queued = (performance.now() - start) / 1000;
+  if (logs) console.log(`   queue done at ${new Date().toISOString()}`);
   for (const w of workers) w.kill('SIGTERM');
   const names = (await readdir(join(dir, 'single'))).filter(
     (n) => (!n.endsWith('.html') && !n.endsWith('.json')) || n.endsWith('_areas.json'),

@@ -11,6 +11,7 @@ describe('mallocEnvironment', () => {
   const predict = ['node', 'tessera', 'predict', 'slide.svs'];
   const cases: [string, string[], NodeJS.ProcessEnv, string[], boolean, boolean][] = [
     ['predict on glibc', predict, { PATH: '/bin' }, [], true, true],
+    ['a distributed worker on glibc', ['node', 'tessera', 'worker', '--queue', 'redis://h'], {}, [], true, true],
     ['another command', ['node', 'tessera', 'train'], {}, [], true, false],
     ['not glibc (musl, macOS, Windows)', predict, {}, [], false, false],
     ['a threshold set already (the process run again)', predict, { MALLOC_MMAP_THRESHOLD_: '131072' }, [], true, false],

@@ -4,12 +4,13 @@
  * 32 MB) and serves later blocks of that size from its arenas, which keep what is freed for reuse. The tiler's workers
  * allocate and free buffers of 1 to 13 MB for every batch of tiles (decoded pixels, network inputs and outputs), the
  * arenas fragmented, and the process grew the longer a slide ran, and so with the slide's size. A fixed threshold
- * turns the adjustment off. glibc reads it from the environment when a process starts, so `tessera predict` runs
- * itself again, once, with it set.
+ * turns the adjustment off. glibc reads it from the environment when a process starts, so `tessera predict` and
+ * `tessera worker` (which runs the same tiler, region after region, for as long as it lives) run themselves again,
+ * once, with it set.
  */
 import { spawn } from 'node:child_process';
 
-/** The environment settings of glibc's malloc that `tessera predict` runs with: a fixed 4 MiB mmap threshold. */
+/** The environment settings of glibc's malloc that `tessera predict` and `worker` run with: a fixed 4 MiB mmap threshold. */
 export const MALLOC_SETTINGS: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: String(4 * 1024 * 1024) };
 
 /** Whether this process runs on glibc (Linux but not musl). */
@@ -21,7 +22,7 @@ export function isGlibc(): boolean {
 
 /**
  * The environment to run the command line `argv` in again, or `null` to run it as it is: only for `tessera predict`
- * on glibc, and never when the environment already sets the mmap threshold (`MALLOC_MMAP_THRESHOLD_`, or
+ * and `tessera worker` on glibc, and never when the environment already sets the mmap threshold (`MALLOC_MMAP_THRESHOLD_`, or
  * `glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`), preloads another allocator (`LD_PRELOAD` of jemalloc,
  * tcmalloc...), or Node.js runs under the inspector (the process run again could not open its port). The process run
  * again has the setting, so it runs the command itself.
@@ -34,7 +35,7 @@ export function mallocEnvironment(
   execArgv: readonly string[] = process.execArgv,
   glibc: () => boolean = isGlibc,
 ): NodeJS.ProcessEnv | null {
-  if (argv[2] !== 'predict') return null;
+  if (argv[2] !== 'predict' && argv[2] !== 'worker') return null;
   const kept =
     env.MALLOC_MMAP_THRESHOLD_ !== undefined ||
     /glibc\.malloc\.mmap_threshold/.test(env.GLIBC_TUNABLES ?? '') ||
