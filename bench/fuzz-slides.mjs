@@ -8,7 +8,7 @@
  *
  *   node bench/fuzz-slides.mjs [--cases 5000] [--seed 1] [--first 0] [--only 17,42] [--concurrency 2]
  *     [--predict-share 0.25] [--timeout-info 30] [--timeout-predict 90] [--rss-gb 3] [--bin apps/cli/dist/bin.js]
- *     [--keep folder] [--json results.json]
+ *     [--keep folder] [--json results.json] [--model folder]
  *
  * `--bin` runs another build of the CLI (a copy of the tree before a change, for a before/after count); `--keep`
  * saves the files of crashes, hangs and memory cases there, to become regression cases.
@@ -35,13 +35,15 @@ const { values } = parseArgs({
     bin: { type: 'string', default: join(import.meta.dirname, '../apps/cli/dist/bin.js') },
     keep: { type: 'string' },
     json: { type: 'string' },
+    model: { type: 'string' },
   },
 });
 
 const work = mkdtempSync(join(tmpdir(), 'tessera-fuzz-'));
 try {
   const seeds = await makeCorpus();
-  const model = await saveFuzzModel(join(work, 'model'));
+  // --model: a model folder made elsewhere, e.g. one an older build under test can read.
+  const model = values.model ? resolve(values.model) : await saveFuzzModel(join(work, 'model'));
   const seed = Number(values.seed);
   const cases = Number(values.cases);
   const only = values.only?.split(',').map(Number);
