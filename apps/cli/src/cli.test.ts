@@ -52,7 +52,7 @@ const TINY = [
 ];
 
 describe('tessera train / evaluate / predict', () => {
-  it('trains, evaluates, predicts and resumes end to end', () => {
+  it('trains, evaluates, predicts, resumes and starts from a trained model (--init) end to end', async () => {
     const out = join(root, 'model');
     const train = tessera([
       'train',
@@ -117,6 +117,45 @@ describe('tessera train / evaluate / predict', () => {
     ]);
     expect(resume.code).toBe(0);
     expect(resume.stderr).toContain('resuming at epoch 3');
+
+    // Transfer learning: another class map, the trained model's architecture and options, its weights but the head's.
+    await writeFile(
+      join(root, 'three-classes.json'),
+      JSON.stringify({
+        classes: [
+          { name: 'background', value: 0, color: '#000000' },
+          { name: 'nucleus', value: 1, color: '#0000ff' },
+          { name: 'mitosis', value: 2, color: '#ff0000' },
+        ],
+      }),
+    );
+    const transferred = join(root, 'transferred');
+    const init = tessera([
+      'train',
+      '--images',
+      images,
+      '--masks',
+      masks,
+      '--classes',
+      join(root, 'three-classes.json'),
+      '--out',
+      transferred,
+      '--epochs',
+      '1',
+      ...TINY.slice(4),
+      '--init',
+      out,
+    ]);
+    expect(init.code).toBe(0);
+    expect(init.stderr).toMatch(
+      /init: \d+ layer\(s\) loaded from .*model \(weights SHA-256 [0-9a-f]{12}…\); 1 initialised afresh:/,
+    );
+    expect(init.stderr).toContain('  probabilities: kernel [1, 1, 4, 3] here, [1, 1, 4, 2] in the initial model');
+    const manifest = JSON.parse(await readFile(join(transferred, 'manifest.json'), 'utf8'));
+    expect(manifest.architecture).toMatchObject({ name: 'unet', options: { depth: 2, baseFilters: 4 } });
+    expect(manifest.training.init.reinitialised).toEqual([
+      { layer: 'probabilities', reason: 'kernel [1, 1, 4, 3] here, [1, 1, 4, 2] in the initial model' },
+    ]);
   });
 
   it('lists architectures as JSON', () => {

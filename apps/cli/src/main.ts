@@ -84,7 +84,12 @@ export function buildProgram(): Command {
       )
       .addOption(backend())
       .option('--config <file>', 'JSON or YAML file of options (flags override it)')
-      .option('--resume', 'continue from the newest checkpoint in --out'),
+      .option('--resume', 'continue from the newest checkpoint in --out')
+      .option(
+        '--init <model>',
+        'start from a trained model folder (transfer learning): layers of the same name and shapes are loaded, ' +
+          'the others (e.g. the head, for other classes) start fresh; its architecture and options unless given',
+      ),
   ).action(async (opts, cmd: Command) => trainCommand(opts, cmd));
 
   output(

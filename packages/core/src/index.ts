@@ -88,9 +88,21 @@ export {
   type TrainResult,
   type TrainerPlugin,
 } from './train/trainer.js';
+export { transferWeights, type TransferReport } from './train/transfer.js';
+export {
+  earlyStopping,
+  runTrainingLoop,
+  timeBudget,
+  validationSchedule,
+  type LoopContext,
+  type LoopSpec,
+  type StepRecord,
+  type TrainingCallback,
+} from './train/loop.js';
 export {
   MODEL_FORMAT_VERSION,
   validateManifest,
+  type InitProvenance,
   type ModelManifest,
   type TrainingProvenance,
 } from './model/manifest.js';

@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { defaultTrainer, writeFileAtomic, type TrainOptions } from '@tessera/core';
+import { defaultTrainer, readManifest, writeFileAtomic, type TrainOptions } from '@tessera/core';
 import { getArchitecture, loadRegistry } from '../plugins.js';
 import { colour, formatDuration, info, ProgressBar, warn } from '../progress.js';
 import { writeTrainingReport } from '../report.js';
@@ -40,6 +40,7 @@ export interface TrainCliOptions {
   backend?: string;
   config?: string;
   resume?: boolean;
+  init?: string;
   quiet?: boolean;
   json?: boolean;
 }
@@ -62,9 +63,14 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
   const out = { quiet: opts.quiet, json: opts.json };
   const engine = await startEngine(opts.backend, out);
-  const plugins = await loadRegistry(opts.arch);
+  // --init without --arch: the initial model's architecture.
+  const arch =
+    opts.init !== undefined && cmd.getOptionValueSource('arch') === 'default'
+      ? (await readManifest(opts.init)).architecture.name
+      : opts.arch;
+  const plugins = await loadRegistry(arch);
   const { extraName, modules } = plugins;
-  const architecture = getArchitecture(plugins, extraName ?? opts.arch);
+  const architecture = getArchitecture(plugins, extraName ?? arch);
   const architectureOptions = Array.isArray(opts.archOption)
     ? parseKeyValues(opts.archOption, '--arch-option')
     : opts.archOption;
@@ -115,6 +121,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       out: opts.out,
       options,
       resume: opts.resume,
+      init: opts.init,
       mpp: opts.mpp,
       signal: controller.signal,
       // Training worker threads import the plugins too, so that custom layers rebuild there.
@@ -124,6 +131,16 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
           case 'notice':
             if (event.level === 'warning') warn(out, event.message);
             else info(out, `note: ${event.message}`);
+            break;
+          case 'init':
+            info(
+              out,
+              `init: ${event.loaded.length} layer(s) loaded from ${event.model} (weights SHA-256 ${event.weightsSha256.slice(0, 12)}…)` +
+                (event.reinitialised.length
+                  ? `; ${event.reinitialised.length} initialised afresh:`
+                  : '; none initialised afresh'),
+            );
+            for (const { layer, reason } of event.reinitialised) info(out, `  ${layer}: ${reason}`);
             break;
           case 'data':
             info(

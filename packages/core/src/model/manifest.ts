@@ -27,6 +27,20 @@ export interface TrainingProvenance {
   stopReason: string;
   /** Final validation metrics of the kept weights. */
   metrics: Record<string, unknown>;
+  /** The trained model the weights started from (`--init`), when they did not start random. */
+  init?: InitProvenance;
+}
+
+/** Where a run's initial weights came from (transfer learning). */
+export interface InitProvenance {
+  /** The model folder, as given. */
+  model: string;
+  /** SHA-256 of its weights file. */
+  weightsSha256: string;
+  /** Layers whose weights were loaded from it. */
+  loaded: string[];
+  /** Layers initialised afresh, each with why (no layer of that name there, or other weight shapes). */
+  reinitialised: { layer: string; reason: string }[];
 }
 
 /** `manifest.json` of a model folder. Everything needed to apply the model besides its weights. */

@@ -134,6 +134,8 @@ export interface NetworkSetup {
   pluginModules: string[];
   lossOptions: { classWeights?: number[] };
   lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar;
+  /** Sets a freshly built network's initial weights (transfer learning), before any worker thread copies them. */
+  initialWeights?: (model: tfl.LayersModel) => void;
 }
 
 /** A model ready to train: its optimizer, micro-batching and worker threads. */
@@ -175,6 +177,7 @@ export function buildNetwork(setup: NetworkSetup, options: Record<string, unknow
     model.dispose();
     throw error;
   }
+  setup.initialWeights?.(model);
   return model;
 }
 

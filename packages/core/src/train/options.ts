@@ -6,7 +6,7 @@ import type { ArchitecturePlugin } from '../arch/architecture.js';
 import { DEFAULT_AUGMENT, type AugmentOptions } from '../data/augment.js';
 import type { ClassMap } from '../data/class-map.js';
 import { InvalidOptionError, describeValue } from '../errors.js';
-import type { ModelManifest } from '../model/manifest.js';
+import type { InitProvenance, ModelManifest } from '../model/manifest.js';
 import { getLoss, LOSS_NAMES } from './losses.js';
 import type { EvaluationReport } from './metrics.js';
 import type { ScheduleName } from './schedules.js';
@@ -146,6 +146,12 @@ export interface TrainRequest {
   options?: TrainOptions;
   /** Continue from the newest checkpoint in `out`. */
   resume?: boolean;
+  /**
+   * A trained model folder whose weights the network starts from (transfer learning): layers matched by name and
+   * weight shapes are loaded, the others (a head for another class count, a first convolution for another channel
+   * count) start fresh. Its architecture options are the run's, but for those `architectureOptions` sets.
+   */
+  init?: string;
   /** µm per pixel of the training images, recorded in the manifest. */
   mpp?: number;
   /** Aborting stops training after the current step; the last epoch checkpoint stays usable for `resume`. */
@@ -181,6 +187,8 @@ export type TrainEvent =
   /** A validation: its history row, and whether its weights are the best so far (and were saved as the model). */
   | { type: 'epoch'; record: EpochRecord; best: boolean }
   | { type: 'stop'; reason: string }
+  /** With `init`: the initial model and what was loaded from it (before `start`). */
+  | ({ type: 'init' } & InitProvenance)
   /** After `data`: what reading the data converted (`info`), or what looks wrong in it (`warning`). */
   | { type: 'notice'; level: 'info' | 'warning'; message: string };
 

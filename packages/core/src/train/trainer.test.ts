@@ -10,6 +10,7 @@ import { writePng } from '../data/image-io.js';
 import { setupEngine } from '../engine/engine.js';
 import { loadModel } from '../model/model-io.js';
 import { defaultTrainer, resolveTrainOptions, type TrainEvent } from './trainer.js';
+import { transferWeights } from './transfer.js';
 import { InvalidOptionError } from '../errors.js';
 
 /** A small fully convolutional network (two 3x3 convs, batch norm, one pool and upsampling). */
@@ -231,4 +232,130 @@ describe('time budget', () => {
     const plan = events.find((e) => e.type === 'plan') as Extract<TrainEvent, { type: 'plan' }>;
     expect(plan.network).toBe('filters 6, batchNorm true (filters set by the user)');
   }, 60_000);
+});
+
+type NamedOptions = { filters: number; extra: boolean };
+
+/** A small network with stable layer names (transfer matches layers by name). */
+const named = (name = 'named-net') =>
+  defineArchitecture<NamedOptions>({
+    name,
+    version: '1.0.0',
+    apiVersion: ARCHITECTURE_API_VERSION,
+    description: 'test network',
+    defaults: { filters: 6, extra: false },
+    optionsSchema: {
+      filters: { type: 'integer', min: 1, max: 64, description: 'filters' },
+      extra: { type: 'boolean', description: 'one more convolution' },
+    },
+    inputMultiple: () => 2,
+    receptiveField: () => 9,
+    build: ({ inputChannels, numClasses, options, seed = 0 }) => {
+      const init = (k: number) => tfl.initializers.heNormal({ seed: seed * 10 + k });
+      const conv = (x: tfl.SymbolicTensor, filters: number, k: number, name: string, kernel = 3) =>
+        tfl.layers
+          .conv2d({ filters, kernelSize: kernel, padding: 'same', kernelInitializer: init(k), name })
+          .apply(x) as tfl.SymbolicTensor;
+      const input = tfl.input({ shape: [null, null, inputChannels] });
+      let x = conv(input, options.filters, 1, 'conv1');
+      x = tfl.layers.batchNormalization({ name: 'bn1' }).apply(x) as tfl.SymbolicTensor;
+      x = tfl.layers.reLU({ name: 'relu1' }).apply(x) as tfl.SymbolicTensor;
+      x = tfl.layers.maxPooling2d({ poolSize: 2, name: 'pool' }).apply(x) as tfl.SymbolicTensor;
+      x = conv(x, options.filters, 2, 'conv2');
+      if (options.extra) x = conv(x, options.filters, 4, 'conv3');
+      x = tfl.layers.upSampling2d({ size: [2, 2], name: 'up' }).apply(x) as tfl.SymbolicTensor;
+      const output = tfl.layers
+        .conv2d({ filters: numClasses, kernelSize: 1, activation: 'softmax', kernelInitializer: init(3), name: 'head' })
+        .apply(x) as tfl.SymbolicTensor;
+      return tfl.model({ inputs: input, outputs: output });
+    },
+  });
+
+const TRANSFER_OPTIONS = { tileSize: 32, batchSize: 2, stepsPerEpoch: 3, epochs: 1, lr: 0.01, seed: 9, valSplit: 0.25 };
+
+describe('transfer learning', () => {
+  it('loads the layers that match by name and shapes, and names the others with why', () => {
+    const plugin = named();
+    const source = plugin.build({ inputChannels: 3, numClasses: 2, options: { filters: 4, extra: false }, seed: 1 });
+    const target = plugin.build({ inputChannels: 1, numClasses: 3, options: { filters: 4, extra: true }, seed: 2 });
+    const headBefore = target.getLayer('head').getWeights()[0].dataSync().slice();
+    const report = transferWeights(source, target);
+    expect(report.loaded).toEqual(['bn1', 'conv2']);
+    expect(report.reinitialised).toEqual([
+      { layer: 'conv1', reason: 'kernel [3, 3, 1, 4] here, [3, 3, 3, 4] in the initial model' },
+      { layer: 'conv3', reason: 'no layer of that name in the initial model' },
+      { layer: 'head', reason: 'kernel [1, 1, 4, 3] here, [1, 1, 4, 2] in the initial model' },
+    ]);
+    // Loaded layers hold the source's values (moving statistics too); the others keep their fresh weights.
+    for (const name of report.loaded) {
+      const a = source.getLayer(name).getWeights();
+      const b = target.getLayer(name).getWeights();
+      a.forEach((w, i) => expect(Array.from(b[i].dataSync())).toEqual(Array.from(w.dataSync())));
+    }
+    expect(Array.from(target.getLayer('head').getWeights()[0].dataSync())).toEqual(Array.from(headBefore));
+    source.dispose();
+    target.dispose();
+  });
+
+  it('trains from a trained model: its options, its weights, and the provenance in the manifest', async () => {
+    const plugin = named();
+    const first = join(root, 'first');
+    await defaultTrainer().train({
+      architecture: plugin,
+      architectureOptions: { filters: 4 },
+      ...data(),
+      out: first,
+      options: TRANSFER_OPTIONS,
+    });
+    const source = await loadModel(first);
+    const events: TrainEvent[] = [];
+    const second = join(root, 'second');
+    await defaultTrainer().train({
+      architecture: plugin,
+      ...data(),
+      out: second,
+      init: first,
+      options: { ...TRANSFER_OPTIONS, lr: 1e-9 },
+      onEvent: (e) => events.push(e),
+    });
+    const init = events.find((e) => e.type === 'init');
+    expect(init).toMatchObject({ model: first, weightsSha256: source.manifest.files.weights.sha256 });
+    expect(init && 'loaded' in init && init.loaded).toEqual(['conv1', 'bn1', 'conv2', 'head']);
+    expect(events.findIndex((e) => e.type === 'init')).toBeLessThan(events.findIndex((e) => e.type === 'start'));
+    const { model, manifest } = await loadModel(second);
+    // The initial model's options (filters 4, not the default 6), and its weights: a learning rate of 1e-9 moves the
+    // kernels by less than 1e-6.
+    expect(manifest.architecture.options).toEqual({ filters: 4, extra: false });
+    expect(manifest.training!.init).toEqual({
+      model: first,
+      weightsSha256: source.manifest.files.weights.sha256,
+      loaded: ['conv1', 'bn1', 'conv2', 'head'],
+      reinitialised: [],
+    });
+    const a = source.model.getLayer('conv1').getWeights()[0].dataSync();
+    const b = model.getLayer('conv1').getWeights()[0].dataSync();
+    let max = 0;
+    for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+    expect(max).toBeLessThan(1e-6);
+    model.dispose();
+    source.model.dispose();
+  });
+
+  it('refuses init with resume, and a model of another architecture', async () => {
+    const first = join(root, 'first');
+    const run = (extra: object) =>
+      defaultTrainer().train({
+        architecture: named(),
+        ...data(),
+        out: join(root, 'refused'),
+        init: first,
+        options: TRANSFER_OPTIONS,
+        ...extra,
+      });
+    await expect(run({ resume: true })).rejects.toThrow(InvalidOptionError);
+    await expect(run({ resume: true })).rejects.toThrow(/either init or resume/);
+    await expect(run({ architecture: named('other-net') })).rejects.toThrow(
+      /Expected an initial model of architecture "other-net" but ".*first" is a "named-net" model/,
+    );
+  });
 });

@@ -7,15 +7,18 @@
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
 import { resolveArchitectureOptions } from '../arch/architecture.js';
 import { registerPluginLayers } from '../arch/plugin-layers.js';
 import { backgroundClass } from '../data/class-map.js';
 import { createRandom } from '../data/random.js';
 import { activeEngine } from '../engine/engine.js';
 import { InputNotFoundError, InvalidOptionError } from '../errors.js';
+import type { InitProvenance, ModelManifest } from '../model/manifest.js';
 import {
   checkOutputDir,
   deserializeModel,
+  loadModel,
   draftManifest,
   makeOutputDir,
   MODEL_FILES,
@@ -55,6 +58,7 @@ import {
 } from './recipe.js';
 import { makeSchedule } from './schedules.js';
 import { fillBatch, prepareTrainingData } from './training-data.js';
+import { transferWeights, type TransferReport } from './transfer.js';
 export { MIN_BUDGET_STEPS } from './network.js';
 export * from './options.js';
 export { evaluateSamples } from './evaluate.js';
@@ -86,7 +90,11 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const started = performance.now(); // a time budget counts reading the data and choosing the network too
   const o = resolveTrainOptions(request.options);
   const plugin = request.architecture;
-  const archOptions = resolveArchitectureOptions(plugin, request.architectureOptions);
+  const init = request.init !== undefined ? await loadInitModel(request, plugin) : null;
+  if (init) cleanup.push(async () => void init.model.dispose());
+  // With --init, the initial model's options are the run's, but for those the user set.
+  const userArchOptions = { ...(init?.manifest.architecture.options ?? {}), ...(request.architectureOptions ?? {}) };
+  const archOptions = resolveArchitectureOptions(plugin, userArchOptions);
   const multiple = plugin.inputMultiple(archOptions);
   if (o.tileSize % multiple !== 0) {
     throw new InvalidOptionError(
@@ -137,6 +145,8 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     lossOptions,
     lossFn,
   };
+  let transfer: TransferReport | null = null;
+  if (init) setup.initialWeights = (model) => (transfer = transferWeights(init.model, model));
 
   // Model and optimizer, fresh or from a checkpoint
   let state: CheckpointState = {
@@ -178,7 +188,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   } else {
     const choice = await chooseNetwork(
       setup,
-      request.architectureOptions ?? {},
+      userArchOptions,
       archOptions as Record<string, unknown>,
       budgetSeconds,
       (image, labels) => fillBatch(trainSamples, o, normalization, rootRng.fork('size-trial'), image, labels),
@@ -189,6 +199,11 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     await makeOutputDir(out);
   }
   cleanup.push(() => network.dispose());
+  const initProvenance: InitProvenance | undefined =
+    init && transfer
+      ? { model: request.init!, weightsSha256: init.manifest.files.weights.sha256, ...(transfer as TransferReport) }
+      : undefined;
+  if (initProvenance) emit({ type: 'init', ...initProvenance });
   const { model } = network;
   const chosenOptions = state.architectureOptions;
   const average = o.ema > 0 ? new WeightAverage(model, o.ema, averageState) : undefined;
@@ -246,6 +261,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
         selection,
         stopReason,
         metrics: metrics ? { ...metrics } : {},
+        ...(initProvenance ? { init: initProvenance } : {}),
       },
       createdBy: `@tessera/core ${CORE_VERSION}`,
     });
@@ -363,7 +379,6 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
 
   // The kept model is the best validation's: its report is that validation's (re-evaluated after a resume, whose best
   // validation may come from an earlier session).
-  const { loadModel } = await import('../model/model-io.js');
   if (state.best === null) {
     throw new InvalidOptionError(
       `Training stopped (${stopReason}) before its first validation, so no model was written to ${out}.`,
@@ -396,4 +411,34 @@ function isBetter(record: EpochRecord, best: EpochRecord, select: 'dice' | 'loss
     if (record.valForegroundDice !== best.valForegroundDice) return record.valForegroundDice > best.valForegroundDice;
   }
   return record.valLoss < best.valLoss;
+}
+
+/**
+ * The model a run with `init` starts from: loaded with the plugin's layers registered, of the run's architecture.
+ * @throws InvalidOptionError when `resume` is asked too, or the model is of another architecture; the model folder's
+ * own errors when it cannot be read.
+ */
+async function loadInitModel(
+  request: TrainRequest,
+  plugin: TrainRequest['architecture'],
+): Promise<{ model: tfl.LayersModel; manifest: ModelManifest }> {
+  if (request.resume) {
+    throw new InvalidOptionError(
+      `Expected either init or resume, but received both (init "${request.init}"): a resumed run continues its own checkpoint.`,
+      'Drop init to resume, or start a new run (another out folder) from the initial model.',
+      ['init', 'resume'],
+    );
+  }
+  registerPluginLayers(plugin);
+  const loaded = await loadModel(request.init!);
+  const name = loaded.manifest.architecture.name;
+  if (name !== plugin.name) {
+    loaded.model.dispose();
+    throw new InvalidOptionError(
+      `Expected an initial model of architecture "${plugin.name}" but "${request.init}" is a "${name}" model.`,
+      `Train architecture "${name}" to start from it, or give a "${plugin.name}" model.`,
+      'init',
+    );
+  }
+  return loaded;
 }
