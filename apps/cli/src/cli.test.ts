@@ -51,24 +51,25 @@ const TINY = [
   '2',
 ];
 
+/** `tessera train` on the synthetic set with a class map (file in `root`), into `out`, for `epochs`. */
+const trainArgs = (out: string, epochs: number, classes = 'classes.json') => [
+  'train',
+  '--images',
+  images,
+  '--masks',
+  masks,
+  '--classes',
+  join(root, classes),
+  '--out',
+  out,
+  '--epochs',
+  String(epochs),
+];
+
 describe('tessera train / evaluate / predict', () => {
   it('trains, evaluates, predicts, resumes and starts from a trained model (--init) end to end', async () => {
     const out = join(root, 'model');
-    const train = tessera([
-      'train',
-      '--images',
-      images,
-      '--masks',
-      masks,
-      '--classes',
-      join(root, 'classes.json'),
-      '--out',
-      out,
-      '--epochs',
-      '2',
-      ...TINY,
-      '--json',
-    ]);
+    const train = tessera([...trainArgs(out, 2), ...TINY, '--json']);
     expect(train.stderr).toContain('engine: wasm');
     expect(train.code).toBe(0);
     const result = JSON.parse(train.stdout.trim().split('\n').pop()!);
@@ -100,21 +101,7 @@ describe('tessera train / evaluate / predict', () => {
       expect(existsSync(join(predictions, `tile-0_${suffix}.png`)), suffix).toBe(true);
     }
 
-    const resume = tessera([
-      'train',
-      '--images',
-      images,
-      '--masks',
-      masks,
-      '--classes',
-      join(root, 'classes.json'),
-      '--out',
-      out,
-      '--epochs',
-      '3',
-      ...TINY,
-      '--resume',
-    ]);
+    const resume = tessera([...trainArgs(out, 3), ...TINY, '--resume']);
     expect(resume.code).toBe(0);
     expect(resume.stderr).toContain('resuming at epoch 3');
 
@@ -130,22 +117,8 @@ describe('tessera train / evaluate / predict', () => {
       }),
     );
     const transferred = join(root, 'transferred');
-    const init = tessera([
-      'train',
-      '--images',
-      images,
-      '--masks',
-      masks,
-      '--classes',
-      join(root, 'three-classes.json'),
-      '--out',
-      transferred,
-      '--epochs',
-      '1',
-      ...TINY.slice(4),
-      '--init',
-      out,
-    ]);
+    // Without --arch and --arch-option: the initial model's (TINY's first 4 items are its --arch-options).
+    const init = tessera([...trainArgs(transferred, 1, 'three-classes.json'), ...TINY.slice(4), '--init', out]);
     expect(init.code).toBe(0);
     expect(init.stderr).toMatch(
       /init: \d+ layer\(s\) loaded from .*model \(weights SHA-256 [0-9a-f]{12}…\); 1 initialised afresh:/,

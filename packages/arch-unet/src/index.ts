@@ -1,6 +1,5 @@
 import {
   ARCHITECTURE_API_VERSION,
-  InvalidOptionError,
   applyLayer,
   classHead,
   convBnAct,
@@ -49,25 +48,9 @@ export const UNET_DEFAULTS: UnetOptions = {
 /** Names of the layers of the paper's contracting path (and bottleneck): what `encoder()` names for `'unet'`. */
 const UNET_ENCODER_LAYERS = /^(enc\d+_|pool\d+$|bottleneck_)/;
 
-/** The registry encoder of `o`, or null for the paper's own. */
+/** The registry encoder of `o`, or null for the paper's own (every registered encoder runs at output stride 32). */
 function registryEncoder(o: UnetOptions): EncoderPlugin<any> | null {
-  if (o.encoder === 'unet') return null;
-  const encoder = encoders.get(o.encoder);
-  if (!encoder.outputStrides.includes(32)) {
-    throw new InvalidOptionError(
-      `Expected an encoder that reaches stride 32 for option "encoder" of architecture "unet" but "${o.encoder}" ` +
-        `runs at output strides ${encoder.outputStrides.join(', ')}.`,
-      `Choose one of ${[
-        'unet',
-        ...encoders
-          .list()
-          .filter((e) => e.outputStrides.includes(32))
-          .map((e) => e.name),
-      ].join(', ')}.`,
-      'encoder',
-    );
-  }
-  return encoder;
+  return o.encoder === 'unet' ? null : encoders.get(o.encoder);
 }
 
 /** The options of a registry encoder: its defaults, with the width and batch norm asked for where it has them. */
@@ -127,13 +110,7 @@ export default function unet(options: Partial<UnetOptions> = {}): ArchitecturePl
       dropout: { type: 'number', min: 0, max: 0.95, description: 'dropout rate at the bottleneck' },
       encoder: {
         type: 'string',
-        choices: [
-          'unet',
-          ...encoders
-            .list()
-            .filter((e) => e.outputStrides.includes(32))
-            .map((e) => e.name),
-        ],
+        choices: ['unet', ...encoders.names()],
         description: "the paper's contracting path, or an encoder of core's registry (depth is then 5)",
       },
       encoderWidth: { type: 'number', min: 0.01, max: 4, description: 'width of a registered encoder (1 = published)' },

@@ -43,9 +43,10 @@ export interface SubmittedSlide {
 }
 
 /**
- * Regions a slide is cut into at least, when it has that many rows of tiles and `regionPixels` is not given: a slide
- * of a few large regions keeps some workers idle while the last ones finish (3 regions on 2 workers take the time of
- * 2), and a region costs little more than its tiles (a job, a file and a merge: milliseconds).
+ * Regions a slide is cut into at least, when it has that many rows of tiles and `regionPixels` is not given, so that
+ * a small slide can keep many workers busy: cut into 4 regions of 16 Mpx, a 64 Mpx slide would use 4 of 16 workers.
+ * A region costs a job, a file and a merge besides its tiles (on 2 workers, 1-row regions measured within the spread
+ * of runs of 16 Mpx ones: see the README's distributed throughput).
  */
 export const MIN_REGIONS = 16;
 

@@ -109,7 +109,7 @@ export function convBnAct(x: T, o: ConvBlockOptions): T {
   return applyLayer(layers.layers.reLU({ ...(activation === 'relu6' ? { maxValue: 6 } : {}), name }), x);
 }
 
-/** The classifier: a 1x1 convolution to `numClasses` channels (Glorot-uniform), with softmax unless `logits`. */
+/** The classifier: a 1x1 convolution to `numClasses` channels (Glorot-uniform), with softmax unless `softmax: false`. */
 export function classHead(
   x: T,
   numClasses: number,

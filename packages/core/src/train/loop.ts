@@ -44,6 +44,8 @@ export interface LoopSpec {
   startStep: number;
   stepsPerEpoch: number;
   maxSteps: number;
+  /** Epochs asked for, for the reason `reached N epochs`. */
+  epochs: number;
   /** Runs step `step` (0-based) and returns its loss and learning rate. */
   step(step: number): Promise<{ loss: number; lr: number }>;
   /** Validates the weights after `step` steps: the history row and whether it is the best so far. */
@@ -56,9 +58,9 @@ export interface LoopSpec {
  * Steps until a callback stops the loop, the step bound is reached or `signal` aborts, validating when a callback
  * asks; then validates once more when steps ran since the last validation (unless interrupted), so a time-bounded run
  * keeps the weights of its very end when they are best.
- * @returns why it stopped (`reached N epochs` when nothing else stopped it) and the steps done.
+ * @returns why it stopped (`reached N epochs` when nothing else stopped it).
  */
-export async function runTrainingLoop(spec: LoopSpec, epochs: number): Promise<{ stopReason: string; steps: number }> {
+export async function runTrainingLoop(spec: LoopSpec): Promise<string> {
   let step = spec.startStep;
   let stopReason: string | null = null;
   let validateNow = false;
@@ -99,10 +101,10 @@ export async function runTrainingLoop(spec: LoopSpec, epochs: number): Promise<{
       if (stopReason !== null) break;
     }
   }
-  const reason: string = stopReason ?? `reached ${epochs} epochs`;
+  const reason: string = stopReason ?? `reached ${spec.epochs} epochs`;
   for (const callback of spec.callbacks) await callback.afterSteps?.(ctx, reason);
   if (reason !== 'interrupted' && step > lastValidated) await validate();
-  return { stopReason: reason, steps: step };
+  return reason;
 }
 
 /**

@@ -282,7 +282,7 @@ export async function chooseNetwork(
   const { network, reason } = await open(smallOptions, '');
   const { options: o, channels } = setup;
   const input = [1, o.tileSize, o.tileSize, channels];
-  const probe = buildNetwork(setup, defaults);
+  const probe = buildNetwork({ ...setup, initialWeights: undefined }, defaults); // only counted, never trained
   const ratio = countFlops(probe, input) / countFlops(network.model, input);
   probe.dispose();
   const seconds = (await timeTwoSteps(network, setup, batch)) * ratio;

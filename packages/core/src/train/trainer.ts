@@ -91,7 +91,12 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const o = resolveTrainOptions(request.options);
   const plugin = request.architecture;
   const init = request.init !== undefined ? await loadInitModel(request, plugin) : null;
-  if (init) cleanup.push(async () => void init.model.dispose());
+  let initHeld = init !== null;
+  const releaseInit = () => {
+    if (initHeld) init!.model.dispose();
+    initHeld = false;
+  };
+  cleanup.push(async () => releaseInit());
   // With --init, the initial model's options are the run's, but for those the user set.
   const userArchOptions = { ...(init?.manifest.architecture.options ?? {}), ...(request.architectureOptions ?? {}) };
   const archOptions = resolveArchitectureOptions(plugin, userArchOptions);
@@ -145,8 +150,8 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     lossOptions,
     lossFn,
   };
-  let transfer: TransferReport | null = null;
-  if (init) setup.initialWeights = (model) => (transfer = transferWeights(init.model, model));
+  const transferred: { report?: TransferReport } = {};
+  if (init) setup.initialWeights = (model) => (transferred.report = transferWeights(init.model, model));
 
   // Model and optimizer, fresh or from a checkpoint
   let state: CheckpointState = {
@@ -200,9 +205,10 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   }
   cleanup.push(() => network.dispose());
   const initProvenance: InitProvenance | undefined =
-    init && transfer
-      ? { model: request.init!, weightsSha256: init.manifest.files.weights.sha256, ...(transfer as TransferReport) }
+    init && transferred.report
+      ? { model: request.init!, weightsSha256: init.manifest.files.weights.sha256, ...transferred.report }
       : undefined;
+  releaseInit(); // its weights are in the network now
   if (initProvenance) emit({ type: 'init', ...initProvenance });
   const { model } = network;
   const chosenOptions = state.architectureOptions;
@@ -370,10 +376,16 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     }),
     progressEvents(emit, () => clock.elapsed(), plan),
   ];
-  const { stopReason } = await runTrainingLoop(
-    { startStep: state.step, stepsPerEpoch, maxSteps, step, validate, callbacks, signal: request.signal },
-    o.epochs,
-  );
+  const stopReason = await runTrainingLoop({
+    startStep: state.step,
+    stepsPerEpoch,
+    maxSteps,
+    epochs: o.epochs,
+    step,
+    validate,
+    callbacks,
+    signal: request.signal,
+  });
   await network.pool?.terminate();
   emit({ type: 'stop', reason: stopReason });
 

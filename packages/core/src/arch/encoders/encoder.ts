@@ -32,7 +32,7 @@ export interface EncoderPlugin<O extends object = Record<string, unknown>> {
   readonly description: string;
   readonly defaults: O;
   readonly optionsSchema: { readonly [K in keyof O]: OptionSpec };
-  /** Output strides it can be built at: `[32]`, or `[8, 16, 32]` for encoders that dilate their last stages. */
+  /** Output strides it can be built at: `[32]`, or `[8, 16, 32]` for encoders that dilate their last stages (32 always). */
   readonly outputStrides: readonly number[];
   /** Every layer `build()` makes has a name matching this (and no layer of a decoder or head should). */
   readonly layerPattern: RegExp;
@@ -59,28 +59,51 @@ export function featureStrides(outputStride: number): number[] {
   return [2, 4, 8, 16, 32].map((s) => Math.min(s, outputStride));
 }
 
+/** One block of a backbone, as {@link stageBlocks} plans it. */
+export interface PlannedBlock {
+  /** Index of its stage. */
+  stage: number;
+  /** Stride of its strided convolution (1 once the output stride is reached). */
+  stride: number;
+  /** Dilation rate of its spatial convolution. */
+  rate: number;
+  /** The stage's first block (the one that downsamples, and where a projection shortcut goes). */
+  first: boolean;
+  /** The stage's last block (where a feature map is taken). */
+  last: boolean;
+}
+
 /**
- * Strides and dilation rates of a backbone's stages at an output stride: `next(s)` gives the stride and rate of a
- * stage's first block that would downsample by `s`; once the output stride is reached, strides become rates, and a
- * stage's first block keeps the previous rate while the blocks after it use the multiplied one (`rate()`).
- * `stride` starts at `start` (the stem's stride).
+ * The blocks of a backbone's stages at an output stride: each stage's first block downsamples by the stage's `stride`
+ * until the output stride is reached (the stem brings `stemStride`); past it, strides become dilation rates, and a
+ * stage's first block keeps the previous rate while the blocks after it use the multiplied one (DeepLab's rule).
+ * @example
+ * stageBlocks([{ blocks: 3, stride: 1 }, { blocks: 4, stride: 2 }], 16, 4); // 7 blocks, the 5th of stride 2
  */
-export function strideSchedule(outputStride: number, start: number) {
-  let stride = start;
+export function stageBlocks(
+  stages: readonly { blocks: number; stride: number }[],
+  outputStride: number,
+  stemStride: number,
+): PlannedBlock[] {
+  let stride = stemStride;
   let rate = 1;
-  return {
-    next(s: number): { stride: number; rate: number } {
-      if (s === 1) return { stride: 1, rate };
-      if (stride * s > outputStride) {
-        const first = { stride: 1, rate };
-        rate *= s;
-        return first;
+  const planned: PlannedBlock[] = [];
+  stages.forEach(({ blocks, stride: s }, stage) => {
+    for (let j = 0; j < blocks; j++) {
+      const first = j === 0;
+      let blockStride = 1;
+      const blockRate = rate;
+      if (first && s > 1) {
+        if (stride * s > outputStride) rate *= s;
+        else {
+          stride *= s;
+          blockStride = s;
+        }
       }
-      stride *= s;
-      return { stride: s, rate };
-    },
-    rate: () => rate,
-  };
+      planned.push({ stage, stride: blockStride, rate: blockRate, first, last: j === blocks - 1 });
+    }
+  });
+  return planned;
 }
 
 /** Encoders by name. {@link encoders} is the one core and the built-in architectures use. */
@@ -99,8 +122,16 @@ export class EncoderRegistry {
         `Expected an encoder with a lower-case name from ${source} but received ${describeValue(e?.name ?? e)}.`,
       );
     }
-    if (typeof e.build !== 'function' || typeof e.reach !== 'function' || !(e.layerPattern instanceof RegExp)) {
-      throw new PluginError(`Encoder "${e.name}" from ${source} needs build(), reach() and a layerPattern RegExp.`);
+    if (
+      typeof e.build !== 'function' ||
+      typeof e.reach !== 'function' ||
+      !(e.layerPattern instanceof RegExp) ||
+      !e.outputStrides?.includes(32)
+    ) {
+      throw new PluginError(
+        `Encoder "${e.name}" from ${source} needs build(), reach(), a layerPattern RegExp and outputStrides that ` +
+          'include 32 (every encoder runs undilated).',
+      );
     }
     const existing = this.byName.get(e.name);
     if (existing === encoder) return this;
@@ -121,10 +152,6 @@ export class EncoderRegistry {
       throw unknownName('encoder', name, this.names(), 'Install the architecture plugin that brings the encoder.');
     }
     return encoder;
-  }
-
-  has(name: string): boolean {
-    return this.byName.has(name);
   }
 
   names(): string[] {

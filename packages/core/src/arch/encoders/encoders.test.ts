@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { PluginError, UnknownNameError } from '../../errors.js';
-import { defineArchitecture } from '../architecture.js';
+import { defineArchitecture, type ArchitecturePlugin } from '../architecture.js';
 import { seedSequence } from '../blocks.js';
 import { ArchitectureRegistry } from '../registry.js';
 import { reachConv, INPUT_REACH, receptiveFieldOfReach } from '../reach.js';
@@ -23,6 +23,21 @@ function build(encoder: EncoderPlugin<any>, options: object, outputStride = 32, 
   const features = encoder.build({ input, options, outputStride, seeds: seedSequence(1) });
   return tfl.model({ inputs: input, outputs: features });
 }
+
+/** An architecture plugin that only carries what a test gives it. */
+const testPlugin = (name: string, extra: Partial<ArchitecturePlugin<object>>) =>
+  defineArchitecture<object>({
+    name,
+    version: '1.0.0',
+    apiVersion: 1,
+    description: 'test',
+    defaults: {},
+    optionsSchema: {},
+    inputMultiple: () => 1,
+    receptiveField: () => 1,
+    build: () => tfl.model({ inputs: tfl.input({ shape: [1] }), outputs: tfl.input({ shape: [1] }) }),
+    ...extra,
+  });
 
 const trainable = (model: tfl.LayersModel) =>
   model.trainableWeights.reduce((sum, w) => sum + w.shape.reduce((a, b) => a * b, 1), 0);
@@ -82,43 +97,24 @@ describe('encoders', () => {
       /Encoder "vgg16" from tessera-arch-copy has the name/,
     );
     expect(() => registry.register({ name: 'x' } as never)).toThrow(PluginError);
+    expect(() => registry.register({ ...vgg16, name: 'dilated-only', outputStrides: [16] })).toThrow(
+      /outputStrides that include 32/,
+    );
   });
 
   it('registers the encoders an architecture brings with it', () => {
     const mine: EncoderPlugin<{ width: number }> = { ...vgg16, name: 'test-vgg-copy' } as never;
-    const plugin = defineArchitecture({
-      name: 'with-encoder',
-      version: '1.0.0',
-      apiVersion: 1,
-      description: 'test',
-      defaults: {},
-      optionsSchema: {},
-      inputMultiple: () => 32,
-      receptiveField: () => 1,
-      build: () => tfl.model({ inputs: tfl.input({ shape: [1] }), outputs: tfl.input({ shape: [1] }) }),
-      encoders: [mine],
-    });
-    new ArchitectureRegistry().register(plugin);
+    new ArchitectureRegistry().register(testPlugin('with-encoder', { encoders: [mine] }));
     expect(encoders.get('test-vgg-copy')).toBe(mine);
   });
 
   it('merges the ONNX converters of all plugins, refusing two different ones for one class', () => {
-    const base = {
-      version: '1.0.0',
-      apiVersion: 1,
-      description: 'test',
-      defaults: {},
-      optionsSchema: {},
-      inputMultiple: () => 1,
-      receptiveField: () => 1,
-      build: () => tfl.model({ inputs: tfl.input({ shape: [1] }), outputs: tfl.input({ shape: [1] }) }),
-    };
     const shared = mobilenetv2.onnxConverters!;
     const registry = new ArchitectureRegistry()
-      .register({ ...base, name: 'a', onnxConverters: shared })
-      .register({ ...base, name: 'b', onnxConverters: shared });
+      .register(testPlugin('a', { onnxConverters: shared }))
+      .register(testPlugin('b', { onnxConverters: shared }));
     expect(Object.keys(registry.onnxConverters())).toEqual(['TesseraAtrousConv2D']);
-    registry.register({ ...base, name: 'c', onnxConverters: { TesseraAtrousConv2D: () => 'x' } });
+    registry.register(testPlugin('c', { onnxConverters: { TesseraAtrousConv2D: () => 'x' } }));
     expect(() => registry.onnxConverters()).toThrow(
       /Architectures "b" and "c" \(from builtin\) both bring an ONNX converter for layer class "TesseraAtrousConv2D"/,
     );

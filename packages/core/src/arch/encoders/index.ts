@@ -3,9 +3,10 @@ export {
   defineEncoder,
   EncoderRegistry,
   featureStrides,
-  strideSchedule,
+  stageBlocks,
   type EncoderBuildSpec,
   type EncoderPlugin,
+  type PlannedBlock,
 } from './encoder.js';
 export { mobilenetv2, type MobileNetV2Options } from './mobilenetv2.js';
 export { resnet50, type ResNet50Options } from './resnet50.js';

@@ -2,7 +2,7 @@ import * as layers from '@tensorflow/tfjs-layers';
 import { applyLayer, convBnAct } from '../blocks.js';
 import { INPUT_REACH, reachConv, type Reach } from '../reach.js';
 import { AtrousConv2D, atrousOnnxConverter } from './atrous.js';
-import { defineEncoder, strideSchedule, type EncoderPlugin } from './encoder.js';
+import { defineEncoder, stageBlocks, type EncoderPlugin, type PlannedBlock } from './encoder.js';
 
 /** Options of the MobileNetV2 encoder. */
 export interface MobileNetV2Options {
@@ -30,18 +30,23 @@ function divisible(v: number): number {
   return r < 0.9 * v ? r + 8 : r;
 }
 
-type Block = { expand: number; out: number; stride: number; rate: number; stage: number };
+type Block = PlannedBlock & { expand: number; out: number; feature: boolean };
 
 function plan(o: MobileNetV2Options, outputStride: number): Block[] {
-  const schedule = strideSchedule(outputStride, 2);
-  const blocks: Block[] = [];
-  STAGES.forEach(([t, c, n, s], stage) => {
-    for (let j = 0; j < n; j++) {
-      const { stride, rate } = j === 0 ? schedule.next(s) : { stride: 1, rate: schedule.rate() };
-      blocks.push({ expand: t, out: divisible(c * o.width), stride, rate, stage });
-    }
+  const planned = stageBlocks(
+    STAGES.map(([, , n, s]) => ({ blocks: n, stride: s })),
+    outputStride,
+    2,
+  );
+  return planned.map((block) => {
+    const [t, c] = STAGES[block.stage];
+    return {
+      ...block,
+      expand: t,
+      out: divisible(c * o.width),
+      feature: block.last && FEATURE_STAGES.includes(block.stage),
+    };
   });
-  return blocks;
 }
 
 /**
@@ -70,8 +75,7 @@ export const mobilenetv2: EncoderPlugin<MobileNetV2Options> = defineEncoder<Mobi
       seeds,
     });
     const features: layers.SymbolicTensor[] = [];
-    const blocks = plan(options, outputStride);
-    blocks.forEach((block, i) => {
+    plan(options, outputStride).forEach((block, i) => {
       const cin = x.shape[3] as number;
       const name = `block_${i + 1}`;
       let y = x;
@@ -96,20 +100,17 @@ export const mobilenetv2: EncoderPlugin<MobileNetV2Options> = defineEncoder<Mobi
       });
       y = convBnAct(y, { filters: block.out, kernelSize: 1, activation: null, name: `${name}_project`, seeds });
       x = block.stride === 1 && cin === block.out ? applyLayer(layers.layers.add({ name: `${name}_add` }), [x, y]) : y;
-      const last = i === blocks.length - 1 || blocks[i + 1].stage !== block.stage;
-      if (last && FEATURE_STAGES.includes(block.stage)) features.push(x);
+      if (block.feature) features.push(x);
     });
     return features;
   },
   reach(options, outputStride) {
     let r: Reach = reachConv(INPUT_REACH, 3, 2);
     const reaches: Reach[] = [];
-    const blocks = plan(options, outputStride);
-    blocks.forEach((block, i) => {
+    for (const block of plan(options, outputStride)) {
       r = reachConv(r, 3, block.stride, block.rate); // the 1x1s add nothing
-      const last = i === blocks.length - 1 || blocks[i + 1].stage !== block.stage;
-      if (last && FEATURE_STAGES.includes(block.stage)) reaches.push(r);
-    });
+      if (block.feature) reaches.push(r);
+    }
     return reaches;
   },
 });

@@ -2,7 +2,7 @@ import * as layers from '@tensorflow/tfjs-layers';
 import { applyLayer, convBnAct } from '../blocks.js';
 import { INPUT_REACH, reachConv, reachUnion, type Reach } from '../reach.js';
 import { AtrousConv2D, atrousOnnxConverter } from './atrous.js';
-import { defineEncoder, strideSchedule, type EncoderPlugin } from './encoder.js';
+import { defineEncoder, stageBlocks, type EncoderPlugin, type PlannedBlock } from './encoder.js';
 
 /** Options of the ResNet-50 encoder. */
 export interface ResNet50Options {
@@ -23,18 +23,14 @@ export function resnetStem(width: number): number {
   return Math.max(1, Math.round(64 * width));
 }
 
-type Block = { mid: number; stride: number; rate: number; project: boolean; stage: number };
-
-function plan(o: ResNet50Options, outputStride: number): Block[] {
-  const schedule = strideSchedule(outputStride, 4);
-  const blocks: Block[] = [];
-  STAGES.forEach(([n, f], stage) => {
-    for (let j = 0; j < n; j++) {
-      const { stride, rate } = j === 0 ? schedule.next(stage === 0 ? 1 : 2) : { stride: 1, rate: schedule.rate() };
-      blocks.push({ mid: resnetStem(o.width) * f, stride, rate, project: j === 0, stage });
-    }
-  });
-  return blocks;
+function plan(o: ResNet50Options, outputStride: number): (PlannedBlock & { mid: number })[] {
+  // The first stage does not downsample: the stem's max-pooling did.
+  const planned = stageBlocks(
+    STAGES.map(([n], stage) => ({ blocks: n, stride: stage === 0 ? 1 : 2 })),
+    outputStride,
+    4,
+  );
+  return planned.map((block) => ({ ...block, mid: resnetStem(o.width) * STAGES[block.stage][1] }));
 }
 
 /**
@@ -58,8 +54,7 @@ export const resnet50: EncoderPlugin<ResNet50Options> = defineEncoder<ResNet50Op
     let x = convBnAct(input, { filters: resnetStem(options.width), kernelSize: 7, stride: 2, name: 'stem', seeds });
     const features: layers.SymbolicTensor[] = [x];
     x = applyLayer(layers.layers.maxPooling2d({ poolSize: 3, strides: 2, padding: 'same', name: 'stem_pool' }), x);
-    const blocks = plan(options, outputStride);
-    blocks.forEach((block, i) => {
+    plan(options, outputStride).forEach((block, i) => {
       const name = `bottleneck_${i + 1}`;
       let y = convBnAct(x, { filters: block.mid, kernelSize: 1, name: `${name}_reduce`, seeds });
       y = convBnAct(y, {
@@ -71,7 +66,7 @@ export const resnet50: EncoderPlugin<ResNet50Options> = defineEncoder<ResNet50Op
         seeds,
       });
       y = convBnAct(y, { filters: 4 * block.mid, kernelSize: 1, activation: null, name: `${name}_expand`, seeds });
-      const shortcut = block.project
+      const shortcut = block.first
         ? convBnAct(x, {
             filters: 4 * block.mid,
             kernelSize: 1,
@@ -83,19 +78,18 @@ export const resnet50: EncoderPlugin<ResNet50Options> = defineEncoder<ResNet50Op
         : x;
       x = applyLayer(layers.layers.add({ name: `${name}_add` }), [shortcut, y]);
       x = applyLayer(layers.layers.reLU({ name: `${name}_out` }), x);
-      if (i === blocks.length - 1 || blocks[i + 1].stage !== block.stage) features.push(x);
+      if (block.last) features.push(x);
     });
     return features;
   },
   reach(options, outputStride) {
     let r = reachConv(reachConv(INPUT_REACH, 7, 2), 3, 2);
     const reaches: Reach[] = [reachConv(INPUT_REACH, 7, 2)];
-    const blocks = plan(options, outputStride);
-    blocks.forEach((block, i) => {
+    for (const block of plan(options, outputStride)) {
       // The 3x3 carries stride and rate; the shortcut (identity or strided 1x1) reaches less.
       r = reachUnion(reachConv(r, 3, block.stride, block.rate), reachConv(r, 1, block.stride));
-      if (i === blocks.length - 1 || blocks[i + 1].stage !== block.stage) reaches.push(r);
-    });
+      if (block.last) reaches.push(r);
+    }
     return reaches;
   },
 });
