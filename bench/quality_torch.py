@@ -50,6 +50,10 @@ def pairs(listing):
         return [line.rstrip("\n").split("\t") for line in f if line.strip()]
 
 
+# Input side multiples of the networks (FCN-8s adds pool4 and pool3 scores: sides must divide by 32).
+MULTIPLE = {"unet": 16, "fcn8s": 32, "deeplabv3plus": 32}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=MODELS, default="unet")
@@ -117,7 +121,7 @@ def main():
         for image_path, _ in pairs(a.test):
             image = (read_image(image_path, a.channels) - mean) / std
             h, w = image.shape[:2]
-            ph, pw = (-h) % 16, (-w) % 16
+            ph, pw = (-h) % MULTIPLE[a.model], (-w) % MULTIPLE[a.model]
             padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
             x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None]
             labels = model(x)[0].argmax(0).numpy()[:h, :w]

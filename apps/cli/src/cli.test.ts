@@ -118,14 +118,28 @@ describe('tessera train / evaluate / predict', () => {
     );
     const transferred = join(root, 'transferred');
     // Without --arch and --arch-option: the initial model's (TINY's first 4 items are its --arch-options).
-    const init = tessera([...trainArgs(transferred, 1, 'three-classes.json'), ...TINY.slice(4), '--init', out]);
+    const pretrained = ['--freeze', 'encoder', '--freeze-epochs', '1', '--lr-pretrained', '1e-4'];
+    const init = tessera([
+      ...trainArgs(transferred, 2, 'three-classes.json'),
+      ...TINY.slice(4),
+      ...['--init', out, ...pretrained],
+    ]);
     expect(init.code).toBe(0);
     expect(init.stderr).toMatch(
       /init: \d+ layer\(s\) loaded from .*model \(weights SHA-256 [0-9a-f]{12}…\); 1 initialised afresh:/,
     );
-    expect(init.stderr).toContain('  probabilities: kernel [1, 1, 4, 3] here, [1, 1, 4, 2] in the initial model');
+    // The table of layers: the encoder's frozen for an epoch, all loaded ones at --lr-pretrained, the head afresh.
+    expect(init.stderr).toMatch(/\n {2}enc1_conv1 +loaded, lr 0.0001, frozen for 1 epoch\(s\)\n/);
+    expect(init.stderr).toMatch(/\n {2}dec1_conv1 +loaded, lr 0.0001\n/);
+    expect(init.stderr).toMatch(
+      /\n {2}probabilities +initialised afresh: kernel \[1, 1, 4, 3\] here, \[1, 1, 4, 2\] in the initial model\n/,
+    );
+    expect(init.stderr).toMatch(/the \d+ frozen encoder layers train from step \d+ \(epoch 2\) on/);
     const manifest = JSON.parse(await readFile(join(transferred, 'manifest.json'), 'utf8'));
     expect(manifest.architecture).toMatchObject({ name: 'unet', options: { depth: 2, baseFilters: 4 } });
+    expect(manifest.training.options).toMatchObject({ freeze: 'encoder', freezeEpochs: 1, lrPretrained: 1e-4 });
+    expect(manifest.training.init.frozen).toEqual(expect.arrayContaining(['enc1_conv1', 'bottleneck_conv1']));
+    expect(manifest.training.init.frozen).not.toContain('dec1_conv1');
     expect(manifest.training.init.reinitialised).toEqual([
       { layer: 'probabilities', reason: 'kernel [1, 1, 4, 3] here, [1, 1, 4, 2] in the initial model' },
     ]);

@@ -89,7 +89,10 @@ export function buildProgram(): Command {
         '--init <model>',
         'start from a trained model folder (transfer learning): layers of the same name and shapes are loaded, ' +
           'the others (e.g. the head, for other classes) start fresh; its architecture and options unless given',
-      ),
+      )
+      .option('--freeze <part>', 'with --init: "encoder" keeps the loaded encoder layers as they are (default none)')
+      .option('--freeze-epochs <n>', 'with --freeze: unfreeze after this many epochs (default: the whole run)', int)
+      .option('--lr-pretrained <rate>', 'with --init: learning rate of the loaded layers (default: --lr)', float),
   ).action(async (opts, cmd: Command) => trainCommand(opts, cmd));
 
   output(

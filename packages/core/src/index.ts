@@ -81,6 +81,7 @@ export {
   resolveTrainOptions,
   TRAIN_DEFAULTS,
   TRAINER_API_VERSION,
+  validateTrainerPlugin,
   type EpochRecord,
   type ResolvedTrainOptions,
   type TrainEvent,
@@ -105,6 +106,7 @@ export {
   validateManifest,
   type InitProvenance,
   type ModelManifest,
+  type QuantizationProvenance,
   type TrainingProvenance,
 } from './model/manifest.js';
 export {

@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { defaultTrainer, readManifest, writeFileAtomic, type TrainOptions } from '@tessera/core';
+import { defaultTrainer, readManifest, writeFileAtomic, type InitProvenance, type TrainOptions } from '@tessera/core';
 import { getArchitecture, loadRegistry } from '../plugins.js';
 import { colour, formatDuration, info, ProgressBar, warn } from '../progress.js';
 import { writeTrainingReport } from '../report.js';
@@ -41,6 +41,9 @@ export interface TrainCliOptions {
   config?: string;
   resume?: boolean;
   init?: string;
+  freeze?: 'encoder' | 'none';
+  freezeEpochs?: number;
+  lrPretrained?: number;
   quiet?: boolean;
   json?: boolean;
 }
@@ -95,6 +98,9 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     augment: opts.augment === false ? false : typeof opts.augment === 'object' ? opts.augment : undefined,
     workers: opts.workers,
     microBatch: opts.microBatch,
+    freeze: opts.freeze,
+    freezeEpochs: opts.freezeEpochs,
+    lrPretrained: opts.lrPretrained,
   };
 
   const controller = new AbortController();
@@ -140,7 +146,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
                   ? `; ${event.reinitialised.length} initialised afresh:`
                   : '; none initialised afresh'),
             );
-            for (const { layer, reason } of event.reinitialised) info(out, `  ${layer}: ${reason}`);
+            printInitTable(out, event, options);
             break;
           case 'data':
             info(
@@ -238,4 +244,18 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** The layers of a run with --init: loaded (and frozen, or at another learning rate), or initialised afresh and why. */
+function printInitTable(out: { quiet?: boolean; json?: boolean }, event: InitProvenance, options: TrainOptions): void {
+  const frozen = new Set(event.frozen ?? []);
+  const freezing = options.freezeEpochs ? `frozen for ${options.freezeEpochs} epoch(s)` : 'frozen';
+  const loaded = options.lrPretrained !== undefined ? `loaded, lr ${options.lrPretrained}` : 'loaded';
+  const rows = [
+    ...event.loaded.map((layer) => [layer, frozen.has(layer) ? `${loaded}, ${freezing}` : loaded]),
+    ...event.reinitialised.map(({ layer, reason }) => [layer, `initialised afresh: ${reason}`]),
+  ];
+  const width = Math.max(5, ...rows.map(([layer]) => layer.length));
+  info(out, `  ${'layer'.padEnd(width)}  weights`);
+  for (const [layer, status] of rows) info(out, `  ${layer.padEnd(width)}  ${status}`);
 }

@@ -41,6 +41,44 @@ export interface InitProvenance {
   loaded: string[];
   /** Layers initialised afresh, each with why (no layer of that name there, or other weight shapes). */
   reinitialised: { layer: string; reason: string }[];
+  /** Loaded encoder layers the run froze (`freeze`; for `freezeEpochs` epochs when set, else the whole run). */
+  frozen?: string[];
+}
+
+/**
+ * The int8 quantization of a model's ONNX export (`tessera export <model> --format onnx --quantize int8`): how it
+ * was calibrated and how closely its labels follow the fp32 model's.
+ */
+export interface QuantizationProvenance {
+  precision: 'int8';
+  /** The quantized model, relative to the model folder (normally `model.int8.onnx`). */
+  file: string;
+  /** ONNX QuantizeLinear/DequantizeLinear pairs, int8 weights per output channel, uint8 activations. */
+  format: 'onnx-qdq';
+  /** How activation ranges were calibrated: `percentile` or `minmax`. */
+  method: string;
+  /** The percentile of the `percentile` method, `null` for `minmax`. */
+  percentile: number | null;
+  /** The calibration tiles: the images they were cut from, their number and size, SHA-256 of their 8-bit pixels. */
+  calibration: { source: string; files: string[]; tiles: number; tileSize: number; sha256: string };
+  /** Weighted nodes with int8 weights, by operator type. */
+  quantizedNodes: Record<string, number>;
+  /** Weighted nodes left in float, each with the reason. */
+  fp32Nodes: { node: string; opType: string; reason: string }[];
+  /**
+   * int8 against fp32 on the calibration tiles: share of pixels with the same arg-max label, Dice per class name
+   * (`null` where neither model gives the class), the threshold asked for and whether `--force` overrode it.
+   */
+  agreement: {
+    pixels: number;
+    labels: number;
+    dice: Record<string, number | null>;
+    threshold: number;
+    forced: boolean;
+  };
+  /** SHA-256 of the weights quantized. */
+  weightsSha256: string;
+  createdAt: string;
 }
 
 /** `manifest.json` of a model folder. Everything needed to apply the model besides its weights. */
@@ -65,6 +103,8 @@ export interface ModelManifest {
   /** µm per pixel of the training data, when known. */
   mpp: number | null;
   training?: TrainingProvenance;
+  /** The int8 quantization of its ONNX export, when one was made. */
+  quantization?: QuantizationProvenance;
   files: { topology: FileDigest; weights: FileDigest };
   createdAt: string;
   createdBy: string;

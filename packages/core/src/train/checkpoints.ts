@@ -21,6 +21,8 @@ export interface CheckpointState {
   averageUpdates: number;
   /** Architecture options chosen by the run (the plugin's small network, or its defaults). */
   architectureOptions: Record<string, unknown>;
+  /** Layers loaded from the initial model of a run with `init` (they may train at `lrPretrained`, or be frozen). */
+  pretrainedLayers?: string[];
 }
 
 export const CHECKPOINTS = 'checkpoints';

@@ -220,6 +220,8 @@ export interface TrainWorkerInit {
   statisticsSize: number;
   /** The trainable weights published by the main thread after each step, concatenated. */
   weightBuffer: SharedArrayBuffer;
+  /** Layers a step leaves alone while a task says `frozen` (see `freeze.ts`). */
+  frozenLayers: string[];
 }
 
 /** A step's share for one worker: crops of consecutive micro-batches. */
@@ -233,6 +235,8 @@ export interface TrainWorkerTask {
   sizes: number[];
   tile: number;
   channels: number;
+  /** Whether the frozen layers are frozen in this step. */
+  frozen: boolean;
 }
 
 /** One micro-batch computed by a worker. */
@@ -240,9 +244,9 @@ export interface RemoteMicroBatch {
   loss: number;
   /** Gradients of the trainable variables, concatenated in variable order. */
   grads: Float32Array;
-  /** Indices of the variables that have a gradient (all of them, normally). */
+  /** Indices of the variables that have a gradient (all but the frozen ones, normally). */
   present: number[];
-  /** Batch-norm batch statistics (see {@link applyMovingStatistics}). */
+  /** Batch-norm batch statistics of the layers the step updates (see {@link applyMovingStatistics}). */
   statistics: Float32Array;
 }
 
@@ -316,6 +320,8 @@ export interface TrainingWorkersOptions {
   serialized: { topology: string; weights: Uint8Array };
   loss: string;
   lossOptions: LossOptions;
+  /** Layers to leave alone in the steps that say so (see `freeze.ts`). */
+  frozenLayers?: string[];
 }
 
 /**
@@ -359,6 +365,7 @@ export class TrainingWorkers {
       shapes,
       statisticsSize: movingStatisticsSize(batchNormLayers(options.model)),
       weightBuffer,
+      frozenLayers: options.frozenLayers ?? [],
     };
     const workers = Array.from({ length: options.threads }, (_, i) => new TrainWorker(init, i + 1));
     const pool = new TrainingWorkers(workers, new Float32Array(weightBuffer), offsets);

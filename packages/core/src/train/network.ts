@@ -20,7 +20,8 @@ import {
   type BatchNormLayer,
   type WorkerChoice,
 } from './data-parallel.js';
-import { createOptimizer } from './optimizers.js';
+import { LayerFreeze, layerWeights } from './freeze.js';
+import { createOptimizer, GroupedOptimizer } from './optimizers.js';
 import type { ResolvedTrainOptions } from './trainer.js';
 
 /** Time-bounded runs train a plugin's `smallOptions` network when its default fits fewer steps than this. */
@@ -50,6 +51,8 @@ export interface StepContext {
   /** Worker threads computing all but the first block of micro-batches, if any. */
   workers?: TrainingWorkers;
   batchNorm: BatchNormLayer[];
+  /** Layers a step leaves alone while `freeze.active` (transfer learning; see `freeze.ts`). */
+  freeze?: LayerFreeze;
 }
 
 /**
@@ -64,6 +67,9 @@ export async function trainStep(c: StepContext, images: Float32Array, labels: In
   const parts = Math.ceil(batchSize / microBatch);
   const size = (part: number) => Math.min(microBatch, batchSize - part * microBatch);
   const blocks = splitMicroBatches(parts, 1 + (c.workers?.size ?? 0)).filter((b) => b.length > 0);
+  const frozen = c.freeze?.active ?? false;
+  const variables = c.freeze ? c.freeze.trained(c.variables) : c.variables;
+  const norms = c.freeze ? c.freeze.updatedNorms(c.batchNorm) : c.batchNorm;
   const remote = c.workers?.run(
     blocks.slice(1).map((block) => {
       const from = block[0] * microBatch;
@@ -74,6 +80,7 @@ export async function trainStep(c: StepContext, images: Float32Array, labels: In
         sizes: block.map(size),
         tile,
         channels,
+        frozen,
       };
     }),
   );
@@ -85,7 +92,7 @@ export async function trainStep(c: StepContext, images: Float32Array, labels: In
     const n = size(part);
     const { loss, grads } = microBatchGradients(
       c.model,
-      c.variables,
+      variables,
       c.lossFn,
       images,
       labels,
@@ -107,17 +114,19 @@ export async function trainStep(c: StepContext, images: Float32Array, labels: In
         const v = c.variables[index];
         grads[v.name] = tf.tensor(result.grads.subarray(offsets[index], offsets[index] + v.size), v.shape);
       }
-      applyMovingStatistics(c.batchNorm, result.statistics);
+      applyMovingStatistics(norms, result.statistics);
       lossSum += result.loss * n;
       accumulated = accumulateGradients(accumulated, grads);
     });
   }
   tf.tidy(() => {
-    const averaged =
-      parts === 1
-        ? accumulated!
-        : Object.fromEntries(Object.entries(accumulated!).map(([k, g]) => [k, tf.div(g, parts)]));
-    c.optimizer.applyGradients(averaged);
+    // Every variable in order, a frozen one with no gradient: optimizers keep their state by position.
+    const averaged: Record<string, tf.Tensor | null> = {};
+    for (const v of c.variables) {
+      const g = accumulated![v.name];
+      averaged[v.name] = g === undefined ? null : parts === 1 ? g : tf.div(g, parts);
+    }
+    c.optimizer.applyGradients(averaged as tf.NamedTensorMap);
   });
   for (const g of Object.values(accumulated!)) g.dispose();
   c.workers?.publish(c.variables);
@@ -136,6 +145,11 @@ export interface NetworkSetup {
   lossFn: (p: tf.Tensor4D, y: tf.Tensor3D) => tf.Scalar;
   /** Sets a freshly built network's initial weights (transfer learning), before any worker thread copies them. */
   initialWeights?: (model: tfl.LayersModel) => void;
+  /**
+   * The layers holding pretrained weights, which train at `lrPretrained` when it is set, and those of them that the
+   * run freezes (asked once the network is built and its initial weights set).
+   */
+  pretrained?: () => { layers: readonly string[]; frozen: readonly string[] };
 }
 
 /** A model ready to train: its optimizer, micro-batching and worker threads. */
@@ -148,6 +162,8 @@ export interface Network {
   workersReason: string;
   pool?: TrainingWorkers;
   step: StepContext;
+  /** Replaces the optimizer by a fresh one (its state back to the start). */
+  resetOptimizer(): void;
   dispose(): Promise<void>;
 }
 
@@ -211,7 +227,9 @@ export async function openNetwork(
       `Use a smaller --tile (e.g. ${Math.max(32, tile / 2)}), --micro-batch 1, fewer filters, or install @tensorflow/tfjs-node.`,
     );
   }
-  const optimizer = createOptimizer(o.optimizer, o.lr);
+  const pretrained = setup.pretrained?.() ?? { layers: [], frozen: [] };
+  const freeze = pretrained.frozen.length ? new LayerFreeze(model, pretrained.frozen) : undefined;
+  const optimizer = runOptimizer(o, model, pretrained.layers);
   const { workers, workersReason, pool } = await startWorkers(
     chooseWorkers(o.workers, setup.engine, Math.ceil(o.batchSize / microBatch)),
     setup.engine,
@@ -219,6 +237,7 @@ export async function openNetwork(
     setup.pluginModules,
     o.loss,
     setup.lossOptions,
+    pretrained.frozen,
   );
   const network: Network = {
     model,
@@ -239,6 +258,12 @@ export async function openNetwork(
       channels,
       workers: pool,
       batchNorm: batchNormLayers(model),
+      freeze,
+    },
+    resetOptimizer() {
+      network.optimizer.dispose();
+      network.optimizer = runOptimizer(o, model, pretrained.layers);
+      network.step.optimizer = network.optimizer;
     },
     async dispose() {
       await pool?.terminate();
@@ -321,11 +346,26 @@ async function timeTwoSteps(
   }
   network.model.setWeights(initial);
   tf.dispose(initial);
-  network.optimizer.dispose();
-  network.optimizer = createOptimizer(o.optimizer, o.lr);
-  network.step.optimizer = network.optimizer;
+  network.resetOptimizer();
   network.pool?.publish(network.step.variables);
   return seconds;
+}
+
+/**
+ * The run's optimizer: one over every variable, or with `lrPretrained`, one group for the pretrained layers' variables
+ * at that rate and one for the others at `lr`, both following the schedule.
+ */
+function runOptimizer(o: ResolvedTrainOptions, model: tfl.LayersModel, pretrained: readonly string[]): tf.Optimizer {
+  if (o.lrPretrained === null || pretrained.length === 0) return createOptimizer(o.optimizer, o.lr);
+  const names = new Set(layerWeights(model, pretrained).map((w) => (w.read() as tf.Variable).name));
+  return new GroupedOptimizer(
+    [
+      { optimizer: createOptimizer(o.optimizer, o.lr), factor: 1 },
+      { optimizer: createOptimizer(o.optimizer, o.lrPretrained), factor: o.lrPretrained / o.lr },
+    ],
+    (name) => (names.has(name) ? 1 : 0),
+    o.lr,
+  );
 }
 
 export function describeOptions(options: Record<string, unknown>): string {
@@ -345,6 +385,7 @@ async function startWorkers(
   pluginModules: string[],
   loss: string,
   lossOptions: { classWeights?: number[] },
+  frozenLayers: readonly string[],
 ): Promise<{ workers: number; workersReason: string; pool?: TrainingWorkers }> {
   if (choice.workers === 1) return { workers: 1, workersReason: choice.reason };
   const fallback = (why: string) => ({
@@ -361,6 +402,7 @@ async function startWorkers(
       serialized: await serializeModel(model),
       loss,
       lossOptions,
+      frozenLayers: [...frozenLayers],
     });
     return { workers: choice.workers, workersReason: choice.reason, pool };
   } catch (error) {

@@ -271,3 +271,84 @@ export async function setOptimizerWeights(
     adam.accBeta2.assign(tf.scalar(product(adam.beta2)));
   });
 }
+
+/** A named tensor of an optimizer's weights. */
+type NamedTensor = Parameters<tf.Optimizer['setWeights']>[0][number];
+
+/** One group of a {@link GroupedOptimizer}: its own optimizer and its share of the learning rate. */
+export interface OptimizerGroup {
+  optimizer: tf.Optimizer;
+  /** The group's learning rate over the base learning rate. */
+  factor: number;
+}
+
+/**
+ * Optimizers of the same kind over groups of variables, each at its own share of the learning rate (e.g. a lower rate
+ * for the layers of a pretrained model). Gradients go to their variable's group in the order given, so each group's
+ * optimizer sees its variables in a fixed order (tfjs optimizers keep their state by position). Its weights are the
+ * groups' weights, named `group<i>/<name>`, for checkpoints.
+ */
+export class GroupedOptimizer extends tf.Optimizer {
+  static className = 'GroupedOptimizer';
+  private base: number;
+
+  /**
+   * @param groups the groups, the first one the default for variables `groupOf` does not place.
+   * @param groupOf the group index of a variable (by name).
+   * @param lr the base learning rate.
+   */
+  constructor(
+    private readonly groups: readonly OptimizerGroup[],
+    private readonly groupOf: (variable: string) => number,
+    lr: number,
+  ) {
+    super();
+    this.base = lr;
+    this.setLearningRate(lr);
+  }
+
+  /** The base learning rate (the first group's is `factor` times it). */
+  get learningRate(): number {
+    return this.base;
+  }
+
+  setLearningRate(lr: number): void {
+    this.base = lr;
+    for (const group of this.groups) setLearningRate(group.optimizer, lr * group.factor);
+  }
+
+  applyGradients(variableGradients: tf.NamedTensorMap | NamedTensor[]): void {
+    const entries = Array.isArray(variableGradients)
+      ? variableGradients.map((g) => [g.name, g.tensor] as const)
+      : Object.entries(variableGradients);
+    const parts: tf.NamedTensorMap[] = this.groups.map(() => ({}));
+    for (const [name, tensor] of entries) parts[this.groupOf(name)][name] = tensor;
+    this.groups.forEach((group, i) => group.optimizer.applyGradients(parts[i]));
+  }
+
+  override async getWeights(): Promise<NamedTensor[]> {
+    const all: NamedTensor[] = [];
+    for (const [i, group] of this.groups.entries()) {
+      for (const w of await group.optimizer.getWeights()) all.push({ name: `group${i}/${w.name}`, tensor: w.tensor });
+    }
+    return all;
+  }
+
+  override async setWeights(weights: NamedTensor[]): Promise<void> {
+    for (const [i, group] of this.groups.entries()) {
+      const prefix = `group${i}/`;
+      const mine = weights
+        .filter((w) => w.name.startsWith(prefix))
+        .map((w) => ({ name: w.name.slice(prefix.length), tensor: w.tensor }));
+      await setOptimizerWeights(group.optimizer, mine);
+    }
+  }
+
+  override dispose(): void {
+    for (const group of this.groups) group.optimizer.dispose();
+  }
+
+  getConfig(): tf.serialization.ConfigDict {
+    return { factors: this.groups.map((g) => g.factor) };
+  }
+}

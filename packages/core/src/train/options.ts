@@ -5,7 +5,8 @@
 import type { ArchitecturePlugin } from '../arch/architecture.js';
 import { DEFAULT_AUGMENT, type AugmentOptions } from '../data/augment.js';
 import type { ClassMap } from '../data/class-map.js';
-import { InvalidOptionError, describeValue } from '../errors.js';
+import type { Random } from '../data/random.js';
+import { InvalidOptionError, PluginError, describeValue } from '../errors.js';
 import type { InitProvenance, ModelManifest } from '../model/manifest.js';
 import { getLoss, LOSS_NAMES } from './losses.js';
 import type { EvaluationReport } from './metrics.js';
@@ -75,6 +76,18 @@ export interface TrainOptions {
    * micro-batches, else 1. The trained weights are the same bits whatever the number (see `data-parallel.ts`).
    */
   workers?: number;
+  /**
+   * With `init`: `'encoder'` freezes the encoder layers loaded from the initial model (the architecture's `encoder`
+   * pattern): no gradient, no update, batch norm in inference mode, so they stay bit-identical while frozen.
+   */
+  freeze?: 'encoder' | 'none';
+  /** Epochs the freeze lasts, then the layers train too; default: the whole run. */
+  freezeEpochs?: number;
+  /**
+   * With `init`: the base learning rate of the layers loaded from the initial model (the others train at `lr`); it
+   * follows the schedule as `lr` does. Default: `lr`.
+   */
+  lrPretrained?: number;
 }
 
 /** {@link TrainOptions} with every default filled. */
@@ -102,6 +115,11 @@ export interface ResolvedTrainOptions {
   microBatch: number | null;
   /** `null`: the default (see {@link TrainOptions.workers}). */
   workers: number | null;
+  freeze: 'encoder' | 'none';
+  /** `null`: the whole run. */
+  freezeEpochs: number | null;
+  /** `null`: `lr`. */
+  lrPretrained: number | null;
 }
 
 /** Defaults of {@link TrainOptions}. */
@@ -127,6 +145,9 @@ export const TRAIN_DEFAULTS: ResolvedTrainOptions = {
   keepCheckpoints: 2,
   microBatch: null,
   workers: null,
+  freeze: 'none',
+  freezeEpochs: null,
+  lrPretrained: null,
 };
 
 /** What to train on and where to write. */
@@ -135,7 +156,8 @@ export interface TrainRequest {
   /** User options of the architecture (validated against its schema). */
   architectureOptions?: Record<string, unknown>;
   images: string;
-  masks: string;
+  /** The label masks of `images` (matched by file name); what a supervised trainer trains to predict. */
+  masks?: string;
   /** Validation folders; otherwise `valSplit` of the training pairs is held out. */
   valImages?: string;
   valMasks?: string;
@@ -162,6 +184,12 @@ export interface TrainRequest {
    * CLI passes the plugin modules it loaded). Without them a model with custom layers trains on one thread.
    */
   pluginModules?: string[];
+  /**
+   * Changes each training batch after augmentation, in place: `image` is `[batch, tile, tile, channels]` normalised,
+   * `labels` `[batch, tile, tile]` class indices (e.g. a self-supervised trainer masks regions of the input). `random`
+   * is the step's own stream, so a run stays reproducible.
+   */
+  transformBatch?: (image: Float32Array, labels: Int32Array, random: Random) => void;
   onEvent?: (event: TrainEvent) => void;
 }
 
@@ -225,11 +253,54 @@ export interface TrainResult {
   validation: EvaluationReport;
 }
 
-/** A trainer plugin: turns a {@link TrainRequest} into a trained model folder. */
+/**
+ * A trainer plugin: turns a {@link TrainRequest} into a trained model folder. Made by a factory (the default export
+ * of a `@tessera/trainer-*` or `tessera-trainer-*` package) and chosen with `tessera train --trainer <name>`.
+ */
 export interface TrainerPlugin {
+  /** Lower-case letters, digits and "-". */
   readonly name: string;
+  /** {@link TRAINER_API_VERSION} of the core it was written for. */
   readonly apiVersion: number;
+  /** One line for `tessera trainers`. */
+  readonly description?: string;
+  /**
+   * What it learns from: `'masks'` (images with label masks: supervised; the default) or `'images'` (images and slides
+   * alone: self-supervised pretraining, whose model is a starting point for `init`).
+   */
+  readonly learnsFrom?: 'masks' | 'images';
   train(request: TrainRequest): Promise<TrainResult>;
+}
+
+/**
+ * Checks a trainer plugin's name, apiVersion and `train` function.
+ * @throws PluginError naming the plugin, what is wrong and the fix.
+ */
+export function validateTrainerPlugin(plugin: unknown, source = 'plugin'): TrainerPlugin {
+  const p = plugin as Partial<TrainerPlugin> | null;
+  if (p === null || typeof p !== 'object') {
+    throw new PluginError(`The ${source} is not a trainer plugin object: received ${describeValue(plugin)}.`);
+  }
+  if (typeof p.name !== 'string' || !/^[a-z][a-z0-9-]*$/.test(p.name)) {
+    throw new PluginError(
+      `Trainer plugin from ${source} has an invalid name ${describeValue(p.name)}: expected lower-case letters, digits and "-".`,
+    );
+  }
+  if (p.apiVersion !== TRAINER_API_VERSION) {
+    throw new PluginError(
+      `Trainer "${p.name}" from ${source} was written for trainer API version ${String(p.apiVersion)}, ` +
+        `but this @tessera/core speaks version ${TRAINER_API_VERSION}.`,
+      `Install a version of the plugin built for trainer API ${TRAINER_API_VERSION}.`,
+    );
+  }
+  if (typeof p.train !== 'function')
+    throw new PluginError(`Trainer "${p.name}" from ${source} has no train() function.`);
+  if (p.learnsFrom !== undefined && p.learnsFrom !== 'masks' && p.learnsFrom !== 'images') {
+    throw new PluginError(
+      `Expected learnsFrom "masks" or "images" for trainer "${p.name}" from ${source} but received ${describeValue(p.learnsFrom)}.`,
+    );
+  }
+  return p as TrainerPlugin;
 }
 
 /**
@@ -281,6 +352,28 @@ export function resolveTrainOptions(options: TrainOptions = {}): ResolvedTrainOp
       `Expected a learning rate between 0 and 10 (exclusive) for lr but received ${describeValue(r.lr)}.`,
       undefined,
       'lr',
+    );
+  }
+  if (r.lrPretrained !== null && !(typeof r.lrPretrained === 'number' && r.lrPretrained > 0 && r.lrPretrained < 10)) {
+    throw new InvalidOptionError(
+      `Expected a learning rate between 0 and 10 (exclusive) for lrPretrained but received ${describeValue(r.lrPretrained)}.`,
+      undefined,
+      'lrPretrained',
+    );
+  }
+  if (r.freeze !== 'encoder' && r.freeze !== 'none') {
+    throw new InvalidOptionError(
+      `Expected "encoder" or "none" for freeze but received ${describeValue(r.freeze)}.`,
+      undefined,
+      'freeze',
+    );
+  }
+  if (r.freezeEpochs !== null) int('freezeEpochs', 1);
+  if (r.freezeEpochs !== null && r.freeze !== 'encoder') {
+    throw new InvalidOptionError(
+      `Expected freeze "encoder" with freezeEpochs ${r.freezeEpochs} but received freeze ${describeValue(r.freeze)}.`,
+      'Add --freeze encoder, or drop --freeze-epochs.',
+      'freezeEpochs',
     );
   }
   if (!(typeof r.valSplit === 'number' && r.valSplit >= 0 && r.valSplit < 1)) {

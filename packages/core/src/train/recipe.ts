@@ -130,11 +130,13 @@ export class WeightAverage {
     return this.updates;
   }
 
-  /** Folds the current weights into the average. */
-  update(): void {
+  /** Folds the current weights into the average, but those of `frozen` (indices of unchanged weights). */
+  update(frozen?: ReadonlySet<number>): void {
     const d = Math.min(this.decay, (1 + this.updates) / (10 + this.updates));
     tf.tidy(() => {
-      this.shadows.forEach((s, i) => s.assign(tf.add(tf.mul(s, d), tf.mul(this.variables[i], 1 - d))));
+      this.shadows.forEach((s, i) => {
+        if (!frozen?.has(i)) s.assign(tf.add(tf.mul(s, d), tf.mul(this.variables[i], 1 - d)));
+      });
     });
     this.updates++;
   }

@@ -18,6 +18,7 @@ import {
   type TrainWorkerMessage,
   type TrainWorkerTask,
 } from './data-parallel.js';
+import { LayerFreeze } from './freeze.js';
 import { getLoss } from './losses.js';
 
 const init = workerData as TrainWorkerInit;
@@ -42,7 +43,8 @@ async function start() {
   }
   const sizes = shapes.map((s) => tf.util.sizeFromShape(s));
   const total = sizes.reduce((a, b) => a + b, 0);
-  return { model, weights, layers, sizes, total, lossFn: getLoss(init.loss, init.lossOptions), version: 0 };
+  const freeze = new LayerFreeze(model, init.frozenLayers);
+  return { model, weights, layers, freeze, sizes, total, lossFn: getLoss(init.loss, init.lossOptions), version: 0 };
 }
 
 type State = Awaited<ReturnType<typeof start>>;
@@ -60,14 +62,18 @@ function step(state: State, task: TrainWorkerTask): { parts: RemoteMicroBatch[];
     state.version = task.version;
   }
   const variables = state.weights.map((w) => w.read() as tf.Variable);
+  state.freeze.active = task.frozen;
+  const trained = state.freeze.trained(variables);
+  // A frozen batch norm keeps its moving statistics: they are not reset, nor reported.
+  const norms = state.freeze.updatedNorms(state.layers);
   const parts: RemoteMicroBatch[] = [];
   const transfer: ArrayBuffer[] = [];
   let start = 0;
   for (const n of task.sizes) {
-    resetMovingStatistics(state.layers);
+    resetMovingStatistics(norms);
     const { loss, grads } = microBatchGradients(
       state.model,
-      variables,
+      trained,
       state.lossFn,
       task.images,
       task.labels,
@@ -89,7 +95,7 @@ function step(state: State, task: TrainWorkerTask): { parts: RemoteMicroBatch[];
       }
       offset += state.sizes[i];
     });
-    const statistics = readMovingStatistics(state.layers);
+    const statistics = readMovingStatistics(norms);
     parts.push({ loss, grads: flat, present, statistics });
     transfer.push(flat.buffer, statistics.buffer as ArrayBuffer);
   }

@@ -250,6 +250,7 @@ const named = (name = 'named-net') =>
     },
     inputMultiple: () => 2,
     receptiveField: () => 9,
+    encoder: () => ({ name: 'named-encoder', layers: /^(conv1|bn1|conv2)$/ }),
     build: ({ inputChannels, numClasses, options, seed = 0 }) => {
       const init = (k: number) => tfl.initializers.heNormal({ seed: seed * 10 + k });
       const conv = (x: tfl.SymbolicTensor, filters: number, k: number, name: string, kernel = 3) =>
@@ -356,6 +357,126 @@ describe('transfer learning', () => {
     await expect(run({ resume: true })).rejects.toThrow(/either init or resume/);
     await expect(run({ architecture: named('other-net') })).rejects.toThrow(
       /Expected an initial model of architecture "other-net" but ".*first" is a "named-net" model/,
+    );
+  });
+
+  /** Every weight of the named layers (moving statistics included), as arrays. */
+  const weightsOf = (model: tfl.LayersModel, layers: string[]) =>
+    layers.map((name) =>
+      model
+        .getLayer(name)
+        .getWeights()
+        .map((w) => Array.from(w.dataSync())),
+    );
+  const ENCODER = ['conv1', 'bn1', 'conv2'];
+
+  it('freezes the loaded encoder: bit-identical weights and batch-norm statistics, with workers and an average', async () => {
+    const first = join(root, 'first');
+    const source = await loadModel(first);
+    const events: TrainEvent[] = [];
+    const out = join(root, 'frozen');
+    await defaultTrainer().train({
+      architecture: named(),
+      ...data(),
+      out,
+      init: first,
+      options: { ...TRANSFER_OPTIONS, epochs: 2, freeze: 'encoder', workers: 2, microBatch: 1, ema: 0.5 },
+      onEvent: (e) => events.push(e),
+    });
+    const { model, manifest } = await loadModel(out);
+    expect(manifest.training!.options).toMatchObject({ workers: 2, freeze: 'encoder' });
+    expect(manifest.training!.init!.frozen).toEqual(ENCODER);
+    expect(weightsOf(model, ENCODER)).toEqual(weightsOf(source.model, ENCODER));
+    expect(weightsOf(model, ['head'])).not.toEqual(weightsOf(source.model, ['head']));
+    expect(events.some((e) => e.type === 'notice' && /train from step/.test(e.message))).toBe(false);
+    model.dispose();
+    source.model.dispose();
+  });
+
+  it('unfreezes after freezeEpochs, the same bits on one thread as with workers', async () => {
+    const first = join(root, 'first');
+    const source = await loadModel(first);
+    const run = async (workers: number) => {
+      const events: TrainEvent[] = [];
+      const out = join(root, `unfrozen-${workers}`);
+      const options = { ...TRANSFER_OPTIONS, epochs: 2, freeze: 'encoder' as const, freezeEpochs: 1 };
+      await defaultTrainer().train({
+        architecture: named(),
+        ...data(),
+        out,
+        init: first,
+        options: { ...options, workers, microBatch: 1, keepCheckpoints: 5 },
+        onEvent: (e) => events.push(e),
+      });
+      return { out, events };
+    };
+    const one = await run(1);
+    const two = await run(2);
+    const notices = one.events.filter((e) => e.type === 'notice').map((e) => (e as { message: string }).message);
+    expect(notices).toContain('the 3 frozen encoder layers train from step 4 (epoch 2) on');
+    // After epoch 1 the encoder is the initial model's; after epoch 2 it has trained.
+    const atEpoch = async (out: string, step: number) => {
+      const dir = join(out, 'checkpoints', `step-${String(step).padStart(7, '0')}`);
+      return readFile(join(dir, 'weights.bin'));
+    };
+    for (const step of [3, 6]) expect((await atEpoch(two.out, step)).equals(await atEpoch(one.out, step))).toBe(true);
+    const { model } = await loadModel(one.out);
+    expect(weightsOf(model, ENCODER)).not.toEqual(weightsOf(source.model, ENCODER));
+    model.dispose();
+    source.model.dispose();
+  });
+
+  it('trains the pretrained layers at lrPretrained and resumes such a run to the same bits', async () => {
+    const first = join(root, 'first');
+    const source = await loadModel(first);
+    const options = { ...TRANSFER_OPTIONS, schedule: 'constant' as const, lrPretrained: 1e-9, keepCheckpoints: 5 };
+    const straight = join(root, 'lr-pretrained-a');
+    const resumed = join(root, 'lr-pretrained-b');
+    const train = (out: string, epochs: number, extra: object) =>
+      defaultTrainer().train({
+        architecture: named(),
+        architectureOptions: { extra: true }, // conv3: a layer the initial model does not have, trained at lr
+        ...data(),
+        out,
+        options: { ...options, epochs },
+        ...extra,
+      });
+    await train(straight, 2, { init: first });
+    await train(resumed, 1, { init: first });
+    await train(resumed, 2, { resume: true });
+    const weights = (out: string) => readFile(join(out, 'checkpoints', 'step-0000006', 'weights.bin'));
+    const state = (out: string) => readFile(join(out, 'checkpoints', 'step-0000006', 'optimizer.bin'));
+    expect((await weights(resumed)).equals(await weights(straight))).toBe(true);
+    expect((await state(resumed)).equals(await state(straight))).toBe(true);
+    const { model } = await loadModel(straight);
+    // At 1e-9 the loaded layers barely move (Adam steps are about the learning rate); at 0.01 they would.
+    const a = weightsOf(source.model, ['conv1'])[0][0];
+    const b = weightsOf(model, ['conv1'])[0][0];
+    expect(Math.max(...a.map((v, i) => Math.abs(v - b[i])))).toBeLessThan(1e-6);
+    const fresh = named().build({ inputChannels: 3, numClasses: 2, options: { filters: 4, extra: true }, seed: 9 });
+    const [ca, cb] = [weightsOf(fresh, ['conv3'])[0][0], weightsOf(model, ['conv3'])[0][0]];
+    expect(Math.max(...ca.map((v, i) => Math.abs(v - cb[i])))).toBeGreaterThan(1e-3);
+    fresh.dispose();
+    model.dispose();
+    source.model.dispose();
+  });
+
+  it('refuses freeze and lrPretrained without init, and freeze for an architecture without an encoder', async () => {
+    const run = (extra: object) =>
+      defaultTrainer().train({ architecture: named(), ...data(), out: join(root, 'refused'), ...extra });
+    await expect(run({ options: { ...TRANSFER_OPTIONS, freeze: 'encoder' } })).rejects.toThrow(
+      /Expected init \(a trained model to start from\) with freeze "encoder"/,
+    );
+    await expect(run({ options: { ...TRANSFER_OPTIONS, lrPretrained: 1e-4 } })).rejects.toThrow(
+      /with lrPretrained 0.0001: without it no layer is pretrained/,
+    );
+    const noEncoder = { ...named(), encoder: undefined };
+    await expect(
+      run({ architecture: noEncoder, init: join(root, 'first'), options: { ...TRANSFER_OPTIONS, freeze: 'encoder' } }),
+    ).rejects.toThrow(/for freeze "encoder", but "named-net" declares no encoder/);
+    expect(() => resolveTrainOptions({ freezeEpochs: 2 })).toThrow(/Expected freeze "encoder" with freezeEpochs 2/);
+    expect(() => resolveTrainOptions({ freeze: 'decoder' as never })).toThrow(
+      /Expected "encoder" or "none" for freeze but received "decoder"/,
     );
   });
 });

@@ -60,6 +60,7 @@ import { makeSchedule } from './schedules.js';
 import { fillBatch, prepareTrainingData } from './training-data.js';
 import { transferWeights, type TransferReport } from './transfer.js';
 export { MIN_BUDGET_STEPS } from './network.js';
+export { validateTrainerPlugin } from './options.js';
 export * from './options.js';
 export { evaluateSamples } from './evaluate.js';
 
@@ -74,7 +75,13 @@ export { evaluateSamples } from './evaluate.js';
  * ```
  */
 export function defaultTrainer(): TrainerPlugin {
-  return { name: 'default', apiVersion: TRAINER_API_VERSION, train: trainModel };
+  return {
+    name: 'default',
+    apiVersion: TRAINER_API_VERSION,
+    description: 'supervised training on images with label masks',
+    learnsFrom: 'masks',
+    train: trainModel,
+  };
 }
 
 async function trainModel(request: TrainRequest): Promise<TrainResult> {
@@ -89,6 +96,13 @@ async function trainModel(request: TrainRequest): Promise<TrainResult> {
 async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)[]): Promise<TrainResult> {
   const started = performance.now(); // a time budget counts reading the data and choosing the network too
   const o = resolveTrainOptions(request.options);
+  if (request.masks === undefined) {
+    throw new InvalidOptionError(
+      'Expected masks (a folder of label masks matched to the images by file name) for the default trainer.',
+      'Give --masks, or pretrain without labels: tessera pretrain.',
+      'masks',
+    );
+  }
   const plugin = request.architecture;
   const init = request.init !== undefined ? await loadInitModel(request, plugin) : null;
   let initHeld = init !== null;
@@ -152,6 +166,11 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   };
   const transferred: { report?: TransferReport } = {};
   if (init) setup.initialWeights = (model) => (transferred.report = transferWeights(init.model, model));
+  // Pretrained layers: those loaded from the initial model, or by the resumed run's (see `state` below).
+  setup.pretrained = () => {
+    const layers = transferred.report?.loaded ?? state.pretrainedLayers ?? [];
+    return { layers, frozen: o.freeze === 'encoder' ? encoderLayers(plugin, state.architectureOptions, layers) : [] };
+  };
 
   // Model and optimizer, fresh or from a checkpoint
   let state: CheckpointState = {
@@ -172,11 +191,12 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       'Run without --resume to start training, or point --out at the folder of an earlier run.',
     );
   }
+  if (checkpoint) state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
+  checkPretrainedOptions(o, plugin, init !== null || (state.pretrainedLayers?.length ?? 0) > 0);
   let network: Network;
   let networkChoice: string;
   let averageState: { values: tf.Tensor[]; updates: number } | undefined;
   if (checkpoint) {
-    state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
     registerPluginLayers(plugin);
     const model = await deserializeModel(
       await readFile(join(checkpoint, MODEL_FILES.topology), 'utf8'),
@@ -204,9 +224,24 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     await makeOutputDir(out);
   }
   cleanup.push(() => network.dispose());
+  const frozen = network.step.freeze?.layers ?? [];
+  if (o.freeze === 'encoder' && frozen.length === 0) {
+    throw new InvalidOptionError(
+      `Expected freeze "encoder" to freeze encoder layers loaded from the initial model, but none of the layers ` +
+        `loaded (${setup.pretrained().layers.length}) is one of ${plugin.name}'s encoder layers.`,
+      'Drop --freeze, or start from a model of the same encoder.',
+      'freeze',
+    );
+  }
+  if (transferred.report) state.pretrainedLayers = transferred.report.loaded;
   const initProvenance: InitProvenance | undefined =
     init && transferred.report
-      ? { model: request.init!, weightsSha256: init.manifest.files.weights.sha256, ...transferred.report }
+      ? {
+          model: request.init!,
+          weightsSha256: init.manifest.files.weights.sha256,
+          ...transferred.report,
+          ...(frozen.length ? { frozen: [...frozen] } : {}),
+        }
       : undefined;
   releaseInit(); // its weights are in the network now
   if (initProvenance) emit({ type: 'init', ...initProvenance });
@@ -244,7 +279,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
       training: {
         data: {
           images: resolve(request.images),
-          masks: resolve(request.masks),
+          masks: resolve(request.masks!),
           trainStems: trainPairs.map((p) => p.stem),
           validationStems: valPairs.map((p) => p.stem),
           validation,
@@ -297,6 +332,16 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const batchLabels = new Int32Array(o.batchSize * o.tileSize * o.tileSize);
   const step = async (done: number) => {
     fillBatch(trainSamples, o, normalization, rootRng.fork(`step-${done}`), batchImage, batchLabels);
+    request.transformBatch?.(batchImage, batchLabels, rootRng.fork(`transform-${done}`));
+    const freeze = network.step.freeze;
+    if (freeze) {
+      const active = o.freezeEpochs === null || done < o.freezeEpochs * stepsPerEpoch;
+      if (freeze.active && !active) {
+        const message = `the ${freeze.layers.length} frozen encoder layers train from step ${done + 1} (epoch ${o.freezeEpochs! + 1}) on`;
+        emit({ type: 'notice', level: 'info', message });
+      }
+      freeze.active = active;
+    }
     const lr = lrAt(done);
     lastLr = lr;
     setLearningRate(network.optimizer, lr);
@@ -309,7 +354,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
         `Lower the learning rate (--lr ${o.lr / 10}).`,
       );
     }
-    average?.update();
+    average?.update(freeze?.active ? freeze.frozenVariables : undefined);
     lossSum += loss;
     lossSteps++;
     state.step = done + 1;
@@ -423,6 +468,46 @@ function isBetter(record: EpochRecord, best: EpochRecord, select: 'dice' | 'loss
     if (record.valForegroundDice !== best.valForegroundDice) return record.valForegroundDice > best.valForegroundDice;
   }
   return record.valLoss < best.valLoss;
+}
+
+/**
+ * The options of pretrained layers (`freeze`, `freezeEpochs`, `lrPretrained`) need pretrained layers and, for
+ * `freeze`, an architecture that names its encoder.
+ * @throws InvalidOptionError otherwise.
+ */
+function checkPretrainedOptions(
+  o: ReturnType<typeof resolveTrainOptions>,
+  plugin: TrainRequest['architecture'],
+  pretrained: boolean,
+): void {
+  const asked = [
+    ...(o.freeze !== 'none' ? [`freeze "${o.freeze}"`] : []),
+    ...(o.lrPretrained !== null ? [`lrPretrained ${o.lrPretrained}`] : []),
+  ];
+  if (asked.length && !pretrained) {
+    throw new InvalidOptionError(
+      `Expected init (a trained model to start from) with ${asked.join(' and ')}: without it no layer is pretrained.`,
+      'Add --init <model folder>, or drop the option.',
+      o.freeze !== 'none' ? 'freeze' : 'lrPretrained',
+    );
+  }
+  if (o.freeze === 'encoder' && !plugin.encoder) {
+    throw new InvalidOptionError(
+      `Expected an architecture that names its encoder layers for freeze "encoder", but "${plugin.name}" declares no encoder.`,
+      'Drop --freeze, or give the plugin an encoder(options) (see the plugin guide).',
+      'freeze',
+    );
+  }
+}
+
+/** The layers among `layers` that belong to the architecture's encoder (its `encoder(options).layers` pattern). */
+function encoderLayers(
+  plugin: TrainRequest['architecture'],
+  options: Record<string, unknown>,
+  layers: readonly string[],
+): string[] {
+  const pattern = plugin.encoder?.(options as never).layers;
+  return pattern ? layers.filter((name) => new RegExp(pattern.source, pattern.flags.replace('g', '')).test(name)) : [];
 }
 
 /**

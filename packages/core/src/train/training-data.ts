@@ -49,7 +49,7 @@ export async function prepareTrainingData(
   o: ResolvedTrainOptions,
   rng: Random,
 ): Promise<TrainingData> {
-  const pairs = await pairImagesAndMasks(request.images, request.masks);
+  const pairs = await pairImagesAndMasks(request.images, request.masks!);
   const classMap = await readClassMap(request.classes, pairs);
   let trainPairs = pairs;
   let valPairs: SamplePair[] = [];
