@@ -145,6 +145,32 @@ describe('tessera train / evaluate / predict', () => {
     ]);
   });
 
+  it('pretrains without labels (tessera pretrain), lists the trainers, and fine-tunes from the pretrained model', async () => {
+    const trainers = tessera(['trainers', '--json']);
+    expect(trainers.code).toBe(0);
+    expect(JSON.parse(trainers.stdout).trainers).toEqual([
+      expect.objectContaining({ name: 'default', learnsFrom: 'masks', source: 'core' }),
+      expect.objectContaining({ name: 'inpainting', learnsFrom: 'images', source: 'package @tessera/trainer-ssl' }),
+    ]);
+    const pretrained = join(root, 'pretrained');
+    const pretrain = tessera(['pretrain', '--images', images, '--out', pretrained, '--epochs', '1', ...TINY]);
+    expect(pretrain.code).toBe(0);
+    expect(pretrain.stderr).toMatch(/pretraining on 16 tiles of 32 px from 4 source\(s\)/);
+    expect(existsSync(join(pretrained, 'pretraining.json'))).toBe(true);
+    const tuned = tessera([...trainArgs(join(root, 'tuned'), 1), ...TINY.slice(4), '--init', pretrained]);
+    expect(tuned.code).toBe(0);
+    expect(tuned.stderr).toMatch(
+      /\n {2}probabilities +initialised afresh: kernel \[1, 1, 4, 2\] here, \[1, 1, 4, 16\]/,
+    );
+    // A supervised trainer is not a pretraining one, and an unknown trainer is named with the choices.
+    const wrong = tessera(['pretrain', '--images', images, '--out', join(root, 'x'), '--trainer', 'default']);
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toContain('Expected a trainer that learns from images alone for "tessera pretrain"');
+    const unknown = tessera([...trainArgs(join(root, 'y'), 1), '--trainer', 'inpaint']);
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.stderr).toMatch(/Unknown trainer "inpaint"\..* Valid choices: default, inpainting\./);
+  });
+
   it('lists architectures as JSON', () => {
     const archs = tessera(['archs', '--json']);
     expect(archs.code).toBe(0);

@@ -10,8 +10,10 @@ import { exportCommand } from './commands/export.js';
 import { infoCommand } from './commands/info.js';
 import { predictCommand } from './commands/predict.js';
 import { trainCommand } from './commands/train.js';
+import { trainersCommand } from './commands/trainers.js';
 import { registerView } from './commands/view.js';
 import { registerQueueCommands } from './commands/queue.js';
+import { registerModelPackages } from './commands/models.js';
 import { collect, float, floatList, int } from './parsers.js';
 import { colour } from './progress.js';
 
@@ -92,8 +94,38 @@ export function buildProgram(): Command {
       )
       .option('--freeze <part>', 'with --init: "encoder" keeps the loaded encoder layers as they are (default none)')
       .option('--freeze-epochs <n>', 'with --freeze: unfreeze after this many epochs (default: the whole run)', int)
-      .option('--lr-pretrained <rate>', 'with --init: learning rate of the loaded layers (default: --lr)', float),
+      .option('--lr-pretrained <rate>', 'with --init: learning rate of the loaded layers (default: --lr)', float)
+      .option('--trainer <name>', 'trainer name, plugin package or file (see "tessera trainers")', 'default'),
   ).action(async (opts, cmd: Command) => trainCommand(opts, cmd));
+
+  output(
+    program
+      .command('pretrain')
+      .description('self-supervised pretraining on unlabelled images and slides: a model folder for "train --init"')
+      .option('--arch <name>', 'architecture name, plugin package or plugin file (.js)', 'unet')
+      .option('--arch-option <key=value>', 'architecture option, repeatable (see "tessera archs")', collect, [])
+      .requiredOption('--images <paths...>', 'folders of images and/or slides, and slide files (tissue is sampled)')
+      .requiredOption('--out <dir>', 'output model folder')
+      .option('--time-budget <minutes>', 'stop within one step of this many minutes', float)
+      .option('--epochs <n>', `maximum epochs (default ${D.epochs})`, int)
+      .option('--tile <px>', `tile and crop size (default ${D.tileSize})`, int)
+      .option('--mpp <um>', 'read slides at this µm per pixel (default: their full resolution)', float)
+      .option('--batch <n>', `batch size (default ${D.batchSize})`, int)
+      .option('--steps-per-epoch <n>', 'optimisation steps per epoch (default: crops covering the tiles once)', int)
+      .option('--lr <rate>', `learning rate (default ${D.lr})`, float)
+      .option('--seed <n>', `random seed (default ${D.seed})`, int)
+      .option('--workers <n>', 'threads sharing each step (default: CPU cores on wasm, else 1)', int)
+      .addOption(backend())
+      .option('--trainer <name>', 'a trainer that learns from images alone (see "tessera trainers")', 'inpainting'),
+  ).action(async (opts, cmd: Command) =>
+    trainCommand({ ...opts, images: opts.images[0], sources: opts.images, pretrain: true }, cmd),
+  );
+
+  program
+    .command('trainers')
+    .description('list the trainers: the default (supervised) one and installed trainer plugins')
+    .option('--json', 'print JSON')
+    .action(async (opts) => trainersCommand(opts));
 
   output(
     program
@@ -146,6 +178,11 @@ export function buildProgram(): Command {
       .option('--device <name>', 'cpu, or cuda (ONNX runtime with its CUDA provider)', 'cpu')
       .option('--threads <n>', 'ONNX runtime threads (per worker for slides; default: cores / workers)', int)
       .option(
+        '--precision <name>',
+        'fp32, or int8: the ONNX runtime on <model>/model.int8.onnx (made by "tessera export --quantize int8")',
+        'fp32',
+      )
+      .option(
         '--queue <url>',
         'whole slides: submit them to the workers of this Redis queue and wait (see "tessera worker")',
       )
@@ -166,6 +203,26 @@ export function buildProgram(): Command {
       .argument('<model>', 'model folder written by "tessera train"')
       .option('--format <name>', 'onnx', 'onnx')
       .option('--out <file>', 'output file (default <model>/model.onnx, which predict then uses)')
+      .option(
+        '--quantize <precision>',
+        'int8: also write an int8 quantization (ONNX QDQ) beside it, <model>/model.int8.onnx, for predict ' +
+          '--precision int8; checked against fp32 on the calibration tiles',
+      )
+      .option(
+        '--calibration <images...>',
+        "with --quantize: images or folders to calibrate on (default: a sample of the model's training images)",
+      )
+      .option(
+        '--calibration-method <name>',
+        "with --quantize: percentile (default; the middle 99.99% of each tensor's values) or minmax",
+      )
+      .option(
+        '--min-agreement <share>',
+        'with --quantize: refuse the int8 model when its labels agree with fp32 on fewer calibration pixels ' +
+          '(default 0.99)',
+        float,
+      )
+      .option('--force', 'with --quantize: write the int8 model even below --min-agreement')
       .addOption(backend()),
   ).action(async (model: string, opts) => exportCommand(model, opts));
 
@@ -223,6 +280,7 @@ export function buildProgram(): Command {
   ).action(async (opts) => demoCommand(opts));
   registerView(program);
   registerQueueCommands(program);
+  registerModelPackages(program);
   return program;
 }
 

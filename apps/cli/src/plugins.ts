@@ -15,7 +15,23 @@ import { warn } from './progress.js';
 /** Package-name patterns of architecture plugins the CLI discovers. */
 export const PLUGIN_PATTERNS = [/^@tessera\/arch-[a-z0-9-]+$/, /^tessera-arch-[a-z0-9-]+$/];
 
-function nodeModulesChain(start: string): string[] {
+/** A kind of plugin the CLI loads: its noun in messages, the flag that names one, and its contract check. */
+export interface PluginKind<P> {
+  noun: 'Architecture' | 'Trainer';
+  flag: string;
+  patterns: RegExp[];
+  validate: (plugin: unknown, source: string) => P;
+}
+
+const ARCHITECTURES: PluginKind<ArchitecturePlugin<object>> = {
+  noun: 'Architecture',
+  flag: '--arch',
+  patterns: PLUGIN_PATTERNS,
+  validate: validatePlugin,
+};
+
+/** The node_modules folders of `start` and of every folder above it, nearest first. */
+export function nodeModulesChain(start: string): string[] {
   const dirs: string[] = [];
   let dir = resolve(start);
   for (;;) {
@@ -27,18 +43,21 @@ function nodeModulesChain(start: string): string[] {
   }
 }
 
-/** Names of installed plugin packages visible from `cwd` and from the CLI's own location. */
-export function findPluginPackages(cwd = process.cwd()): Map<string, string> {
+/**
+ * Names of installed packages matching `patterns` (architecture plugins by default) visible from `cwd` and from the
+ * CLI's own location, each with the node_modules folder it was found in.
+ */
+export function findPluginPackages(cwd = process.cwd(), patterns = PLUGIN_PATTERNS): Map<string, string> {
   const found = new Map<string, string>();
   const here = dirname(fileURLToPath(import.meta.url));
   for (const nm of [...nodeModulesChain(cwd), ...nodeModulesChain(here)]) {
     const names: string[] = [];
     for (const entry of safeReaddir(nm)) {
-      if (entry.startsWith('tessera-arch-')) names.push(entry);
       if (entry === '@tessera') for (const sub of safeReaddir(join(nm, '@tessera'))) names.push(`@tessera/${sub}`);
+      else names.push(entry);
     }
     for (const name of names) {
-      if (PLUGIN_PATTERNS.some((re) => re.test(name)) && !found.has(name)) found.set(name, nm);
+      if (patterns.some((re) => re.test(name)) && !found.has(name)) found.set(name, nm);
     }
   }
   return found;
@@ -87,7 +106,7 @@ function corePackageDir(entry: string): string {
  * Refuses a plugin file that would run against another copy of `@tessera/core` than the CLI's: its layer classes
  * would register with that copy's TensorFlow.js, and its models fail to load ("Unknown layer") once saved.
  */
-function checkOneCore(pluginFile: string, source: string): void {
+function checkOneCore(pluginFile: string, source: string, noun: string): void {
   let pluginCore: string;
   try {
     pluginCore = realpathOr(createRequire(pluginFile).resolve('@tessera/core'));
@@ -98,7 +117,7 @@ function checkOneCore(pluginFile: string, source: string): void {
   if (pluginCore === ours) return;
   const dir = packageDirOf(pluginFile);
   throw new PluginError(
-    `Architecture plugin ${source} would run with a second copy of @tessera/core: it resolves ${corePackageDir(pluginCore)}, ` +
+    `${noun} plugin ${source} would run with a second copy of @tessera/core: it resolves ${corePackageDir(pluginCore)}, ` +
       `the CLI runs with ${corePackageDir(ours)}. TensorFlow.js layers and engines belong to one copy, so models of the ` +
       'plugin would fail to load ("Unknown layer") after training.',
     `Use one copy: keep @tessera/core a peerDependency of the plugin and develop against the CLI's own copy (npm install ` +
@@ -111,29 +130,37 @@ function missingPackage(message: string): string | undefined {
   return /Cannot find (?:package|module) '([^']+)'/.exec(message)?.[1];
 }
 
-interface Imported {
-  plugin: ArchitecturePlugin<object>;
+interface Imported<P = ArchitecturePlugin<object>> {
+  plugin: P;
   url: string;
 }
 
-async function importPlugin(specifier: string, fromDir: string, source: string): Promise<Imported> {
+/** Imports a plugin module by path or package name and calls its default-exported factory. */
+export async function importPlugin<P = ArchitecturePlugin<object>>(
+  specifier: string,
+  fromDir: string,
+  source: string,
+  kind: PluginKind<P> = ARCHITECTURES as unknown as PluginKind<P>,
+): Promise<Imported<P>> {
+  const { noun, flag } = kind;
+  const lower = noun.toLowerCase();
   let path: string;
   if (specifier.startsWith('.') || isAbsolute(specifier)) {
     path = resolve(specifier);
     if (!existsSync(path)) {
-      throw new PluginError(`Architecture plugin file ${path} does not exist.`, 'Check the path given to --arch.');
+      throw new PluginError(`${noun} plugin file ${path} does not exist.`, `Check the path given to ${flag}.`);
     }
   } else {
     try {
       path = createRequire(join(fromDir, 'noop.js')).resolve(specifier);
     } catch (error) {
       throw new PluginError(
-        `Architecture plugin package "${specifier}" cannot be resolved from ${fromDir}: ${(error as Error).message.split('\n')[0]}`,
+        `${noun} plugin package "${specifier}" cannot be resolved from ${fromDir}: ${(error as Error).message.split('\n')[0]}`,
         `Install it: npm install ${specifier}`,
       );
     }
   }
-  checkOneCore(path, source);
+  checkOneCore(path, source, noun);
   const url = pathToFileURL(path).href;
   let mod: { default?: unknown; plugin?: unknown };
   try {
@@ -145,14 +172,14 @@ async function importPlugin(specifier: string, fromDir: string, source: string):
       const missing = missingPackage(String(e.message));
       const dir = packageDirOf(path);
       throw new PluginError(
-        `Architecture plugin ${source} imports ${missing ? `"${missing}"` : 'a module'}, which cannot be found: ${first}`,
+        `${noun} plugin ${source} imports ${missing ? `"${missing}"` : 'a module'}, which cannot be found: ${first}`,
         missing === '@tessera/core'
           ? `The plugin's peer @tessera/core must be the CLI's: install the plugin beside the CLI (npm install ${dir}), or link the CLI's core into it (npm install --save-dev ${corePackageDir(cliCoreEntry())} in ${dir}).`
           : `Install the plugin's dependencies (cd ${dir} && npm install), or install the plugin beside the CLI (npm install ${dir}).`,
       );
     }
     throw new PluginError(
-      `Could not import architecture plugin ${source}: ${first}`,
+      `Could not import ${lower} plugin ${source}: ${first}`,
       'Fix the error in the plugin (run its tests: npm test), or uninstall it.',
     );
   }
@@ -163,15 +190,15 @@ async function importPlugin(specifier: string, fromDir: string, source: string):
   } catch (error) {
     if (error instanceof TesseraError) throw error;
     throw new PluginError(
-      `The factory of architecture plugin ${source} failed: ${String((error as Error)?.message).split('\n')[0]}`,
+      `The factory of ${lower} plugin ${source} failed: ${String((error as Error)?.message).split('\n')[0]}`,
     );
   }
   if (!plugin || typeof plugin !== 'object') {
     throw new PluginError(
-      `${source} does not export an architecture plugin: its default export should be a factory function returning one.`,
+      `${source} does not export a${noun === 'Architecture' ? 'n' : ''} ${lower} plugin: its default export should be a factory function returning one.`,
     );
   }
-  return { plugin: validatePlugin(plugin, source), url };
+  return { plugin: kind.validate(plugin, source), url };
 }
 
 /** True when `--arch` names a file or package to load rather than a registered name. */

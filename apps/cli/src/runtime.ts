@@ -22,6 +22,8 @@ import { info, warn, type OutputOptions } from './progress.js';
 export const RUNTIMES = ['auto', 'onnx', 'tfjs'] as const;
 /** Values of `--device`. */
 export const DEVICES = ['cpu', 'cuda'] as const;
+/** Values of `--precision`: `int8` runs the model's `model.int8.onnx` (see `tessera export --quantize int8`). */
+export const PRECISIONS = ['fp32', 'int8'] as const;
 
 /** The module `@tessera/onnx`. */
 export type OnnxModule = typeof import('@tessera/onnx');
@@ -37,6 +39,8 @@ export interface RuntimeRequest {
   model: string;
   runtime?: string;
   device?: string;
+  /** `fp32` (default) or `int8`. */
+  precision?: string;
   /** Threads of the ONNX engine (per worker for slides). */
   threads?: number;
   /** tfjs engine used to read the model for an export made now (when none is set up yet). */
@@ -77,11 +81,13 @@ export async function pluginConverters(): Promise<Record<string, OnnxLayerConver
 /**
  * Chooses how to run a model: `--runtime onnx` or `auto` (the default) use onnxruntime-node where `@tessera/onnx`
  * is installed and the model converts (its `model.onnx`, or an export made now); `auto` falls back to tfjs with a
- * warning naming why. The tfjs engine must already be set up (an export reads the tfjs model).
+ * warning naming why. `--precision int8` runs its `model.int8.onnx`, which must exist and be made from the current
+ * weights. The tfjs engine must already be set up (an export reads the tfjs model).
  */
 export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions): Promise<RuntimeChoice> {
   const runtime = check(request.runtime, RUNTIMES, '--runtime') ?? 'auto';
   const device = check(request.device, DEVICES, '--device') ?? 'cpu';
+  const precision = check(request.precision, PRECISIONS, '--precision') ?? 'fp32';
   if (request.threads !== undefined && !(Number.isInteger(request.threads) && request.threads >= 1)) {
     throw new InvalidOptionError(`Expected --threads to be a positive integer but received ${request.threads}.`);
   }
@@ -89,6 +95,11 @@ export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions)
   const modelManifest = await readManifest(request.model);
   warnPluginVersion(plugins, modelManifest, request.model);
   if (runtime === 'tfjs') {
+    if (precision === 'int8') {
+      throw new InvalidOptionError(
+        '--precision int8 needs --runtime onnx (or auto): the int8 model is an ONNX file, model.int8.onnx.',
+      );
+    }
     if (device === 'cuda') {
       throw new InvalidOptionError(
         '--device cuda needs --runtime onnx (or auto); the tfjs GPU path is the tfjs-node-gpu engine (--backend tfjs-node-gpu).',
@@ -98,13 +109,17 @@ export async function chooseRuntime(request: RuntimeRequest, out: OutputOptions)
   }
   const onnx = await importOnnx();
   if (!onnx) {
-    if (runtime === 'onnx' || device === 'cuda') {
+    if (runtime === 'onnx' || device === 'cuda' || precision === 'int8') {
       throw new EngineError(
         'The ONNX runtime was asked for, but @tessera/onnx is not installed.',
         'npm install @tessera/onnx (it brings onnxruntime-node), or use --runtime tfjs.',
       );
     }
     return { kind: 'tfjs', reason: '@tessera/onnx is not installed (npm install @tessera/onnx for faster prediction)' };
+  }
+  if (precision === 'int8') {
+    const { bytes, manifest } = await onnx.int8OnnxForModelDir(request.model);
+    return { kind: 'onnx', bytes, manifest, source: 'int8', device, reason: `${onnx.INT8_ONNX_FILE} of the model` };
   }
   try {
     if (!activeEngine()) await setupEngine(request.backend);
@@ -160,9 +175,10 @@ export async function slideRuntime(
   const choice = await chooseRuntime(request, out);
   if (choice.kind === 'tfjs') return { cleanup: async () => {}, label: `tfjs (${choice.reason})` };
   const onnx = (await importOnnx())!;
-  if (choice.source === 'file') {
+  if (choice.source === 'file' || choice.source === 'int8') {
+    const file = join(request.model, choice.source === 'int8' ? onnx.INT8_ONNX_FILE : onnx.ONNX_FILE);
     return {
-      onnx: { file: join(request.model, onnx.ONNX_FILE), threads: request.threads, device: choice.device },
+      onnx: { file, threads: request.threads, device: choice.device },
       cleanup: async () => {},
       label: `onnx (${choice.reason})`,
     };

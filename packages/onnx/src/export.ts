@@ -29,6 +29,8 @@ export const ONNX_METADATA = {
   classes: 'tessera.classes',
   normalization: 'tessera.normalization',
   inputMultiple: 'tessera.input_multiple',
+  /** In int8 models (see `quantizeOnnx`): the quantization report, JSON. */
+  quantization: 'tessera.quantization',
 } as const;
 
 /** Options of {@link exportOnnx}. */

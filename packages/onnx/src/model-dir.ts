@@ -1,11 +1,21 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadModel, readManifest, writeFileAtomic, type ModelManifest, type OnnxLayerConverter } from '@tessera/core';
+import {
+  InputNotFoundError,
+  loadModel,
+  ModelFormatError,
+  readManifest,
+  writeFileAtomic,
+  type ModelManifest,
+  type OnnxLayerConverter,
+} from '@tessera/core';
 import { exportOnnx, ONNX_METADATA } from './export.js';
 import { ModelMetadata } from './onnx-proto.js';
 
 /** File name of the exported ONNX model inside a model folder. */
 export const ONNX_FILE = 'model.onnx';
+/** File name of its int8 quantization (see `quantizeOnnx`), beside it. */
+export const INT8_ONNX_FILE = 'model.int8.onnx';
 
 /**
  * The `metadata_props` of an ONNX model, decoded from its bytes without the graph (whose bytes are skipped).
@@ -70,4 +80,40 @@ export async function onnxForModelDir(
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * The int8 ONNX model of a model folder, its `model.int8.onnx`, checked to be quantized from the folder's current
+ * weights.
+ *
+ * @throws InputNotFoundError (exit code 4) when the folder has no `model.int8.onnx`, naming the command that makes it.
+ * @throws ModelFormatError (exit code 7) when it was quantized from other weights.
+ * @example
+ * ```ts
+ * const { bytes } = await int8OnnxForModelDir('runs/isbi');
+ * ```
+ */
+export async function int8OnnxForModelDir(dir: string): Promise<{ bytes: Uint8Array; manifest: ModelManifest }> {
+  const manifest = await readManifest(dir);
+  const path = join(dir, INT8_ONNX_FILE);
+  const command = `tessera export ${dir} --format onnx --quantize int8`;
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await readFile(path));
+  } catch (error) {
+    throw new InputNotFoundError(
+      `--precision int8 needs ${path}, which does not exist.`,
+      `Make it with \`${command}\` (or predict with --precision fp32).`,
+      error,
+    );
+  }
+  const made = readOnnxMetadata(bytes)[ONNX_METADATA.weightsSha256];
+  if (made !== manifest.files.weights.sha256) {
+    throw new ModelFormatError(
+      `${path} was quantized from other weights (sha256 ${String(made).slice(0, 12)}…) than the model's ` +
+        `(${manifest.files.weights.sha256.slice(0, 12)}…).`,
+      `Quantize the current weights with \`${command}\`.`,
+    );
+  }
+  return { bytes, manifest };
 }

@@ -3,6 +3,7 @@ import { EngineError, InvalidOptionError, tf, tfjsPredictor, writeFileAtomic } f
 import { loadModelFolder } from '../model-folder.js';
 import { info } from '../progress.js';
 import { importOnnx, pluginConverters } from '../runtime.js';
+import { checkQuantizeOptions, exportInt8, type QuantizeCliOptions } from './quantize.js';
 import { startEngine } from './shared.js';
 
 /** Formats `tessera export` writes. */
@@ -10,11 +11,12 @@ export const EXPORT_FORMATS = ['onnx'] as const;
 
 /**
  * `tessera export <model> --format onnx`: writes `model.onnx` into the model folder (or `--out`), then checks it
- * against the tfjs model on a random input and prints the largest probability difference.
+ * against the tfjs model on a random input and prints the largest probability difference. With `--quantize int8`
+ * it also writes its int8 quantization `model.int8.onnx` beside it (see `quantize.ts`).
  */
 export async function exportCommand(
   modelDir: string,
-  opts: { format: string; out?: string; backend?: string; json?: boolean; quiet?: boolean },
+  opts: { format: string; out?: string; backend?: string; json?: boolean; quiet?: boolean } & QuantizeCliOptions,
 ): Promise<void> {
   const out = { quiet: opts.quiet || opts.json, json: opts.json };
   if (!EXPORT_FORMATS.includes(opts.format as 'onnx')) {
@@ -29,6 +31,7 @@ export async function exportCommand(
       'npm install @tessera/onnx',
     );
   }
+  const quantize = checkQuantizeOptions(opts, onnx);
   // The cpu engine unless --backend says otherwise (TESSERA_BACKEND does not apply here).
   await startEngine(opts.backend, out, { engine: 'cpu', reason: 'the default of export; --backend chooses another' });
   const converters = await pluginConverters();
@@ -59,6 +62,12 @@ export async function exportCommand(
     );
   }
   await writeFileAtomic(path, bytes);
+  info(
+    out,
+    `wrote ${path} (${(bytes.byteLength / 1e6).toFixed(1)} MB, ONNX opset ${onnx.ONNX_OPSET}, ${manifest.architecture.name}); ` +
+      `max |Δp| against tfjs on a random ${side}x${side} input: ${maxDiff.toExponential(1)}`,
+  );
+  const int8 = quantize && (await exportInt8(onnx, modelDir, manifest, bytes, path, quantize, out));
   const result = {
     path,
     format: 'onnx',
@@ -66,11 +75,7 @@ export async function exportCommand(
     bytes: bytes.byteLength,
     architecture: manifest.architecture.name,
     check: { input: shape, maxAbsProbabilityDifference: maxDiff },
+    ...(int8 ? { int8 } : {}),
   };
   if (opts.json) process.stdout.write(JSON.stringify(result) + '\n');
-  info(
-    out,
-    `wrote ${path} (${(bytes.byteLength / 1e6).toFixed(1)} MB, ONNX opset ${onnx.ONNX_OPSET}, ${manifest.architecture.name}); ` +
-      `max |Δp| against tfjs on a random ${side}x${side} input: ${maxDiff.toExponential(1)}`,
-  );
 }

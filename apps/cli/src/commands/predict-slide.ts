@@ -24,6 +24,8 @@ export interface SlidePredictCliOptions {
   runtime?: string;
   device?: string;
   threads?: number;
+  /** `fp32` (default) or `int8` (the model's `model.int8.onnx`). */
+  precision?: string;
   /** Continue an interrupted prediction from its partial work folder in `out`. */
   resume?: boolean;
   /** Also write `<stem>_polygons.geojson` (implied by `geojsonMinArea` and `geojsonObject`). */

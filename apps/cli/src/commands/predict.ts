@@ -45,6 +45,8 @@ export interface PredictCliOptions {
   device?: string;
   /** Threads of the ONNX runtime (per worker for slides). */
   threads?: number;
+  /** `fp32` (default) or `int8` (the model's `model.int8.onnx` on the ONNX runtime). */
+  precision?: string;
   json?: boolean;
   quiet?: boolean;
   /** Whole-slide options (see `predict-slide.ts`). */
@@ -133,6 +135,12 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     const all = expanded.length;
     expanded = shardOf(expanded, shard);
     info(out, `shard ${shard.index}/${shard.count}: ${expanded.length} of ${all} input(s)`);
+  }
+  if (opts.queue && opts.precision === 'int8') {
+    throw new InvalidOptionError(
+      '--precision int8 is not supported with --queue yet: queue workers run the fp32 model.',
+      'Predict the slides here with --precision int8, or on the queue with --precision fp32.',
+    );
   }
   if (opts.detach && !opts.queue) {
     throw new InvalidOptionError(
@@ -266,6 +274,7 @@ async function writeResolved(opts: PredictCliOptions, inputs: string[], wholeSli
         batch: opts.batch ?? null,
         mpp: opts.mpp ?? null,
         tissue: opts.tissue ?? true,
+        precision: opts.precision ?? 'fp32',
         resume: !!opts.resume,
         probabilities: !!opts.probabilities,
         overlay: !!opts.overlay,

@@ -1,7 +1,15 @@
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { defaultTrainer, readManifest, writeFileAtomic, type InitProvenance, type TrainOptions } from '@tessera/core';
+import {
+  InvalidOptionError,
+  readManifest,
+  writeFileAtomic,
+  type InitProvenance,
+  type TrainOptions,
+} from '@tessera/core';
 import { getArchitecture, loadRegistry } from '../plugins.js';
+import { resolveModelReference } from '../model-packages.js';
+import { getTrainer } from '../trainers.js';
 import { colour, formatDuration, info, ProgressBar, warn } from '../progress.js';
 import { writeTrainingReport } from '../report.js';
 import { parseKeyValues, requireOption, startEngine } from './shared.js';
@@ -41,6 +49,12 @@ export interface TrainCliOptions {
   config?: string;
   resume?: boolean;
   init?: string;
+  /** Trainer name, plugin package or file (default `default`). */
+  trainer?: string;
+  /** `tessera pretrain`: every input given to --images. */
+  sources?: string[];
+  /** Run as `tessera pretrain` (a trainer that learns from images alone). */
+  pretrain?: boolean;
   freeze?: 'encoder' | 'none';
   freezeEpochs?: number;
   lrPretrained?: number;
@@ -62,8 +76,22 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       (key) => cmd.getOptionValueSource(key) === 'cli',
     ) as unknown as TrainCliOptions;
   }
+  // --init: a model folder or an installed model package.
+  const init = opts.init !== undefined ? await resolveModelReference(opts.init) : undefined;
+  if (init) opts = { ...opts, init: init.dir };
+  const trainer = await getTrainer(opts.trainer ?? 'default');
+  const learnsFrom = trainer.plugin.learnsFrom ?? 'masks';
+  if (opts.pretrain && learnsFrom !== 'images') {
+    throw new InvalidOptionError(
+      `Expected a trainer that learns from images alone for "tessera pretrain" but trainer "${trainer.plugin.name}" (${trainer.source}) learns from masks.`,
+      'Use "tessera train" for it, or a trainer listed by "tessera trainers" as learning from images.',
+      '--trainer',
+    );
+  }
   requireOption(opts.images, '--images', 'Give the folder of training images, e.g. --images data/train/images.');
-  requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
+  if (learnsFrom === 'masks') {
+    requireOption(opts.masks, '--masks', 'Give the folder of label masks, e.g. --masks data/train/masks.');
+  }
   const out = { quiet: opts.quiet, json: opts.json };
   const engine = await startEngine(opts.backend, out);
   // --init without --arch: the initial model's architecture.
@@ -116,11 +144,12 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
   let currentEpoch = 0;
   const started = performance.now();
   try {
-    const result = await defaultTrainer().train({
+    const result = await trainer.plugin.train({
       architecture,
       architectureOptions,
       images: opts.images!,
-      masks: opts.masks!,
+      masks: opts.masks,
+      ...(opts.sources ? { sources: opts.sources } : {}),
       valImages: opts.valImages,
       valMasks: opts.valMasks,
       classes: opts.classes,
@@ -128,6 +157,7 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       options,
       resume: opts.resume,
       init: opts.init,
+      initSource: init?.source,
       mpp: opts.mpp,
       signal: controller.signal,
       // Training worker threads import the plugins too, so that custom layers rebuild there.
@@ -198,11 +228,12 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
       },
     });
     const resolved = {
-      command: 'train',
+      command: opts.pretrain ? 'pretrain' : 'train',
+      trainer: trainer.plugin.name,
       arch: architecture.name,
       archOptions: result.manifest.architecture.options,
-      images: resolve(opts.images!),
-      masks: resolve(opts.masks!),
+      images: opts.sources ? opts.sources.map((p) => resolve(p)) : resolve(opts.images!),
+      masks: opts.masks ? resolve(opts.masks) : null,
       valImages: opts.valImages ? resolve(opts.valImages) : null,
       valMasks: opts.valMasks ? resolve(opts.valMasks) : null,
       classes: result.manifest.classes,

@@ -33,7 +33,7 @@ export interface TrainingProvenance {
 
 /** Where a run's initial weights came from (transfer learning). */
 export interface InitProvenance {
-  /** The model folder, as given. */
+  /** The model folder as given, or the model package (`name@version`) it came from. */
   model: string;
   /** SHA-256 of its weights file. */
   weightsSha256: string;

@@ -158,6 +158,11 @@ export interface TrainRequest {
   images: string;
   /** The label masks of `images` (matched by file name); what a supervised trainer trains to predict. */
   masks?: string;
+  /**
+   * For trainers that learn from images alone (`learnsFrom: 'images'`): folders of images and slides, and slide files,
+   * to learn from (default: `images`). The default trainer reads `images` and `masks` only.
+   */
+  sources?: string[];
   /** Validation folders; otherwise `valSplit` of the training pairs is held out. */
   valImages?: string;
   valMasks?: string;
@@ -174,6 +179,8 @@ export interface TrainRequest {
    * count) start fresh. Its architecture options are the run's, but for those `architectureOptions` sets.
    */
   init?: string;
+  /** How `init` was named, recorded in the manifest instead of its path (e.g. a model package's `name@version`). */
+  initSource?: string;
   /** µm per pixel of the training images, recorded in the manifest. */
   mpp?: number;
   /** Aborting stops training after the current step; the last epoch checkpoint stays usable for `resume`. */

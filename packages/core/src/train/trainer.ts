@@ -237,7 +237,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   const initProvenance: InitProvenance | undefined =
     init && transferred.report
       ? {
-          model: request.init!,
+          model: request.initSource ?? request.init!,
           weightsSha256: init.manifest.files.weights.sha256,
           ...transferred.report,
           ...(frozen.length ? { frozen: [...frozen] } : {}),
