@@ -4,11 +4,11 @@
  * place a model folder is accepted) then finds it in the node_modules folders visible from the working directory
  * and from the CLI's own location, as architecture plugins are found.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { nodeModulesChain } from './plugins.js';
+import { nodeModulesChain, safeReaddir } from './plugins.js';
 import {
   describeValue,
   InputNotFoundError,
@@ -64,14 +64,6 @@ export interface ResolvedModel {
 function searchPath(cwd: string): string[] {
   const here = dirname(fileURLToPath(import.meta.url));
   return [...new Set([...nodeModulesChain(cwd), ...nodeModulesChain(here)])];
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
 }
 
 /**

@@ -63,7 +63,8 @@ export function findPluginPackages(cwd = process.cwd(), patterns = PLUGIN_PATTER
   return found;
 }
 
-function safeReaddir(dir: string): string[] {
+/** The entries of a folder, or none when it cannot be read. */
+export function safeReaddir(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {
@@ -202,13 +203,13 @@ export async function importPlugin<P = ArchitecturePlugin<object>>(
 }
 
 /** True when `--arch` names a file or package to load rather than a registered name. */
-export function isPluginReference(arch: string): boolean {
+export function isPluginReference(arch: string, patterns = PLUGIN_PATTERNS): boolean {
   return (
     arch.startsWith('.') ||
     isAbsolute(arch) ||
     arch.endsWith('.js') ||
     arch.endsWith('.mjs') ||
-    PLUGIN_PATTERNS.some((re) => re.test(arch))
+    patterns.some((re) => re.test(arch))
   );
 }
 

@@ -1,7 +1,6 @@
-import { isAbsolute, resolve } from 'node:path';
-import { dirname } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { defaultTrainer, TesseraError, unknownName, validateTrainerPlugin, type TrainerPlugin } from '@tessera/core';
-import { findPluginPackages, importPlugin, type PluginKind } from './plugins.js';
+import { findPluginPackages, importPlugin, isPluginReference, type PluginKind } from './plugins.js';
 import { warn } from './progress.js';
 
 /** Package-name patterns of trainer plugins the CLI discovers. */
@@ -28,13 +27,6 @@ export interface LoadedTrainers {
   /** The name of the trainer given by path or package name, if any. */
   extraName?: string;
 }
-
-const isReference = (name: string) =>
-  name.startsWith('.') ||
-  isAbsolute(name) ||
-  name.endsWith('.js') ||
-  name.endsWith('.mjs') ||
-  TRAINER_PATTERNS.some((re) => re.test(name));
 
 /**
  * Core's default trainer, every installed trainer package (`@tessera/trainer-*`, `tessera-trainer-*`) and one given
@@ -66,7 +58,7 @@ export async function loadTrainers(extra?: string): Promise<LoadedTrainers> {
     }
   }
   let extraName: string | undefined;
-  if (extra && isReference(extra)) {
+  if (extra && isPluginReference(extra, TRAINER_PATTERNS)) {
     const source = extra.startsWith('.') || isAbsolute(extra) ? `file ${resolve(extra)}` : `package ${extra}`;
     const { plugin } = await importPlugin(extra, process.cwd(), source, TRAINERS);
     if (trainers.has(plugin.name)) {
