@@ -5,7 +5,7 @@
 //   node bench/int8.mjs                                   # latency: tiles 256 and 512, U-Net, FCN-8s, DeepLabv3+
 //   node bench/int8.mjs --slide ../shared/data/slides/wsi-cmu1-small-region-svs/CMU-1-Small-Region.svs
 //   node bench/int8.mjs --model runs/monuseg              # nucleus Dice on its held-out MoNuSeg images
-//   options: --sizes 256,512  --threads 2  --reps 9  --archs unet,fcn8s,deeplabv3plus  --small
+//   options: --sizes 256,512  --threads 2  --reps 9  --archs unet,fcn8s,deeplabv3plus  --small  --no-latency
 //            --slide <file> [--workers 2] [--tile 512] [--slide-reps 1]  --model <dir> [--heldout 5]
 //
 // Needs `npm run build` first.
@@ -15,7 +15,10 @@
 // crops of MoNuSeg H&E. fp32 and int8 run interleaved (fp32, int8, int8, fp32, ...) after a warm-up of each; the
 // median of --reps runs each and fp32 / int8 (above 1: int8 is faster).
 // Whole slide (--slide): `predictSlide` of @tessera/tiler on --model (else an untrained U-Net, depth 3 x 8 filters),
-// every tile (no tissue detection), model.onnx then model.int8.onnx, --slide-reps times each, interleaved; Mpx/s.
+// every tile (no tissue detection), model.onnx then model.int8.onnx, --slide-reps times each, interleaved; Mpx/s,
+// beside the model-only ceiling of the same run (its tiles decoded into memory first, then the network alone on the
+// same workers and threads), and the label agreement of int8 with fp32 over the whole slide. At the model's µm/px, or
+// the slide's own where the model's is finer.
 // The model's model.int8.onnx is made with `tessera export --quantize int8 --force` where missing.
 // Dice (--model): the MoNuSeg images (../shared/data/monuseg-train20) not among the model's training images, each
 // predicted whole with fp32 and int8; nucleus Dice (mask value 1) against the masks, and int8-fp32 label agreement.
@@ -156,8 +159,87 @@ function ensureInt8(model, calibration) {
   if (result.status !== 0) throw new Error(`tessera export --quantize int8 ${model} failed (${result.status})`);
 }
 
+/**
+ * The same tiles as a tiler run (its plan, batch size, workers and threads per worker), decoded and normalised into
+ * memory first, then run through the network only: worker threads each with one onnxruntime session, taking the next
+ * batch as they finish one. Returns the wall seconds of the network part.
+ */
+async function modelOnlySeconds(slide, model, file, run) {
+  const { Worker } = await import('node:worker_threads');
+  const { openSlide, readRegion, splitLevel } = await import('@tessera/tiler');
+  const manifest = await readManifest(model);
+  const info = await openSlide(slide);
+  if (run.scale !== 1) throw new Error(`model-only needs a run at a level's own scale (this one: ${run.scale})`);
+  const level = await readRegion(info, { x: 0, y: 0, width: run.width, height: run.height }, { level: run.level });
+  const plan = splitLevel({
+    width: run.width,
+    height: run.height,
+    tile: run.options.tile,
+    overlap: run.options.overlap,
+    multiple: manifest.architecture.inputMultiple,
+  });
+  const [th, tw, c] = [plan.tileHeight, plan.tileWidth, 3];
+  const batchSize = run.options.batchSize;
+  const batches = Math.ceil(plan.tiles.length / batchSize);
+  const perBatch = batchSize * th * tw * c;
+  const shared = new SharedArrayBuffer(batches * perBatch * 4);
+  const all = new Float32Array(shared);
+  const { mean, std } = manifest.normalization;
+  plan.tiles.forEach((tile, i) => {
+    const base = i * th * tw * c;
+    for (let y = 0; y < th; y++) {
+      // Pixels past the level's edge are mirrored, as the tiler's reader does.
+      const sy = Math.min(tile.y + y, 2 * run.height - 2 - (tile.y + y));
+      for (let x = 0; x < tw; x++) {
+        const sx = Math.min(tile.x + x, 2 * run.width - 2 - (tile.x + x));
+        const from = (sy * run.width + sx) * c;
+        const to = base + (y * tw + x) * c;
+        for (let k = 0; k < c; k++) all[to + k] = (level.data[from + k] / 255 - mean[k]) / std[k];
+      }
+    }
+  });
+  const bytes = await readFile(join(model, file));
+  const shape = [batchSize, th, tw, c];
+  const workers = [];
+  for (let i = 0; i < run.options.workers; i++) {
+    const worker = new Worker(new URL('./onnx-tile-worker.mjs', import.meta.url), {
+      workerData: { bytes, threads: run.options.onnx.threads, shared, shape },
+    });
+    await new Promise((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    workers.push(worker);
+  }
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    workers.map(
+      (worker) =>
+        new Promise((resolve, reject) => {
+          const give = () => (next < batches ? worker.postMessage(next++) : resolve());
+          worker.on('message', give);
+          worker.once('error', reject);
+          give();
+        }),
+    ),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  for (const worker of workers) await worker.terminate();
+  return seconds;
+}
+
+/** Share of pixels with the same label in two label TIFFs (level 0). */
+async function labelAgreement(a, b) {
+  const [x, y] = [await sharp(a, { page: 0 }).raw().toBuffer(), await sharp(b, { page: 0 }).raw().toBuffer()];
+  if (x.length !== y.length) throw new Error(`${a} and ${b} differ in size`);
+  let same = 0;
+  for (let i = 0; i < x.length; i++) same += x[i] === y[i] ? 1 : 0;
+  return same / x.length;
+}
+
 async function slideThroughput(slide, dir) {
-  const { predictSlide } = await import('@tessera/tiler');
+  const { openSlide, predictSlide } = await import('@tessera/tiler');
   let model = arg('model');
   if (!model) {
     const { NUCLEUS_CLASSES, saveTinyUnet } = await import('../packages/tiler/test/tiny-model.mjs');
@@ -165,8 +247,15 @@ async function slideThroughput(slide, dir) {
     await saveTinyUnet(model, { depth: 3, baseFilters: 8, classes: NUCLEUS_CLASSES, tileSize: 512, seed: 1 });
   }
   ensureInt8(model, arg('model') ? undefined : join(MONUSEG, 'images'));
+  // The model's µm/px, or the slide's own where the model's is finer (Tessera does not enlarge slides).
+  const info = await openSlide(slide);
+  const slideMpp = info.mpp ? (info.mpp.x + info.mpp.y) / 2 : null;
+  const modelMpp = (await readManifest(model)).mpp;
+  const mpp = slideMpp && modelMpp ? Math.max(slideMpp, modelMpp) : undefined;
   const workers = Number(arg('workers', '2'));
   const mpx = { fp32: [], int8: [] };
+  const ceiling = { fp32: [], int8: [] };
+  const labels = {};
   let engine = {};
   for (let i = 0; i < Number(arg('slide-reps', '1')); i++) {
     for (const [precision, file] of [
@@ -178,20 +267,42 @@ async function slideThroughput(slide, dir) {
         model,
         out,
         workers,
+        mpp,
         tile: Number(arg('tile', '512')),
         tissue: false,
         onnx: { file: join(model, file) },
       });
-      mpx[precision].push((run.width * run.height) / 1e6 / (run.timings.wallMs / 1000));
+      const pixels = (run.width * run.height) / 1e6;
+      mpx[precision].push(pixels / (run.timings.wallMs / 1000));
+      ceiling[precision].push(pixels / (await modelOnlySeconds(slide, model, file, run)));
       engine[precision] = run.engine;
-      await rm(out, { recursive: true, force: true });
+      if (i === 0) labels[precision] = { out, run };
+      else await rm(out, { recursive: true, force: true });
     }
   }
+  const stem = imageStem(slide);
+  const agreement = await labelAgreement(
+    join(labels.fp32.out, `${stem}_labels.tif`),
+    join(labels.int8.out, `${stem}_labels.tif`),
+  );
+  const run = labels.int8.run;
+  console.log(
+    `\nWhole slide ${slide} at ${run.mpp?.toFixed(3) ?? '?'} µm/px (${run.width} x ${run.height}), ${workers} worker(s), ` +
+      `${run.options.onnx.threads} thread(s) each, every tile (${run.tilesPredicted} of ${run.options.tile} px, batch ` +
+      `${run.options.batchSize}); ${engine.int8}; median of ${arg('slide-reps', '1')} run(s). Model only: the same ` +
+      'tiles decoded into memory first, the same workers and threads, the network alone.',
+  );
+  console.log('| precision | tiler Mpx/s | model-only Mpx/s | tiler / model-only |\n| --- | --- | --- | --- |');
+  for (const precision of ['fp32', 'int8']) {
+    const [a, b] = [median(mpx[precision]), median(ceiling[precision])];
+    console.log(`| ${precision} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${(a / b).toFixed(2)} |`);
+  }
   const [a, b] = [median(mpx.fp32), median(mpx.int8)];
-  console.log(`\nWhole slide ${slide}, ${workers} worker(s), every tile; ${engine.int8}.`);
-  console.log('| slide | workers | fp32 Mpx/s | int8 Mpx/s | int8 / fp32 |');
-  console.log('| --- | --- | --- | --- | --- |');
-  console.log(`| ${slide.split('/').pop()} | ${workers} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${(b / a).toFixed(2)} |`);
+  console.log(
+    `int8 / fp32, tiler: ${(b / a).toFixed(2)}; model only: ${(median(ceiling.int8) / median(ceiling.fp32)).toFixed(2)}`,
+  );
+  console.log(`label agreement int8 vs fp32 on the whole slide: ${(100 * agreement).toFixed(2)}%`);
+  for (const { out } of Object.values(labels)) await rm(out, { recursive: true, force: true });
 }
 
 async function nucleusDice(model) {
@@ -199,7 +310,9 @@ async function nucleusDice(model) {
   const manifest = await readManifest(model);
   const nucleus = manifest.classes.findIndex((c) => c.value === 1);
   if (nucleus < 0) throw new Error(`${model} has no class of mask value 1 (MoNuSeg nuclei)`);
-  const trained = new Set(manifest.training?.data.trainStems ?? []);
+  // Held out: neither trained on nor used to choose the kept weights.
+  const data = manifest.training?.data;
+  const trained = new Set([...(data?.trainStems ?? []), ...(data?.validationStems ?? [])]);
   const names = (await readdir(join(MONUSEG, 'images'))).filter((n) => n.endsWith('.tif')).sort();
   const heldOut = names.filter((n) => !trained.has(imageStem(n))).slice(0, Number(arg('heldout', '5')));
   if (heldOut.length === 0) throw new Error(`every MoNuSeg image is among the training images of ${model}`);
@@ -249,7 +362,7 @@ async function nucleusDice(model) {
 }
 
 await setupEngine('cpu');
-await latency();
+if (!process.argv.includes('--no-latency')) await latency();
 const dir = await mkdtemp(join(tmpdir(), 'tessera-int8-bench-'));
 try {
   if (arg('slide')) await slideThroughput(arg('slide'), dir);

@@ -5,7 +5,9 @@
  * a model card (README.md) written from card.md.
  *
  *   node models/he-nuclei/train.mjs [--time-budget 25] [--out packages/model-he-nuclei] [--mpp 0.25] [--seed 1]
- *     [--backend <engine>] [--version 1.0.0] [--work <dir>] [--force] [-- <more tessera train flags>]
+ *     [--backend <engine>] [--version 1.0.0] [--work <dir>] [--force] [--reuse] [-- <more tessera train flags>]
+ *
+ * --reuse (with --work) rebuilds the package and its card from the model an earlier run trained in that folder.
  *
  * Data (read from ../shared/data or $TESSERA_DATA, never copied into the package): monuseg-train20, its 20 tiles in
  * name order, the first 16 to train on (tessera train holds out its own validation share of them), the last 4 held
@@ -47,6 +49,7 @@ const { values, positionals } = parseArgs({
     },
     work: { type: 'string' },
     force: { type: 'boolean', default: false },
+    reuse: { type: 'boolean', default: false },
   },
 });
 
@@ -54,6 +57,8 @@ const NAME = '@tessera/model-he-nuclei';
 /** The licence of the weights: that of the data they were trained on (monuseg-train20/SOURCE.txt). */
 const LICENSE = 'CC-BY-NC-SA-4.0';
 const TRAIN_COUNT = 16;
+/** models/he-nuclei/sample/: a real H&E region shipped in the package (sample/SOURCE.txt says where from). */
+const SAMPLE = 'OS-1-crop.tif';
 const CLASSES = [
   { name: 'background', value: 0, color: '#000000' },
   { name: 'nucleus', value: 1, color: '#00ff80' },
@@ -124,12 +129,24 @@ if (load > 0.5 * availableParallelism()) {
 
 // 1. Train with the default recipe and the time budget.
 const modelDir = join(work, 'model');
-rmSync(modelDir, { recursive: true, force: true });
 const trainArgs = ['train', '--images', 'train/images', '--masks', 'train/masks', '--classes', 'classes.json'];
 trainArgs.push('--out', 'model', '--time-budget', String(minutes), '--mpp', String(mpp), '--seed', values.seed);
 if (values.backend) trainArgs.push('--backend', values.backend);
 trainArgs.push(...positionals, '--json');
-const trained = tessera(trainArgs, 'train.log');
+// --reuse: the model a previous run left in --work (with what its training printed), to rebuild the package and card.
+const trainedFile = join(work, 'trained.json');
+let trained;
+if (values.reuse) {
+  if (!existsSync(join(modelDir, 'manifest.json')) || !existsSync(trainedFile)) {
+    fail(`--reuse needs the model and trained.json of an earlier run in ${work}; run without --reuse to train.`);
+  }
+  trained = JSON.parse(readFileSync(trainedFile, 'utf8'));
+  console.log(`reusing the model trained in ${modelDir} (${(trained.seconds / 60).toFixed(1)} minutes)`);
+} else {
+  rmSync(modelDir, { recursive: true, force: true });
+  trained = { ...tessera(trainArgs, 'train.log'), load };
+  writeFileSync(trainedFile, JSON.stringify(trained) + '\n');
+}
 
 // 2. Score on the held-out tiles, with the metric code of bench/quality-vs-pytorch.mjs.
 const predictions = join(work, 'predictions');
@@ -164,6 +181,10 @@ mkdirSync(join(out, 'model'));
 for (const file of PACKAGE_FILES) {
   if (existsSync(join(modelDir, file))) copyFileSync(join(modelDir, file), join(out, 'model', file));
 }
+// A real H&E region the model was not trained on (its licence allows shipping it), for `tessera demo`.
+rmSync(join(out, 'sample'), { recursive: true, force: true });
+mkdirSync(join(out, 'sample'));
+for (const file of [SAMPLE, 'SOURCE.txt']) copyFileSync(join(here, 'sample', file), join(out, 'sample', file));
 const dataLine = `MoNuSeg 2018 training set (H&E, 40x, 7 organs, TCGA), ${split.train.length} of its 1000x1000 tiles; licence CC BY-NC-SA 4.0`;
 const evaluationData = `${split.test.length} held-out MoNuSeg 2018 training tiles (${split.test.join(', ')})`;
 const pkg = {
@@ -172,9 +193,10 @@ const pkg = {
   description: `Nucleus segmentation of H&E images and slides at 40x (${mpp} µm/px): a Tessera ${manifest.architecture.name} trained on MoNuSeg 2018`,
   license: LICENSE,
   keywords: ['tessera-model', 'segmentation', 'nuclei', 'histology', 'H&E', 'monuseg'],
-  files: ['model', 'README.md'],
+  files: ['model', 'sample', 'README.md'],
   tessera: {
     model: 'model',
+    sample: `sample/${SAMPLE}`,
     data: dataLine,
     evaluation: { data: evaluationData, scores: heldOut },
   },
@@ -216,7 +238,7 @@ const fields = {
   selection: t.selection ?? 'best validation foreground Dice',
   bestStep: String(t.bestStep ?? '?'),
   engine: `${t.engine.name} (${t.engine.threads} thread${t.engine.threads === 1 ? '' : 's'})`,
-  machine: `${availableParallelism()} cores (${cpu}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, load average ${load.toFixed(1)} at the start`,
+  machine: `${availableParallelism()} cores (${cpu}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}, load average ${(trained.load ?? load).toFixed(1)} at the start`,
   validationDice: (t.metrics.classes ?? []).map((c) => `${c.name} ${c.dice.toFixed(4)}`).join(', '),
   nucleusDice: heldOut.nucleusDice.toFixed(4),
   meanDice: heldOut.meanDice.toFixed(4),

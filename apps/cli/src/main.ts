@@ -272,7 +272,10 @@ export function buildProgram(): Command {
   output(
     program
       .command('demo')
-      .description('make a small synthetic labelled data set, train a U-Net on it for about a minute, and predict')
+      .description(
+        'make a small synthetic labelled data set, train a U-Net on it for about a minute, and predict; then ' +
+          'installed model packages (@tessera/model-he-nuclei) predict their real-tissue samples',
+      )
       .option('--out <dir>', 'output folder', 'tessera-demo')
       .option('--time-budget <minutes>', 'training time', float, 1)
       .option('--seed <n>', 'random seed', int, 7)

@@ -63,7 +63,13 @@ beforeAll(async () => {
       model: 'model',
       data: '3 synthetic tiles',
       evaluation: { data: '2 other synthetic tiles', scores: { nucleusDice: 0.5 } },
+      sample: 'sample/tile-0.png',
     },
+  });
+  await cp(join(images, 'tile-0.png'), join(packageOf('@tessera/model-test'), 'sample', 'tile-0.png'));
+  await writePackage('tessera-model-nosample', {
+    version: '0.1.0',
+    tessera: { model: 'model', sample: 'sample/x.tif' },
   });
   await writePackage('tessera-model-broken', { version: '0.1.0' });
   await writePackage('tessera-model-outside', { version: '0.1.0', tessera: { model: '../tessera-model-test' } });
@@ -121,7 +127,12 @@ describe('resolveModelReference', () => {
     [
       'tessera-model-outside',
       ModelFormatError,
-      /names the model folder "\.\.\/tessera-model-test" in "tessera\.model", which is outside the package\.$/,
+      /names "\.\.\/tessera-model-test" in "tessera\.model", which is outside the package\.$/,
+    ],
+    [
+      'tessera-model-nosample',
+      ModelFormatError,
+      /names the sample "sample\/x\.tif" in "tessera\.sample", but .*x\.tif does not exist\.$/,
     ],
     [
       'tessera-model-empty',
@@ -157,6 +168,7 @@ describe('tessera models and model package names on the command line', () => {
       onnx: false,
       training: { data: '3 synthetic tiles', steps: 2 },
       evaluation: { data: '2 other synthetic tiles', scores: { nucleusDice: 0.5 } },
+      sample: join(packageOf('@tessera/model-test'), 'sample', 'tile-0.png'),
     });
     expect(
       byName.get('@tessera/model-test').training.trainImages +
@@ -210,4 +222,18 @@ describe('tessera models and model package names on the command line', () => {
     expect(exported.code).toBe(7);
     expect(exported.stderr).toMatch(/is not a Tessera model package/);
   });
+});
+
+describe('tessera demo on real data', () => {
+  it('predicts the sample of every installed model package with its model, after the synthetic demo', () => {
+    const out = join(root, 'demo');
+    const run = tessera(['demo', '--out', out, '--time-budget', '0.05'], consumer);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/real tissue: {2}@tessera\/model-test@1\.2\.3 on .*tile-0\.png/);
+    expect(existsSync(join(out, 'real', 'tessera-model-test', 'tile-0_overlay.png'))).toBe(true);
+    expect(existsSync(join(out, 'real', 'tessera-model-test', 'tile-0_labels.png'))).toBe(true);
+    // The repository's own model package (a workspace package, seen from the CLI's location) predicts its H&E region.
+    expect(run.stderr).toMatch(/real tissue: {2}@tessera\/model-he-nuclei@\d+\.\d+\.\d+ on .*OS-1-crop\.tif/);
+    expect(existsSync(join(out, 'real', 'tessera-model-he-nuclei', 'OS-1-crop_overlay.png'))).toBe(true);
+  }, 600_000);
 });

@@ -32,6 +32,11 @@ export interface ModelPackageField {
   data?: string;
   /** Scores on data the model was not trained or validated on. */
   evaluation?: { data: string; scores: Record<string, number> };
+  /**
+   * A small real image or slide the model applies to (relative to the package folder, licensed for shipping), that
+   * `tessera demo` predicts to show the model on real data.
+   */
+  sample?: string;
 }
 
 /** A model package as found in node_modules (or given by its folder). */
@@ -48,6 +53,8 @@ export interface ModelPackage {
   tessera: ModelPackageField;
   /** The model folder (absolute). */
   dir: string;
+  /** The `tessera.sample` file (absolute), `null` when the package names none. */
+  sample: string | null;
   /** `name@version`, as model provenance records it. */
   source: string;
 }
@@ -131,20 +138,40 @@ export async function readModelPackage(packageDir: string): Promise<ModelPackage
         '"tessera": { "model": "model" }; see docs/model-packages.md.',
     );
   }
-  const dir = resolve(packageDir, field.model);
-  const inside = relative(resolve(packageDir), dir);
-  if (isAbsolute(field.model) || inside.startsWith('..') || isAbsolute(inside)) {
-    throw new ModelFormatError(
-      `${label} names the model folder "${field.model}" in "tessera.model", which is outside the package.`,
-      'Give a folder inside the package, relative to its package.json, e.g. "tessera": { "model": "model" }.',
-    );
-  }
+  const inPackage = (key: 'model' | 'sample', value: string, example: string): string => {
+    const path = resolve(packageDir, value);
+    const inside = relative(resolve(packageDir), path);
+    if (isAbsolute(value) || inside.startsWith('..') || isAbsolute(inside)) {
+      throw new ModelFormatError(
+        `${label} names "${value}" in "tessera.${key}", which is outside the package.`,
+        `Give a path inside the package, relative to its package.json, e.g. "tessera": { "${key}": "${example}" }.`,
+      );
+    }
+    return path;
+  };
+  const dir = inPackage('model', field.model, 'model');
   if (!existsSync(join(dir, MODEL_FILES.manifest))) {
     throw new ModelFormatError(
       `${label} names the model folder "${field.model}" in "tessera.model", but ${dir} has no ${MODEL_FILES.manifest}.`,
       `The folder must hold a model written by "tessera train" (${Object.values(MODEL_FILES).join(', ')}); ` +
         'check the package\'s "files" in package.json, then reinstall it.',
     );
+  }
+  let sample: string | null = null;
+  if (field.sample !== undefined) {
+    if (typeof field.sample !== 'string' || field.sample === '') {
+      throw new ModelFormatError(
+        `${label} has "tessera.sample" ${describeValue(field.sample)}, expected a file name.`,
+        'Name an image or slide inside the package, e.g. "tessera": { "sample": "sample/region.tif" }, or leave it out.',
+      );
+    }
+    sample = inPackage('sample', field.sample, 'sample/region.tif');
+    if (!existsSync(sample)) {
+      throw new ModelFormatError(
+        `${label} names the sample "${field.sample}" in "tessera.sample", but ${sample} does not exist.`,
+        'Check the package\'s "files" in package.json (the sample must be published), then reinstall it.',
+      );
+    }
   }
   const version = typeof json.version === 'string' ? json.version : '0.0.0';
   return {
@@ -155,6 +182,7 @@ export async function readModelPackage(packageDir: string): Promise<ModelPackage
     packageDir,
     tessera: field as ModelPackageField,
     dir,
+    sample,
     source: `${name}@${version}`,
   };
 }

@@ -99,11 +99,11 @@ async function until(check: () => Promise<boolean>, ms: number, what: string) {
   }
 }
 
-async function expectSameOutputs(dir: string) {
-  const names = (await readdir(reference)).filter((n) => !n.endsWith('.html') && !n.endsWith('.resolved.json'));
+async function expectSameOutputs(dir: string, expected = reference) {
+  const names = (await readdir(expected)).filter((n) => !n.endsWith('.html') && !n.endsWith('.resolved.json'));
   expect(names.length).toBe(7);
   for (const name of names) {
-    expect((await readFile(join(dir, name))).equals(await readFile(join(reference, name))), name).toBe(true);
+    expect((await readFile(join(dir, name))).equals(await readFile(join(expected, name))), name).toBe(true);
   }
 }
 
@@ -224,6 +224,47 @@ describe.skipIf(!hasRedis)('tessera predict --queue with tessera worker', () => 
     expect(tessera(['queue', 'retry', '--queue', redis.url]).stdout).toMatch(/re-queued 0 failed region/);
     expect(tessera(['queue', 'clean', '--queue', redis.url]).stdout).toMatch(/removed \d+ finished job/);
     expect((await status(redis.url)).slides.completed).toBe(0);
+  });
+
+  it('--precision int8: workers run model.int8.onnx, same bits as one machine; a worker with another int8 file refuses', async () => {
+    // An int8 copy of the model, calibrated on a crop of the CMU slide.
+    const int8Model = join(root, 'int8-model');
+    await saveTinyUnet(int8Model, { classes: NUCLEUS_CLASSES, tileSize: 128, seed: 3, createdBy: 'cli queue test' });
+    const calibration = join(root, 'calibration');
+    await mkdir(calibration, { recursive: true });
+    await sharp(CMU).extract({ left: 0, top: 0, width: 256, height: 256 }).png().toFile(join(calibration, 'c.png'));
+    const quantize = (method: string) =>
+      tessera([
+        ...['export', int8Model, '--format', 'onnx', '--quantize', 'int8', '--calibration', calibration],
+        ...['--calibration-method', method, '--force'],
+      ]);
+    expect(quantize('percentile').code).toBe(0);
+    const flags = ['--model', int8Model, ...FLAGS, '--precision', 'int8'];
+    const local = join(root, 'int8-reference');
+    const one = tessera(['predict', slide, '--out', local, ...flags, '--workers', '1', '--threads', '1']);
+    expect(one.code, one.stderr).toBe(0);
+
+    const redis = await startRedis();
+    servers.push(redis);
+    const worker = startWorker(redis.url);
+    const run = (out: string, extra: string[] = []) =>
+      predictQueued(redis.url, [slide], out, ['--model', int8Model, '--precision', 'int8', ...extra]);
+    const queued = await run(join(root, 'int8-queued'));
+    expect(queued.code, queued.stderr).toBe(0);
+    await expectSameOutputs(join(root, 'int8-queued'), local);
+    const exited = new Promise((resolve) => worker.once('exit', resolve));
+    worker.kill('SIGTERM');
+    await exited;
+
+    // Submitted for this int8 file; the workers find another calibration's file: the slide fails, saying why.
+    const detached = await run(join(root, 'int8-other'), ['--detach']);
+    expect(detached.code, detached.stderr).toBe(0);
+    expect(quantize('minmax').code).toBe(0);
+    const refusing = startWorker(redis.url);
+    let log = '';
+    refusing.stderr!.on('data', (d) => (log += d));
+    await until(async () => (await status(redis.url)).slides.failed > 0, 120_000, 'the int8 slide to fail');
+    expect(log).toMatch(/model\.int8\.onnx has SHA-256 \w{12}… but the job was submitted for the int8 model \w{12}…/);
   });
 
   it('a worker refuses paths outside its --allow-root, and bad queue URLs are exit 2 without a password shown', async () => {

@@ -216,9 +216,6 @@ export default function doubler() {
     const tfjs = int8(['--runtime', 'tfjs']);
     expect(tfjs.code).toBe(2);
     expect(tfjs.stderr).toContain('--precision int8 needs --runtime onnx (or auto)');
-    const queue = int8(['--queue', 'redis://q']);
-    expect(queue.code).toBe(2);
-    expect(queue.stderr).toContain('--precision int8 is not supported with --queue yet');
   });
 
   it('predict --precision int8 without model.int8.onnx names the command that makes it', () => {

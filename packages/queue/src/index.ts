@@ -7,6 +7,7 @@
 export * from './errors.js';
 export { parseQueueUrl, redactUrl, type QueueTarget } from './connection.js';
 export { QUEUES, type RegionJobData, type RegionResult, type RunSettings, type SlideJobData } from './jobs.js';
+export { fileSha256 } from './checksum.js';
 export { parseShard, shardOf, type Shard } from './shard.js';
 export {
   submitSlides,

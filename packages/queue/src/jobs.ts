@@ -19,6 +19,12 @@ export interface RunSettings {
   runtime: 'onnx' | 'tfjs';
   /** tfjs engine (`wasm`, `tfjs-node`, …) when `runtime` is `tfjs`. */
   backend?: string;
+  /**
+   * `int8`: every worker runs the model's `model.int8.onnx` (ONNX runtime), whose SHA-256 is `int8Sha256`; its
+   * calibration decides the output bits, so a worker whose file differs refuses the job. Absent: fp32.
+   */
+  precision?: 'int8';
+  int8Sha256?: string;
 }
 
 /** Data of a slide job (the parent of its region jobs). Paths are absolute, as every machine mounts them. */

@@ -233,7 +233,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   // Runtimes and pools are kept per model (path and checksum) and runtime, for the worker's lifetime.
   const prepared = new Map<string, Promise<PreparedJob>>();
   const runtimeKey = (data: SlideJobData) =>
-    `${data.model}\0${data.modelChecksum}\0${data.settings.runtime}\0${data.settings.backend ?? ''}`;
+    `${data.model}\0${data.modelChecksum}\0${data.settings.runtime}\0${data.settings.backend ?? ''}\0` +
+    `${data.settings.precision ?? 'fp32'}\0${data.settings.int8Sha256 ?? ''}`;
   const prepare = (data: SlideJobData) => {
     const key = runtimeKey(data);
     let entry = prepared.get(key);

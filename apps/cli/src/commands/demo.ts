@@ -1,8 +1,9 @@
 import { mkdir, rename } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, extname, join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { createRandom, randSyntheticTissue, writeFileAtomic, writePng, type Random } from '@tessera/core';
-import { info } from '../progress.js';
+import { listModelPackages } from '../model-packages.js';
+import { info, warn } from '../progress.js';
 import { importOnnx } from '../runtime.js';
 import { importTiler } from '../tiler.js';
 import { exportCommand } from './export.js';
@@ -173,10 +174,55 @@ export async function demoCommand(opts: DemoOptions): Promise<void> {
   } else {
     slideLines = ['  slide:        skipped (npm install @tessera/tiler for whole slides)'];
   }
+  const realLines = await predictModelSamples(join(out, 'real'), opts);
   const seconds = (performance.now() - started) / 1000;
   info(opts, `\ndemo finished in ${seconds.toFixed(0)} s`);
   info(opts, `  model:        ${model} (manifest.json, loss-curve.png, history.csv)`);
   info(opts, `  report:       ${join(model, 'report.html')} (curves, per-class scores, confusion matrix, samples)`);
   info(opts, `  predictions:  ${predictions} (label maps, probability maps, overlays)`);
   for (const line of slideLines) info(opts, line);
+  for (const line of realLines) info(opts, line);
+}
+
+/**
+ * Real tissue: every installed model package that ships a sample (`"tessera": { "sample": ... }`, e.g. the H&E
+ * region in `@tessera/model-he-nuclei`) predicts it with its own model, into `<out>/<package>/`. Returns the lines of
+ * the summary; says how to get such a package when none is installed.
+ */
+async function predictModelSamples(out: string, opts: DemoOptions): Promise<string[]> {
+  const packages = (await listModelPackages()).filter((p) => p.valid && p.sample !== null);
+  if (packages.length === 0) {
+    return [
+      '  real tissue:  skipped (npm install @tessera/model-he-nuclei: a pretrained H&E nuclei model and a sample)',
+    ];
+  }
+  const tiler = await importTiler();
+  const lines: string[] = [];
+  for (const pkg of packages) {
+    if (!pkg.valid || pkg.sample === null) continue;
+    const name = pkg.name.replace(/^@/, '').replace(/\//g, '-');
+    const isSlide = /\.(tiff?|svs)$/i.test(pkg.sample);
+    if (isSlide && !tiler) {
+      lines.push(`  real tissue:  ${pkg.source} skipped (its sample is a slide: npm install @tessera/tiler)`);
+      continue;
+    }
+    info(opts, `\nreal tissue: ${pkg.source} predicts its sample ${pkg.sample}`);
+    const dir = join(out, name);
+    try {
+      await predictCommand([pkg.sample], { model: pkg.dir, out: dir, overlay: true, quiet: opts.quiet });
+    } catch (error) {
+      // The demo itself succeeded; a package that cannot run here (its architecture not installed...) is reported.
+      warn(opts, `${pkg.source} could not predict its sample: ${(error as Error).message}`);
+      lines.push(`  real tissue:  ${pkg.source} FAILED (${(error as Error).message.split('\n')[0]})`);
+      continue;
+    }
+    const stem = basename(pkg.sample, extname(pkg.sample));
+    lines.push(
+      `  real tissue:  ${pkg.source} on ${pkg.sample}`,
+      isSlide
+        ? `                ${join(dir, `${stem}_overlay.png`)}, ${join(dir, `${stem}_report.html`)}`
+        : `                ${join(dir, `${stem}_overlay.png`)}`,
+    );
+  }
+  return lines;
 }

@@ -47,6 +47,7 @@ function record(entry: ModelPackageEntry, installed: (architecture: string) => b
         }
       : null,
     evaluation: tessera.evaluation ?? null,
+    sample: entry.sample,
   };
 }
 
@@ -103,6 +104,7 @@ export async function modelsCommand(opts: { json?: boolean }): Promise<void> {
       );
     }
     if (r.evaluation) write(`  held out: ${formatScores(r.evaluation.scores)} on ${r.evaluation.data}`);
+    if (r.sample) write(`  sample ${r.sample} (tessera demo predicts it)`);
     write(`  folder ${r.folder}`);
   }
 }

@@ -136,12 +136,6 @@ export async function predictCommand(inputs: string[], opts: PredictCliOptions):
     expanded = shardOf(expanded, shard);
     info(out, `shard ${shard.index}/${shard.count}: ${expanded.length} of ${all} input(s)`);
   }
-  if (opts.queue && opts.precision === 'int8') {
-    throw new InvalidOptionError(
-      '--precision int8 is not supported with --queue yet: queue workers run the fp32 model.',
-      'Predict the slides here with --precision int8, or on the queue with --precision fp32.',
-    );
-  }
   if (opts.detach && !opts.queue) {
     throw new InvalidOptionError(
       '--detach submits to a queue: it needs --queue <url>.',

@@ -5,7 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Command, InvalidArgumentError } from 'commander';
-import { InvalidInputError, readManifest, type ModelManifest } from '@tessera/core';
+import { InvalidInputError, readManifest, TesseraError, type ModelManifest } from '@tessera/core';
 import { importOptional } from '../optional.js';
 import { loadRegistry } from '../plugins.js';
 import { info, warn, type OutputOptions } from '../progress.js';
@@ -54,6 +54,11 @@ export async function predictWithQueue(slides: string[], opts: QueuePredictOptio
   // The runtime every worker must use, decided here once (its arithmetic decides the output bits).
   const runtime = await slideRuntime(opts, { quiet: true });
   const kind = runtime.onnx ? ('onnx' as const) : ('tfjs' as const);
+  // int8: the calibrated file decides the bits, so the run names it by checksum and every worker checks its copy.
+  const int8 =
+    opts.precision === 'int8' && runtime.onnx
+      ? { precision: 'int8' as const, int8Sha256: await queue.fileSha256(runtime.onnx.file) }
+      : {};
   await runtime.cleanup();
   const submitted = await queue.submitSlides(target, slides, {
     model: opts.model,
@@ -70,6 +75,7 @@ export async function predictWithQueue(slides: string[], opts: QueuePredictOptio
       geojson: geojsonOption(opts),
       runtime: kind,
       backend: kind === 'tfjs' ? opts.backend : undefined,
+      ...int8,
     },
   });
   for (const s of submitted) {
@@ -151,16 +157,35 @@ export async function workerCommand(opts: WorkerCliOptions): Promise<void> {
           `Install the plugin of "${data.architecture}" on this machine, beside the CLI.`,
         );
       }
-      const { runtime, backend } = data.settings;
+      const { runtime, backend, precision, int8Sha256 } = data.settings;
       const chosen = await slideRuntime(
-        { model: data.model, runtime, threads: opts.threads, device: opts.device, backend },
+        { model: data.model, runtime, threads: opts.threads, device: opts.device, backend, precision },
         { quiet: true },
-      );
+      ).catch((error: unknown) => {
+        if (precision === 'int8' && error instanceof TesseraError) {
+          throw new queue.JobRefusedError(
+            `This worker cannot run the int8 model of ${data.model}: ${error.message}`,
+            'Copy the model folder with its model.int8.onnx to this machine, then retry the slide.',
+          );
+        }
+        throw error;
+      });
       if (runtime === 'onnx' && !chosen.onnx) {
         throw new queue.JobRefusedError(
           `This worker cannot run ${data.model} on the ONNX runtime the job asks for (${chosen.label}).`,
           'Install @tessera/onnx beside the CLI on this machine.',
         );
+      }
+      if (precision === 'int8' && chosen.onnx) {
+        const sha = await queue.fileSha256(chosen.onnx.file);
+        if (sha !== int8Sha256) {
+          await chosen.cleanup();
+          throw new queue.JobRefusedError(
+            `This worker's ${chosen.onnx.file} has SHA-256 ${sha.slice(0, 12)}… but the job was submitted for the ` +
+              `int8 model ${String(int8Sha256).slice(0, 12)}… (another quantization or calibration).`,
+            'Copy the model folder, model.int8.onnx included, from the machine that submitted the slide.',
+          );
+        }
       }
       manifests.set(data.model, await readManifest(data.model));
       return {
