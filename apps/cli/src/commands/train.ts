@@ -177,6 +177,14 @@ export async function trainCommand(cliOptions: TrainCliOptions, cmd: Command): P
                   : '; none initialised afresh'),
             );
             printInitTable(out, event, options);
+            if (event.normalization) {
+              info(
+                out,
+                event.normalization === 'initial model'
+                  ? 'init: input normalisation (mean, std) taken from the initial model, which its weights expect'
+                  : 'init: input normalisation computed on the training images (the initial model has other channels)',
+              );
+            }
             break;
           case 'data':
             info(

@@ -43,6 +43,11 @@ export interface InitProvenance {
   reinitialised: { layer: string; reason: string }[];
   /** Loaded encoder layers the run froze (`freeze`; for `freezeEpochs` epochs when set, else the whole run). */
   frozen?: string[];
+  /**
+   * Where the run's input normalisation came from: `initial model` (its mean and std, which its weights were trained
+   * with: the default when the input channels match) or `training images` (computed afresh).
+   */
+  normalization?: 'initial model' | 'training images';
 }
 
 /**

@@ -7,6 +7,7 @@ import { writeFileAtomic } from '../data/image-io.js';
 import { MODEL_FILES, serializeModel } from '../model/model-io.js';
 import type { WeightAverage } from './recipe.js';
 import type { EpochRecord } from './trainer.js';
+import type { Normalization } from '../data/dataset.js';
 
 export interface CheckpointState {
   epoch: number;
@@ -23,6 +24,8 @@ export interface CheckpointState {
   architectureOptions: Record<string, unknown>;
   /** Layers loaded from the initial model of a run with `init` (they may train at `lrPretrained`, or be frozen). */
   pretrainedLayers?: string[];
+  /** The run's input normalisation (inherited from the initial model, or computed), so a resumed run keeps it. */
+  normalization?: Normalization;
 }
 
 export const CHECKPOINTS = 'checkpoints';

@@ -6,9 +6,9 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import { ARCHITECTURE_API_VERSION, defineArchitecture } from '../arch/architecture.js';
 import { createRandom } from '../data/random.js';
 import { randSyntheticTissue } from '../data/synthetic.js';
-import { writePng } from '../data/image-io.js';
+import { readImage, writePng } from '../data/image-io.js';
 import { setupEngine } from '../engine/engine.js';
-import { loadModel } from '../model/model-io.js';
+import { loadModel, readManifest } from '../model/model-io.js';
 import { defaultTrainer, resolveTrainOptions, type TrainEvent } from './trainer.js';
 import { transferWeights } from './transfer.js';
 import { InvalidOptionError } from '../errors.js';
@@ -332,6 +332,7 @@ describe('transfer learning', () => {
       weightsSha256: source.manifest.files.weights.sha256,
       loaded: ['conv1', 'bn1', 'conv2', 'head'],
       reinitialised: [],
+      normalization: 'initial model',
     });
     const a = source.model.getLayer('conv1').getWeights()[0].dataSync();
     const b = model.getLayer('conv1').getWeights()[0].dataSync();
@@ -340,6 +341,53 @@ describe('transfer learning', () => {
     expect(max).toBeLessThan(1e-6);
     model.dispose();
     source.model.dispose();
+  });
+
+  it("keeps the initial model's input normalisation on other data, and on resume; computes it for other channels", async () => {
+    const plugin = named();
+    const source = join(root, 'norm-source');
+    await defaultTrainer().train({ architecture: plugin, ...data(), out: source, options: TRANSFER_OPTIONS });
+    const sourceNorm = (await readManifest(source)).normalization;
+    // Other data: the same tiles at half the brightness (data statistics far from the initial model's), and grey.
+    const dark = { images: join(root, 'dark-images'), masks: data().masks };
+    const grey = { images: join(root, 'grey-images'), masks: data().masks };
+    await mkdir(dark.images, { recursive: true });
+    await mkdir(grey.images, { recursive: true });
+    for (let i = 0; i < 4; i++) {
+      const image = await readImage(join(data().images, `s${i}.png`));
+      await writePng(join(dark.images, `s${i}.png`), { ...image, data: image.data.map((v) => v >> 1) });
+      const g = new Uint8Array(image.width * image.height).map((_, p) => image.data[p * 3 + 1]);
+      await writePng(join(grey.images, `s${i}.png`), {
+        data: g,
+        width: image.width,
+        height: image.height,
+        channels: 1,
+      });
+    }
+    const fromDark = join(root, 'norm-dark');
+    const run = (extra: Record<string, unknown>) =>
+      defaultTrainer().train({ architecture: plugin, ...dark, out: fromDark, options: TRANSFER_OPTIONS, ...extra });
+    await run({ init: source, options: { ...TRANSFER_OPTIONS, epochs: 1 } });
+    const inherited = await readManifest(fromDark);
+    expect(inherited.normalization).toEqual(sourceNorm);
+    expect(inherited.training!.init!.normalization).toBe('initial model');
+    // The data's own statistics differ: the dark tiles' mean is about half.
+    expect(inherited.normalization.mean[0]).toBeGreaterThan(0.3);
+    // A resumed run (no init: its checkpoint) keeps the normalisation it started with.
+    await run({ resume: true, options: { ...TRANSFER_OPTIONS, epochs: 2 } });
+    expect((await readManifest(fromDark)).normalization).toEqual(sourceNorm);
+    // Grey data and an RGB initial model: the first convolution starts afresh, the normalisation is the data's.
+    const fromGrey = join(root, 'norm-grey');
+    await defaultTrainer().train({
+      architecture: plugin,
+      ...grey,
+      out: fromGrey,
+      init: source,
+      options: TRANSFER_OPTIONS,
+    });
+    const computed = await readManifest(fromGrey);
+    expect(computed.training!.init!.normalization).toBe('training images');
+    expect(computed.normalization.mean).toHaveLength(1);
   });
 
   it('refuses init with resume, and a model of another architecture', async () => {

@@ -126,9 +126,26 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   await checkOutputDir(out); // writable before any data is read (and nothing left behind if training fails)
   const emit = request.onEvent ?? (() => undefined);
 
-  // Data
+  const checkpoint = request.resume ? await latestCheckpoint(out) : undefined;
+  if (request.resume && !checkpoint) {
+    throw new InputNotFoundError(
+      `--resume was given but ${join(out, CHECKPOINTS)} holds no checkpoint.`,
+      'Run without --resume to start training, or point --out at the folder of an earlier run.',
+    );
+  }
+  const resumed = checkpoint
+    ? (JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState)
+    : undefined;
+
+  // Data. The input normalisation is the initial model's (its weights were trained on inputs normalised so; data
+  // statistics of a few new images can differ several-fold), or the resumed run's, else computed on the images.
   const rootRng = createRandom(o.seed);
-  const data = await prepareTrainingData(request, o, rootRng);
+  const inherit = resumed?.normalization
+    ? { normalization: resumed.normalization, channels: resumed.normalization.mean.length, from: 'resumed run' }
+    : init
+      ? { normalization: init.manifest.normalization, channels: init.manifest.inputChannels, from: 'initial model' }
+      : undefined;
+  const data = await prepareTrainingData(request, o, rootRng, inherit);
   const { classMap, trainPairs, valPairs, validation, channels, normalization, trainSamples, valSamples } = data;
   const numClasses = classMap.classes.length;
   emit({
@@ -184,14 +201,8 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
     averageUpdates: 0,
     architectureOptions: archOptions as Record<string, unknown>,
   };
-  const checkpoint = request.resume ? await latestCheckpoint(out) : undefined;
-  if (request.resume && !checkpoint) {
-    throw new InputNotFoundError(
-      `--resume was given but ${join(out, CHECKPOINTS)} holds no checkpoint.`,
-      'Run without --resume to start training, or point --out at the folder of an earlier run.',
-    );
-  }
-  if (checkpoint) state = JSON.parse(await readFile(join(checkpoint, 'state.json'), 'utf8')) as CheckpointState;
+  if (resumed) state = resumed;
+  state.normalization = normalization;
   checkPretrainedOptions(o, plugin, init !== null || (state.pretrainedLayers?.length ?? 0) > 0);
   let network: Network;
   let networkChoice: string;
@@ -241,6 +252,7 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
           weightsSha256: init.manifest.files.weights.sha256,
           ...transferred.report,
           ...(frozen.length ? { frozen: [...frozen] } : {}),
+          normalization: data.normalizationSource === 'initial model' ? 'initial model' : 'training images',
         }
       : undefined;
   releaseInit(); // its weights are in the network now

@@ -31,6 +31,8 @@ export interface TrainingData {
   /** 1 when every training image is stored grey, else 3. */
   channels: 1 | 3;
   normalization: Normalization;
+  /** Where `normalization` came from: the training images, or the `inherit` given (when its channels match). */
+  normalizationSource: 'training images' | string;
   trainSamples: LoadedSample[];
   valSamples: LoadedSample[];
   /** What reading converted, and what looks wrong (classes with few pixels). */
@@ -40,7 +42,7 @@ export interface TrainingData {
 /**
  * Reads a request's data: pairs images with masks, reads or infers the class map, holds out the validation images
  * (the folders given, or `valSplit` of the pairs, seeded), picks one channel count, computes the normalisation on the
- * training images, and decodes the samples.
+ * training images (or takes `inherit`'s, when it has that channel count), and decodes the samples.
  * @throws DatasetError for a single-valued mask set or too few images to split; InvalidOptionError for validation
  * folders given alone.
  */
@@ -48,6 +50,7 @@ export async function prepareTrainingData(
   request: TrainRequest,
   o: ResolvedTrainOptions,
   rng: Random,
+  inherit?: { normalization: Normalization; channels: number; from: string },
 ): Promise<TrainingData> {
   const pairs = await pairImagesAndMasks(request.images, request.masks!);
   const classMap = await readClassMap(request.classes, pairs);
@@ -82,12 +85,25 @@ export async function prepareTrainingData(
   if (channels === 3 && rawImages.some((image) => image.channels === 1)) {
     rawImages = await Promise.all(trainPairs.map((p) => readImage(p.imagePath, { channels: 3 })));
   }
-  const normalization: Normalization = computeNormalization(rawImages);
+  const inherited = inherit !== undefined && inherit.channels === channels;
+  const normalization: Normalization = inherited ? inherit.normalization : computeNormalization(rawImages);
+  const normalizationSource = inherited ? inherit.from : 'training images';
   rawImages = [];
   const trainSamples = await loadSamples(trainPairs, { classMap, channels, normalization });
   const valSamples = await loadSamples(valPairs, { classMap, channels, normalization });
   notices.push(...classPixelNotices([...trainSamples, ...valSamples], classMap, request.classes === undefined));
-  return { classMap, trainPairs, valPairs, validation, channels, normalization, trainSamples, valSamples, notices };
+  return {
+    classMap,
+    trainPairs,
+    valPairs,
+    validation,
+    channels,
+    normalization,
+    normalizationSource,
+    trainSamples,
+    valSamples,
+    notices,
+  };
 }
 
 export async function readClassMap(classes: TrainRequest['classes'], pairs: SamplePair[]): Promise<ClassMap> {
