@@ -9,7 +9,7 @@
  * then predicts the held-out tiles, scored on the nucleus class by the metric code of quality-vs-pytorch.mjs.
  *
  *   node bench/few-labels.mjs [--archs unet] [--sizes 1,2,4] [--seeds 1,2] [--budget 5] [--pretrain-budget 20]
- *     [--inits random,ssl,supervised] [--work dir] [--json results.json]
+ *     [--inits random,ssl,supervised] [--finetune="--freeze encoder" --variant freeze] [--work dir] [--json file]
  *
  * Split of the 20 shared MoNuSeg tiles in name order: tiles 0-3 are the labelled pool (the first 1, 2 or 4), tiles
  * 16-19 are held out for scoring (no run sees them, not even unlabelled), tiles 4-15 are the "other" data: their
@@ -32,6 +32,10 @@ const { values } = parseArgs({
     budget: { type: 'string', default: '5' },
     'pretrain-budget': { type: 'string', default: '20' },
     inits: { type: 'string', default: 'random,ssl,supervised' },
+    // Fine-tuning flags for the runs that start from a model (e.g. "--freeze encoder"), and a name for them in the
+    // run folders and the table; runs from random weights are the same whatever these say.
+    finetune: { type: 'string', default: '' },
+    variant: { type: 'string', default: '' },
     work: { type: 'string' },
     json: { type: 'string' },
   },
@@ -141,14 +145,17 @@ for (const arch of values.archs.split(',')) {
     const labelled = linkSet(`pool-${size}`, pool.slice(0, size));
     for (const seed of values.seeds.split(',')) {
       for (const init of values.inits.split(',')) {
-        const tag = `${arch}-${size}-${init}-seed${seed}`;
+        const finetune = init !== 'random' && values.finetune ? values.finetune.split(/\s+/) : [];
+        if (finetune.length && !values.variant) throw new Error('--finetune needs --variant <name> for its runs');
+        const name = finetune.length ? `${init}-${values.variant}` : init;
+        const tag = `${arch}-${size}-${name}-seed${seed}`;
         const out = join(work, tag);
         const args = ['train', '--arch', arch, ...sizeArgs, '--images', join(labelled, 'images'), '--masks'];
         args.push(join(labelled, 'masks'), '--classes', join(work, 'classes.json'), '--out', out);
         // Every labelled tile trains (none held out for validation: with 1-4 there is none to spare), so the kept
         // weights are those of the lowest training loss.
         args.push('--time-budget', values.budget, '--seed', seed, '--val-split', '0');
-        if (init !== 'random') args.push('--init', starts[init].model);
+        if (init !== 'random') args.push('--init', starts[init].model, ...finetune);
         const seconds = once(out, () => tessera(args, `${out}.log`));
         const predictions = join(work, `${tag}-predictions`);
         if (!existsSync(join(predictions, `${heldOut[0]}_labels.png`))) {
@@ -157,7 +164,15 @@ for (const arch of values.archs.split(',')) {
         }
         const dice = await score(predictions, test);
         const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
-        const row = { arch, labelled: size, init, seed: Number(seed), dice, seconds, steps: manifest.training.steps };
+        const row = {
+          arch,
+          labelled: size,
+          init: name,
+          seed: Number(seed),
+          dice,
+          seconds,
+          steps: manifest.training.steps,
+        };
         results.push(row);
         console.log(JSON.stringify(row));
       }
@@ -168,16 +183,14 @@ for (const arch of values.archs.split(',')) {
 
 const rows = results.filter((r) => r.dice !== undefined);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
-console.log(`\n| network | labelled tiles | ${values.inits.split(',').join(' | ')} |`);
-console.log(
-  `| --- | --- |${values.inits
-    .split(',')
-    .map(() => ' --- |')
-    .join('')}`,
-);
+const columns = values.inits
+  .split(',')
+  .map((init) => (init !== 'random' && values.finetune ? `${init}-${values.variant}` : init));
+console.log(`\n| network | labelled tiles | ${columns.join(' | ')} |`);
+console.log(`| --- | --- |${columns.map(() => ' --- |').join('')}`);
 for (const arch of values.archs.split(',')) {
   for (const size of values.sizes.split(',').map(Number)) {
-    const cells = values.inits.split(',').map((init) => {
+    const cells = columns.map((init) => {
       const runs = rows.filter((r) => r.arch === arch && r.labelled === size && r.init === init);
       return runs.length
         ? `${mean(runs.map((r) => r.dice)).toFixed(3)} (${runs.map((r) => r.dice.toFixed(3)).join(', ')})`
