@@ -263,8 +263,10 @@ describe.skipIf(!hasRedis)('tessera predict --queue with tessera worker', () => 
     const refusing = startWorker(redis.url);
     let log = '';
     refusing.stderr!.on('data', (d) => (log += d));
+    const refusal = /model\.int8\.onnx has SHA-256 \w{12}… but the job was submitted for the int8 model \w{12}…/;
+    // The worker's log line and the failed state arrive by different paths: wait for both.
+    await until(async () => refusal.test(log), 120_000, 'the worker to refuse the int8 job');
     await until(async () => (await status(redis.url)).slides.failed > 0, 120_000, 'the int8 slide to fail');
-    expect(log).toMatch(/model\.int8\.onnx has SHA-256 \w{12}… but the job was submitted for the int8 model \w{12}…/);
   });
 
   it('a worker refuses paths outside its --allow-root, and bad queue URLs are exit 2 without a password shown', async () => {

@@ -68,18 +68,24 @@ export function parseQueueUrl(url: string): QueueTarget {
 export async function connect(target: QueueTarget, timeoutMs = 10_000): Promise<void> {
   const client = new Redis({ ...target.redis, connectTimeout: timeoutMs, retryStrategy: () => null });
   client.on('error', () => undefined); // reported by the ping below
+  let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
       client.connect().then(() => client.ping()),
-      new Promise((_, reject) => setTimeout(() => reject(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs)),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
+      }),
     ]);
   } catch (error) {
     client.disconnect();
     throw new QueueConnectionError(
-      `Cannot reach the queue at ${target.display}: ${(error as Error).message}.`,
+      `Cannot reach the queue at ${target.display}: ${(error as Error).message.replace(/\.+$/, '')}.`,
       'Start Redis there (or check the host, port, password and TLS), then run the command again.',
       error,
     );
+  } finally {
+    // A pending timer would keep the process alive: every `tessera queue status` took the full timeout to exit.
+    clearTimeout(timer);
   }
   client.disconnect();
 }

@@ -1,6 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, writeFile, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { predictSlide, quantizeBand, type SlideRegion } from '@tessera/tiler';
@@ -157,6 +159,22 @@ describe.skipIf(!hasRedis)('distributed prediction on a real Redis', () => {
     prepared.push(models);
     return worker;
   };
+
+  it('checking the connection leaves nothing that keeps the process alive (a command exits when done)', async () => {
+    // The check's timeout timer used to stay pending: every `tessera queue status` waited out the full timeout (10 s)
+    // before it exited. A process that checks with a timeout of an hour must exit as soon as the check is done.
+    const url = pathToFileURL(join(import.meta.dirname, '../dist/connection.js')).href;
+    const script = `const q = await import(${JSON.stringify(url)});
+      await q.connect(q.parseQueueUrl(${JSON.stringify(redis.url)}), 3_600_000);
+      await q.connect(q.parseQueueUrl('unix://${join(tmp, 'none.sock')}'), 3_600_000).catch((e) => console.log(e.message));`;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(child.signal, 'still running after 60 s').toBeNull();
+    expect(child.status, child.stderr).toBe(0);
+    expect(child.stdout.trim()).toMatch(/^Cannot reach the queue at unix:.*none\.sock: [^.]+\.$/);
+  });
 
   it('submitted with no worker running, completes once workers start, with the bytes of a one-machine run', async () => {
     const target = parseQueueUrl(redis.url);
