@@ -108,7 +108,9 @@ function runJson(command, args) {
     if (r.status !== 0 && !result.error) result.error = `exit status ${r.status}`;
     return result;
   } catch {
-    return { error: `exit status ${r.status}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
+    const lines = (r.stderr ?? '').trim().split('\n');
+    const cause = lines.find((l) => /Error\b|error:/.test(l)) ?? lines.slice(-3).join(' | ');
+    return { error: `exit status ${r.status}: ${cause.trim()}` };
   }
 }
 

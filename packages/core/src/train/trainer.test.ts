@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { ARCHITECTURE_API_VERSION, defineArchitecture } from '../arch/architecture.js';
 import { createRandom } from '../data/random.js';
@@ -112,6 +113,33 @@ describe('defaultTrainer', () => {
     expect(manifest.inputChannels).toBe(3);
     const csv = await readFile(join(out, 'history.csv'), 'utf8');
     expect(csv.trim().split('\n')).toHaveLength(4);
+  });
+
+  it("trains a plugin with its own layer class that no registry has seen (the SDK's direct use)", async () => {
+    // A layer class of the plugin's own, declared in "layers": the trainer reads its best model back at the end,
+    // which failed with "no loaded plugin registers" for DeepLabv3+ (TesseraAtrousConv2D) called from the SDK.
+    class TrainerTestScale extends tfl.layers.Layer {
+      static className = 'TrainerTestScale';
+      override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+        return tf.mul(Array.isArray(inputs) ? inputs[0] : inputs, 2);
+      }
+    }
+    const plugin = defineArchitecture<{ filters: number; batchNorm: boolean }>({
+      ...smallNet,
+      name: 'scaled-net',
+      layers: [TrainerTestScale],
+      build: (spec) => {
+        const inner = smallNet.build(spec);
+        const input = tfl.input({ shape: [null, null, spec.inputChannels] });
+        const scaled = new TrainerTestScale({ name: 'scale' }).apply(input) as tfl.SymbolicTensor;
+        return tfl.model({ inputs: input, outputs: inner.apply(scaled) as tfl.SymbolicTensor });
+      },
+    });
+    const out = join(root, 'own-layer');
+    await defaultTrainer().train({ architecture: plugin, ...data(), out, options: { ...OPTIONS, epochs: 1 } });
+    const { model } = await loadModel(out);
+    expect(model.layers.map((l) => l.getClassName())).toContain('TrainerTestScale');
+    model.dispose();
   });
 
   it('resumes from a checkpoint to the same weights as an uninterrupted run', async () => {

@@ -207,8 +207,10 @@ async function runTraining(request: TrainRequest, cleanup: (() => Promise<void>)
   let network: Network;
   let networkChoice: string;
   let averageState: { values: tf.Tensor[]; updates: number } | undefined;
+  // The plugin's own layer classes are needed to read checkpoints and the best model back (an SDK caller may pass a
+  // plugin that no registry has seen).
+  registerPluginLayers(plugin);
   if (checkpoint) {
-    registerPluginLayers(plugin);
     const model = await deserializeModel(
       await readFile(join(checkpoint, MODEL_FILES.topology), 'utf8'),
       await readFile(join(checkpoint, MODEL_FILES.weights)),
