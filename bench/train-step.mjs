@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // Training step time (batch 4 of 256 x 256 RGB crops, 2 classes, ce-dice loss, Adam) of U-Net (base 32, other options
 // default), FCN-8s (default) and DeepLabv3+ (default) on tfjs wasm with 1 and 2 training workers, on the tfjs cpu
-// backend, and in PyTorch on the CPU (bench/torch_models.py: the same layers and weight counts, asserted).
+// backend, and in PyTorch on the CPU (bench/torch_models.py: the same layers and weight counts, asserted). The direct1
+// and direct2 configurations are wasm with Tessera's Winograd 3x3 convolutions turned off (TESSERA_WINOGRAD=0), the
+// baseline of that change.
 //
 //   node bench/train-step.mjs                                   # everything, a few minutes on 2 cores
 //   node bench/train-step.mjs --models unet --configs wasm1,wasm2 --warmup 1 --steps 2
-//   options: --models a,b  --configs wasm1,wasm2,cpu,torch  --warmup 2  --steps 3  --batch 4  --tile 256
+//   options: --models a,b  --configs wasm1,wasm2,cpu,torch,direct1,direct2  --warmup 2  --steps 3  --batch 4  --tile 256
 //            --cpu-batch 1  --cpu-tile 64  --torch-threads 2  --python /usr/bin/python3
 //
 // Needs the packages built (npm run build, or npx tsc -b packages/core packages/arch-unet packages/arch-fcn8s
@@ -100,8 +102,8 @@ function findPython() {
   return undefined;
 }
 
-function runJson(command, args) {
-  const r = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 24 });
+function runJson(command, args, env = process.env) {
+  const r = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 24, env });
   const line = (r.stdout ?? '').trim().split('\n').pop();
   try {
     const result = JSON.parse(line);
@@ -166,16 +168,20 @@ async function main() {
   try {
     for (const model of models) {
       const row = { model };
-      const job = (engine, workers, b, w, s, t = tile) =>
-        runJson(process.execPath, [
-          self,
-          '--child',
-          JSON.stringify({ model, engine, workers, batch: b, tile: t, warmup: w, steps: s, dir }),
-        ]);
+      const job = (engine, workers, b, w, s, t = tile, env = process.env) =>
+        runJson(
+          process.execPath,
+          [self, '--child', JSON.stringify({ model, engine, workers, batch: b, tile: t, warmup: w, steps: s, dir })],
+          env,
+        );
+      // The direct configurations turn Tessera's Winograd convolutions off (XNNPACK's direct ones, as before them).
+      const direct = { ...process.env, TESSERA_WINOGRAD: '0' };
       for (const config of configs) {
         let r;
         if (config === 'wasm1') r = job('wasm', 1, batch, warmup, steps);
         else if (config === 'wasm2') r = job('wasm', 2, batch, warmup, steps);
+        else if (config === 'direct1') r = job('wasm', 1, batch, warmup, steps, tile, direct);
+        else if (config === 'direct2') r = job('wasm', 2, batch, warmup, steps, tile, direct);
         else if (config === 'cpu') {
           r = job('cpu', 1, cpuBatch, 0, 1, cpuTile);
           if (r.seconds) r.seconds = r.seconds.map((t) => t * cpuScale);
@@ -205,7 +211,7 @@ async function main() {
         console.log(JSON.stringify({ config, ...r }));
         if (r.total !== undefined && !row.counts) row.counts = { total: r.total, trainable: r.trainable };
         row[config] = r.error ? NaN : median(r.seconds);
-        if (r.workers !== undefined && r.workers !== (config === 'wasm2' ? 2 : 1)) {
+        if (r.workers !== undefined && r.workers !== (config.endsWith('2') ? 2 : 1)) {
           console.log(`  note: ${config} ran with ${r.workers} worker(s): ${r.workersReason}`);
         }
       }
@@ -227,6 +233,9 @@ async function main() {
     'wasm-2w/torch',
     'wasm-2w/wasm-1w',
     'cpu/wasm-1w',
+    'direct-1w s',
+    'direct-2w s',
+    'direct-2w/wasm-2w',
   ];
   const table = rows.map((r) => [
     r.model,
@@ -239,6 +248,9 @@ async function main() {
     f(r.wasm2 / r.torch),
     f(r.wasm2 / r.wasm1),
     f(r.cpu / r.wasm1, 1),
+    f(r.direct1),
+    f(r.direct2),
+    f(r.direct2 / r.wasm2),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i].length)));
   const line = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');

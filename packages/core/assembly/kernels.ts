@@ -416,3 +416,353 @@ export function maxPoolGrad(x: usize, dy: usize, dx: usize, window: usize): void
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Winograd F(4x4, 3x3) convolution (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): a 3x3
+// stride-1 correlation computes each 4x4 output tile as A^T [(G g G^T) .* (B^T d B)] A from the 6x6 input tile d,
+// so the multiplications become 36 matrix products `V_k [tiles, ci] x U_k [ci, co]` (the caller runs them on the
+// backend's matmul) with 2.25x fewer multiply-adds than the direct convolution. The transforms here work on four
+// channels at a time (NHWC keeps channels contiguous), so `ci` and `co` must be multiples of 4. `table` points at 36
+// int32 byte offsets, one per matrix `k = 6 * i + j` (row i, column j of the 6x6 transform domain).
+
+/** The vector at byte offset `o` of the row whose pointer is stored at `slot` (a table of int32 pointers). */
+@inline
+function gather(slot: usize, o: usize): v128 {
+  return v128.load(load<u32>(slot) + o);
+}
+
+/** `B^T a` for one column (or row) of six vectors; writes the six results at `out`, 16 bytes apart times `step`. */
+@inline
+function inputTransform6(a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, out: usize, step: usize): void {
+  const four = f32x4.splat(4);
+  const five = f32x4.splat(5);
+  const two = f32x4.splat(2);
+  v128.store(out, f32x4.add(f32x4.sub(f32x4.mul(four, a0), f32x4.mul(five, a2)), a4));
+  v128.store(out + step, f32x4.sub(f32x4.add(a3, a4), f32x4.mul(four, f32x4.add(a1, a2))));
+  v128.store(out + 2 * step, f32x4.add(f32x4.sub(a4, a3), f32x4.mul(four, f32x4.sub(a1, a2))));
+  const a42 = f32x4.sub(a4, a2);
+  const a31 = f32x4.mul(two, f32x4.sub(a3, a1));
+  v128.store(out + 3 * step, f32x4.add(a42, a31));
+  v128.store(out + 4 * step, f32x4.sub(a42, a31));
+  v128.store(out + 5 * step, f32x4.add(f32x4.sub(f32x4.mul(four, a1), f32x4.mul(five, a3)), a5));
+}
+
+/**
+ * Input transform of the tile rows `rowStart .. rowStart + rows` (a tile row is `(b, ty)`, `ty < ceil(oh / 4)`):
+ * `V_k[t, c] = (B^T d B)[k]` for every tile `t` (numbered from the first tile of `rowStart`, `ceil(ow / 4)` per row)
+ * and channel, where `d` is the 6x6 input patch at `(4 ty - pt, 4 tx - pl)` with zeros outside the input. `zeros`
+ * points at `ci` zero floats, `scratch` at 816 bytes. With `transposed` (the chunk's tile count) each `V_k` is
+ * written as `[ci, tiles]` instead, for the filter gradient.
+ */
+export function winogradInput(x: usize, table: usize, zeros: usize, scratch: usize, rowStart: i32, rows: i32, window: usize, transposed: i32): void {
+  const win = changetype<Window>(window);
+  const c = win.c;
+  const th = (win.oh + 3) >> 2;
+  const tw = (win.ow + 3) >> 2;
+  const pixel = (<usize>c) << 2;
+  const tmp = scratch + 144;
+  for (let r = 0; r < rows; r++) {
+    const row = rowStart + r;
+    const b = row / th;
+    const y0 = (row - b * th) * 4 - win.pt;
+    for (let tx = 0; tx < tw; tx++) {
+      const x0 = tx * 4 - win.pl;
+      // The 36 source pixels of this tile, or the zero pixel.
+      for (let i = 0; i < 6; i++) {
+        const yy = y0 + i;
+        for (let j = 0; j < 6; j++) {
+          const xx = x0 + j;
+          const inside = yy >= 0 && yy < win.h && xx >= 0 && xx < win.w;
+          store<u32>(scratch + ((<usize>(i * 6 + j)) << 2), inside ? x + <usize>((b * win.h + yy) * win.w + xx) * pixel : zeros);
+        }
+      }
+      const dst = <usize>(r * tw + tx) * pixel;
+      for (let k = 0; k < c; k += 4) {
+        const o = (<usize>k) << 2;
+        // B^T down each column j into tmp[i][j] ...
+        for (let j = 0; j < 6; j++) {
+          const s = scratch + ((<usize>j) << 2);
+          inputTransform6(gather(s, o), gather(s + 24, o), gather(s + 48, o), gather(s + 72, o), gather(s + 96, o), gather(s + 120, o), tmp + ((<usize>j) << 4), 96);
+        }
+        // ... then along each row i: V_{6i+j}.
+        for (let i = 0; i < 6; i++) {
+          const t = tmp + <usize>i * 96;
+          const out = tmp + 576;
+          inputTransform6(v128.load(t), v128.load(t + 16), v128.load(t + 32), v128.load(t + 48), v128.load(t + 64), v128.load(t + 80), out, 16);
+          if (transposed == 0) {
+            for (let j = 0; j < 6; j++) {
+              v128.store(load<u32>(table + ((<usize>(i * 6 + j)) << 2)) + dst + o, v128.load(out + ((<usize>j) << 4)));
+            }
+          } else {
+            // V_k^T [ci, tiles]: lane l of channel k + l goes to row k + l, column t.
+            const col = (<usize>(r * tw + tx)) << 2;
+            const rowBytes = (<usize>transposed) << 2;
+            for (let j = 0; j < 6; j++) {
+              const v = v128.load(out + ((<usize>j) << 4));
+              const d = load<u32>(table + ((<usize>(i * 6 + j)) << 2)) + <usize>k * rowBytes + col;
+              store<f32>(d, f32x4.extract_lane(v, 0));
+              store<f32>(d + rowBytes, f32x4.extract_lane(v, 1));
+              store<f32>(d + 2 * rowBytes, f32x4.extract_lane(v, 2));
+              store<f32>(d + 3 * rowBytes, f32x4.extract_lane(v, 3));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/** `A^T a` for one column (or row) of six vectors: four results. */
+@inline
+function outputTransform6(a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, out: usize, step: usize): void {
+  const p12 = f32x4.add(a1, a2);
+  const m12 = f32x4.sub(a1, a2);
+  const p34 = f32x4.add(a3, a4);
+  const m34 = f32x4.sub(a3, a4);
+  v128.store(out, f32x4.add(f32x4.add(a0, p12), p34));
+  v128.store(out + step, f32x4.add(m12, f32x4.mul(f32x4.splat(2), m34)));
+  v128.store(out + 2 * step, f32x4.add(p12, f32x4.mul(f32x4.splat(4), p34)));
+  v128.store(out + 3 * step, f32x4.add(f32x4.add(m12, f32x4.mul(f32x4.splat(8), m34)), a5));
+}
+
+/**
+ * Output transform of the tile rows `rowStart .. rowStart + rows`: `y = A^T M A` for every tile and output channel
+ * from the 36 products `M_k [tiles, co]` (`table`), plus `bias` (`co` floats, or 0 for none), then ReLU when `relu`
+ * is 1; written to `y [n, oh, ow, co]` where the tile lies inside it. `scratch` points at 480 bytes.
+ */
+export function winogradOutput(table: usize, y: usize, bias: usize, relu: i32, scratch: usize, rowStart: i32, rows: i32, co: i32, window: usize): void {
+  const win = changetype<Window>(window);
+  const th = (win.oh + 3) >> 2;
+  const tw = (win.ow + 3) >> 2;
+  const pixel = (<usize>co) << 2;
+  const zero4 = f32x4.splat(0);
+  const out = scratch + 384;
+  for (let r = 0; r < rows; r++) {
+    const row = rowStart + r;
+    const b = row / th;
+    const y0 = (row - b * th) * 4;
+    const ny = min(4, win.oh - y0);
+    for (let tx = 0; tx < tw; tx++) {
+      const x0 = tx * 4;
+      const nx = min(4, win.ow - x0);
+      const src = <usize>(r * tw + tx) * pixel;
+      for (let k = 0; k < co; k += 4) {
+        const o = (<usize>k) << 2;
+        // A^T down each column j into scratch[i][j] (4 x 6) ...
+        for (let j = 0; j < 6; j++) {
+          const m = table + ((<usize>j) << 2);
+          outputTransform6(gather(m, src + o), gather(m + 24, src + o), gather(m + 48, src + o), gather(m + 72, src + o), gather(m + 96, src + o), gather(m + 120, src + o), scratch + ((<usize>j) << 4), 96);
+        }
+        const bv = bias != 0 ? v128.load(bias + o) : zero4;
+        // ... then along each row i, the four outputs of that row.
+        for (let i = 0; i < ny; i++) {
+          const t = scratch + <usize>i * 96;
+          outputTransform6(v128.load(t), v128.load(t + 16), v128.load(t + 32), v128.load(t + 48), v128.load(t + 64), v128.load(t + 80), out, 16);
+          const d = y + <usize>((b * win.oh + y0 + i) * win.ow + x0) * pixel + o;
+          for (let j = 0; j < nx; j++) {
+            let v = f32x4.add(v128.load(out + ((<usize>j) << 4)), bv);
+            if (relu != 0) v = f32x4.max(v, zero4);
+            v128.store(d + <usize>j * pixel, v);
+          }
+        }
+      }
+    }
+  }
+}
+
+/** `G a` for three vectors (a column or row of a 3x3 filter): six results. */
+@inline
+function filterTransform3(a0: v128, a1: v128, a2: v128, out: usize, step: usize): void {
+  const sixth = f32x4.splat(<f32>(1.0 / 6.0));
+  const p = f32x4.add(a0, a2);
+  v128.store(out, f32x4.mul(a0, f32x4.splat(0.25)));
+  v128.store(out + step, f32x4.neg(f32x4.mul(f32x4.add(p, a1), sixth)));
+  v128.store(out + 2 * step, f32x4.neg(f32x4.mul(f32x4.sub(p, a1), sixth)));
+  const q = f32x4.add(f32x4.mul(a0, f32x4.splat(<f32>(1.0 / 24.0))), f32x4.mul(a2, sixth));
+  const s = f32x4.mul(a1, f32x4.splat(<f32>(1.0 / 12.0)));
+  v128.store(out + 3 * step, f32x4.add(q, s));
+  v128.store(out + 4 * step, f32x4.sub(q, s));
+  v128.store(out + 5 * step, a2);
+}
+
+/**
+ * Filter transform: `U_k [ci, co] = (G g G^T)[k]` of the filter `g [3, 3, ci, co]`. `scratch` points at 768 bytes.
+ */
+export function winogradFilter(g: usize, table: usize, scratch: usize, ci: i32, co: i32): void {
+  const row = (<usize>co) << 2;
+  const tap = <usize>ci * row;
+  const out = scratch + 288;
+  for (let c = 0; c < ci; c++) {
+    for (let k = 0; k < co; k += 4) {
+      const o = <usize>c * row + ((<usize>k) << 2);
+      // G down each filter column kx into scratch[i][kx] (6 x 3) ...
+      for (let kx = 0; kx < 3; kx++) {
+        const s = g + o + <usize>kx * tap;
+        filterTransform3(v128.load(s), v128.load(s + 3 * tap), v128.load(s + 6 * tap), scratch + ((<usize>kx) << 4), 48);
+      }
+      // ... then along each row i.
+      for (let i = 0; i < 6; i++) {
+        const t = scratch + <usize>i * 48;
+        filterTransform3(v128.load(t), v128.load(t + 16), v128.load(t + 32), out, 16);
+        for (let j = 0; j < 6; j++) {
+          v128.store(load<u32>(table + ((<usize>(i * 6 + j)) << 2)) + o, v128.load(out + ((<usize>j) << 4)));
+        }
+      }
+    }
+  }
+}
+
+/** `A a` for four vectors (a column or row of an output-gradient tile): six results. */
+@inline
+function gradTransform4(a0: v128, a1: v128, a2: v128, a3: v128, out: usize, step: usize): void {
+  const p02 = f32x4.add(a0, a2);
+  const p13 = f32x4.add(a1, a3);
+  const q02 = f32x4.add(a0, f32x4.mul(f32x4.splat(4), a2));
+  const q13 = f32x4.add(f32x4.mul(f32x4.splat(2), a1), f32x4.mul(f32x4.splat(8), a3));
+  v128.store(out, a0);
+  v128.store(out + step, f32x4.add(p02, p13));
+  v128.store(out + 2 * step, f32x4.sub(p02, p13));
+  v128.store(out + 3 * step, f32x4.add(q02, q13));
+  v128.store(out + 4 * step, f32x4.sub(q02, q13));
+  v128.store(out + 5 * step, a3);
+}
+
+/**
+ * Output-gradient transform for the filter gradient: `W_k [tiles, co] = (A dY A^T)[k]` of every 4x4 tile of
+ * `dy [n, oh, ow, co]` (zeros beyond `oh` and `ow`), tile rows `rowStart .. rowStart + rows`. `zeros` points at `co`
+ * zero floats, `scratch` at 720 bytes.
+ */
+export function winogradGradOutput(dy: usize, table: usize, zeros: usize, scratch: usize, rowStart: i32, rows: i32, co: i32, window: usize): void {
+  const win = changetype<Window>(window);
+  const th = (win.oh + 3) >> 2;
+  const tw = (win.ow + 3) >> 2;
+  const pixel = (<usize>co) << 2;
+  const tmp = scratch + 64;
+  const out = tmp + 384;
+  for (let r = 0; r < rows; r++) {
+    const row = rowStart + r;
+    const b = row / th;
+    const y0 = (row - b * th) * 4;
+    for (let tx = 0; tx < tw; tx++) {
+      const x0 = tx * 4;
+      for (let i = 0; i < 4; i++) {
+        for (let j = 0; j < 4; j++) {
+          const inside = y0 + i < win.oh && x0 + j < win.ow;
+          store<u32>(
+            scratch + ((<usize>(i * 4 + j)) << 2),
+            inside ? dy + <usize>((b * win.oh + y0 + i) * win.ow + x0 + j) * pixel : zeros,
+          );
+        }
+      }
+      const dst = <usize>(r * tw + tx) * pixel;
+      for (let k = 0; k < co; k += 4) {
+        const o = (<usize>k) << 2;
+        // A down each column j (4 -> 6) into tmp[i][j] (6 x 4) ...
+        for (let j = 0; j < 4; j++) {
+          const s = scratch + ((<usize>j) << 2);
+          gradTransform4(gather(s, o), gather(s + 16, o), gather(s + 32, o), gather(s + 48, o), tmp + ((<usize>j) << 4), 64);
+        }
+        // ... then along each row i (4 -> 6): W_{6i+j}.
+        for (let i = 0; i < 6; i++) {
+          const t = tmp + <usize>i * 64;
+          gradTransform4(v128.load(t), v128.load(t + 16), v128.load(t + 32), v128.load(t + 48), out, 16);
+          for (let j = 0; j < 6; j++) {
+            v128.store(load<u32>(table + ((<usize>(i * 6 + j)) << 2)) + dst + o, v128.load(out + ((<usize>j) << 4)));
+          }
+        }
+      }
+    }
+  }
+}
+
+/** `G^T a` for six vectors: three results. */
+@inline
+function filterGradTransform6(a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, out: usize, step: usize): void {
+  const sixth = f32x4.splat(<f32>(1.0 / 6.0));
+  const p12 = f32x4.add(a1, a2);
+  const p34 = f32x4.add(a3, a4);
+  v128.store(
+    out,
+    f32x4.add(
+      f32x4.sub(f32x4.mul(a0, f32x4.splat(0.25)), f32x4.mul(p12, sixth)),
+      f32x4.mul(p34, f32x4.splat(<f32>(1.0 / 24.0))),
+    ),
+  );
+  v128.store(
+    out + step,
+    f32x4.add(f32x4.mul(f32x4.sub(a2, a1), sixth), f32x4.mul(f32x4.sub(a3, a4), f32x4.splat(<f32>(1.0 / 12.0)))),
+  );
+  v128.store(out + 2 * step, f32x4.add(f32x4.mul(f32x4.sub(p34, p12), sixth), a5));
+}
+
+/**
+ * The filter gradient `dg [3, 3, ci, co] = G^T dU G` from the 36 transform-domain gradients `dU_k [ci, co]`
+ * (`table`). `scratch` points at 336 bytes.
+ */
+export function winogradFilterGrad(table: usize, dg: usize, scratch: usize, ci: i32, co: i32): void {
+  const row = (<usize>co) << 2;
+  const tap = <usize>ci * row;
+  const out = scratch + 288;
+  for (let c = 0; c < ci; c++) {
+    for (let k = 0; k < co; k += 4) {
+      const o = <usize>c * row + ((<usize>k) << 2);
+      // G^T down each column j into scratch[i][j] (3 x 6) ...
+      for (let j = 0; j < 6; j++) {
+        const m = table + ((<usize>j) << 2);
+        filterGradTransform6(gather(m, o), gather(m + 24, o), gather(m + 48, o), gather(m + 72, o), gather(m + 96, o), gather(m + 120, o), scratch + ((<usize>j) << 4), 96);
+      }
+      // ... then along each row ky.
+      for (let ky = 0; ky < 3; ky++) {
+        const t = scratch + <usize>ky * 96;
+        filterGradTransform6(v128.load(t), v128.load(t + 16), v128.load(t + 32), v128.load(t + 48), v128.load(t + 64), v128.load(t + 80), out, 16);
+        for (let kx = 0; kx < 3; kx++) v128.store(dg + <usize>(ky * 3 + kx) * tap + o, v128.load(out + ((<usize>kx) << 4)));
+      }
+    }
+  }
+}
+
+/**
+ * One Adam step over `n` weights, in float32 with the operations of tfjs's `AdamOptimizer` in its order (so the same
+ * bits as Tessera's scalar pass in `optimizers.ts`): `m' = m b1 + g c1`, `v' = v b2 + (g g) c2`,
+ * `w' = ((m' / d1) / (sqrt(v' / d2) + eps)) step + w`. `k` points at the eight float32 values
+ * `b1, b2, c1, c2, eps, step, d1, d2`. Outputs go to `nw`, `nm`, `nv` (the inputs are left as they are).
+ */
+export function adamUpdate(w: usize, g: usize, m: usize, v: usize, nw: usize, nm: usize, nv: usize, n: i32, k: usize): void {
+  const b1 = load<f32>(k);
+  const b2 = load<f32>(k, 4);
+  const c1 = load<f32>(k, 8);
+  const c2 = load<f32>(k, 12);
+  const eps = load<f32>(k, 16);
+  const step = load<f32>(k, 20);
+  const d1 = load<f32>(k, 24);
+  const d2 = load<f32>(k, 28);
+  const vb1 = f32x4.splat(b1);
+  const vb2 = f32x4.splat(b2);
+  const vc1 = f32x4.splat(c1);
+  const vc2 = f32x4.splat(c2);
+  const veps = f32x4.splat(eps);
+  const vstep = f32x4.splat(step);
+  const vd1 = f32x4.splat(d1);
+  const vd2 = f32x4.splat(d2);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o = (<usize>i) << 2;
+    const gi = v128.load(g + o);
+    const mi = f32x4.add(f32x4.mul(v128.load(m + o), vb1), f32x4.mul(gi, vc1));
+    const vi = f32x4.add(f32x4.mul(v128.load(v + o), vb2), f32x4.mul(f32x4.mul(gi, gi), vc2));
+    v128.store(nm + o, mi);
+    v128.store(nv + o, vi);
+    const denominator = f32x4.add(f32x4.sqrt(f32x4.div(vi, vd2)), veps);
+    v128.store(nw + o, f32x4.add(f32x4.mul(f32x4.div(f32x4.div(mi, vd1), denominator), vstep), v128.load(w + o)));
+  }
+  for (; i < n; i++) {
+    const o = (<usize>i) << 2;
+    const gi = load<f32>(g + o);
+    const mi: f32 = load<f32>(m + o) * b1 + gi * c1;
+    const vi: f32 = load<f32>(v + o) * b2 + gi * gi * c2;
+    store<f32>(nm + o, mi);
+    store<f32>(nv + o, vi);
+    const denominator: f32 = <f32>Mathf.sqrt(vi / d2) + eps;
+    store<f32>(nw + o, (mi / d1 / denominator) * step + load<f32>(w + o));
+  }
+}

@@ -5,6 +5,8 @@ import * as tf from '@tensorflow/tfjs-core';
 
 /** All five gradients of `FusedBatchNorm` in one pass: outputs `[dx, dmean, dvariance, dscale, doffset]`. */
 export const BATCH_NORM_GRAD = 'TesseraFusedBatchNormGrad';
+/** Name of the wasm kernel of one Adam step over a weight tensor (`wasm-kernels.ts`; used by `optimizers.ts`). */
+export const ADAM_UPDATE = 'TesseraAdamUpdate';
 /**
  * Training-mode batch normalisation ({@link trainingBatchNorm}): inputs `x`, `scale`, `offset`; attribute
  * `varianceEpsilon`; outputs `[y, mean, variance]`.

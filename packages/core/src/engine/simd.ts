@@ -25,6 +25,18 @@ export interface SimdKernels {
   im2colRows(xt: number, a: number, r0: number, rows: number, window: number): void;
   maxPoolGrad(x: number, dy: number, dx: number, window: number): void;
   depthwiseGrad(mode: 0 | 1, src: number, dy: number, out: number, window: number): void;
+  /** `k` points at `b1, b2, c1, c2, eps, step, d1, d2` (float32). */
+  adamUpdate(
+    w: number,
+    g: number,
+    m: number,
+    v: number,
+    nw: number,
+    nm: number,
+    nv: number,
+    n: number,
+    k: number,
+  ): void;
 }
 
 /** The parts of the WebAssembly JS API used here (the repository's TypeScript libs do not declare it). */

@@ -39,6 +39,7 @@ import {
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import { pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
+import { winogradFilterGradient, type CallKernel } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -230,7 +231,9 @@ function inputGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<Ke
 
 function conv2DBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
   const { be, x, dy, g } = filterGradArgs('Conv2DBackpropFilter', args, false);
-  return filterGradMatMul(be, x, dy, g);
+  const attrs = args.attrs as unknown as ConvAttrs;
+  const call: CallKernel = (name, inputs, a) => callWasm(name, inputs as NamedTensorInfoMap, be, a as NamedAttrMap);
+  return winogradFilterGradient(be, x, dy, attrs.filterShape!, attrs, call) ?? filterGradMatMul(be, x, dy, g);
 }
 
 /**

@@ -37,7 +37,7 @@ beforeAll(async () => {
 
 describe('registerWasmKernels', () => {
   it('registers the kernels once, keeping the builtin setup functions', () => {
-    const names = ['Identity', 'Cast', 'Sum', 'Mean', 'FusedBatchNorm', 'SplitV'];
+    const names = ['Conv2D', 'FusedConv2D', 'Identity', 'Cast', 'Sum', 'Mean', 'FusedBatchNorm', 'SplitV'];
     names.push(BATCH_NORM_GRAD, REDUCE_GRAD, CLIP_BY_VALUE_GRAD);
     const configs = names.map((name) => tf.getKernel(name, 'wasm'));
     expect(configs.every((c) => typeof c?.kernelFunc === 'function')).toBe(true);

@@ -29,9 +29,11 @@ import {
   util,
   type DataType,
   type KernelFunc,
+  type NamedAttrMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import {
+  ADAM_UPDATE,
   BATCH_NORM_GRAD,
   BATCH_NORM_TRAIN,
   BATCH_NORM_TRAIN_GRAD,
@@ -40,6 +42,7 @@ import {
 } from './gradients.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
+import { winogradConv2DKernel, winogradFusedConv2DKernel, type CallKernel } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -442,7 +445,51 @@ function clipByValueGrad(args: KernelArgs): TensorInfo {
 // ---------------------------------------------------------------------------------------------------------------------
 // Registration
 
+/** A kernel of the wasm backend, called from another (the registry's current one). */
+function callerOf(args: KernelArgs): CallKernel {
+  return (name, inputs, attrs) => {
+    const config = getKernel(name, 'wasm');
+    if (config == null) fail(name, `the wasm backend has no '${name}' kernel`);
+    const out = config.kernelFunc({ inputs, backend: args.backend, attrs: attrs as NamedAttrMap });
+    return Array.isArray(out) ? out[0] : out;
+  };
+}
+
+/** `Conv2D`: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (`winograd.ts`), else the builtin. */
+function conv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
+  return winogradConv2DKernel(args, callerOf(args)) ?? builtin('Conv2D', args);
+}
+
+/** `FusedConv2D`: Winograd F(4x4, 3x3) with bias and ReLU or none (`winograd.ts`), else the builtin. */
+function fusedConv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
+  return winogradFusedConv2DKernel(args, callerOf(args)) ?? builtin('FusedConv2D', args);
+}
+
+/**
+ * One Adam step over a weight tensor: inputs `w`, `g` (its gradient), `m`, `v` (the moments), attribute
+ * `coefficients` (`[b1, b2, 1 - b1, 1 - b2, epsilon, -learningRate, 1 - b1^t, 1 - b2^t]`, float32); outputs
+ * `[w', m', v']`. One SIMD pass with tfjs's float32 operations in tfjs's order (`optimizers.ts` has the scalar one).
+ */
+function adamUpdate(args: KernelArgs): TensorInfo[] {
+  const { w, g, m, v } = args.inputs as Record<string, TensorInfo | undefined>;
+  if (w == null || g == null || m == null || v == null) fail(ADAM_UPDATE, 'missing input; expected w, g, m and v');
+  const n = util.sizeFromShape(w.shape);
+  if ([w, g, m, v].some((t) => t.dtype !== 'float32' || util.sizeFromShape(t.shape) !== n)) {
+    fail(ADAM_UPDATE, `expected four float32 tensors of ${n} values`);
+  }
+  const be = args.backend as WasmBackend;
+  const k = be.makeOutput([8], 'float32');
+  f32(be, k).set((args.attrs as { coefficients: number[] }).coefficients);
+  const outs = [w, m, v].map((t) => be.makeOutput([...t.shape], 'float32'));
+  const p = (t: TensorInfo) => pointer(be, t);
+  simdKernels(be).adamUpdate(p(w), p(g), p(m), p(v), p(outs[0]), p(outs[1]), p(outs[2]), n, p(k));
+  be.disposeData(k.dataId);
+  return outs;
+}
+
 const REPLACEMENTS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
+  { kernelName: 'Conv2D', kernelFunc: conv2D as KernelFunc },
+  { kernelName: 'FusedConv2D', kernelFunc: fusedConv2D as KernelFunc },
   { kernelName: 'Identity', kernelFunc: identity as KernelFunc },
   { kernelName: 'Cast', kernelFunc: cast as KernelFunc },
   { kernelName: 'Sum', kernelFunc: ((args: KernelArgs) => columnReduce('Sum', args)) as KernelFunc },
@@ -457,6 +504,7 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: BATCH_NORM_TRAIN_GRAD, kernelFunc: batchNormTrainGrad as unknown as KernelFunc },
   { kernelName: REDUCE_GRAD, kernelFunc: reduceGrad as KernelFunc },
   { kernelName: CLIP_BY_VALUE_GRAD, kernelFunc: clipByValueGrad as KernelFunc },
+  { kernelName: ADAM_UPDATE, kernelFunc: adamUpdate as unknown as KernelFunc },
 ];
 
 /**

@@ -6,6 +6,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { UnknownNameError } from '../errors.js';
+import { ADAM_UPDATE } from '../engine/gradients.js';
+import { registerWasmKernels } from '../engine/wasm-kernels.js';
 import {
   OPTIMIZER_NAMES,
   createOptimizer,
@@ -197,9 +199,14 @@ describe('Adam in one pass per variable', () => {
     return out;
   }
 
-  it.each(['cpu', 'wasm'])('gives the bits of tfjs AdamOptimizer on %s', async (backend) => {
+  it.each(['cpu', 'wasm', 'wasm with its SIMD kernel'])('gives the bits of tfjs AdamOptimizer on %s', async (name) => {
+    const backend = name.split(' ')[0];
+    // The last case registers Tessera's wasm kernels: the pass is then one SIMD kernel per variable.
+    if (name !== backend) registerWasmKernels();
     await tf.setBackend(backend);
     const before = tf.memory().numTensors;
+    const profile = await tf.profile(async () => void (await run(true, name)));
+    expect(profile.kernels.some((k) => k.name === ADAM_UPDATE)).toBe(name !== backend);
     const ours = await run(true, backend);
     expect(tf.memory().numTensors).toBe(before);
     const theirs = await run(false, backend);
