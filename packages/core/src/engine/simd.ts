@@ -3,7 +3,14 @@
  * WebAssembly module that imports the backend's own memory, so it works in place on tensors' data, with no copies.
  * One instance per backend memory (each worker thread has its own backend).
  */
-import { backend_util, type DataType, type TensorInfo } from '@tensorflow/tfjs-core';
+import {
+  backend_util,
+  getKernel,
+  type DataType,
+  type NamedAttrMap,
+  type NamedTensorInfoMap,
+  type TensorInfo,
+} from '@tensorflow/tfjs-core';
 import { SIMD_KERNELS_WASM } from './simd-binary.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` used here. */
@@ -112,4 +119,31 @@ export function withWindow<T>(be: WasmHeapBackend, window: SimdWindow, use: (win
   } finally {
     be.disposeData(info.dataId);
   }
+}
+
+/** Frees a tensor's data on the backend's heap. */
+export function free(be: WasmHeapBackend, info: TensorInfo): void {
+  be.disposeData(info.dataId);
+}
+
+/** Runs the wasm backend's registered kernel `name` (Tessera's replacement where there is one). */
+export function callWasm(
+  name: string,
+  inputs: NamedTensorInfoMap,
+  be: WasmHeapBackend,
+  attrs: NamedAttrMap,
+): TensorInfo {
+  const config = getKernel(name, 'wasm');
+  if (config == null) {
+    throw new Error(`wasm kernels: the wasm backend has no '${name}' kernel; import '@tensorflow/tfjs-backend-wasm'`);
+  }
+  const out = config.kernelFunc({ inputs, backend: be, attrs });
+  return Array.isArray(out) ? out[0] : out;
+}
+
+/** `a [m, k] x b [k, n]` with the wasm (XNNPACK) matmul; `a` and `b` may be any shapes with those sizes. */
+export function matMul(be: WasmHeapBackend, a: TensorInfo, m: number, k: number, b: TensorInfo, n: number): TensorInfo {
+  const a2: TensorInfo = { dataId: a.dataId, shape: [m, k], dtype: 'float32' };
+  const b2: TensorInfo = { dataId: b.dataId, shape: [k, n], dtype: 'float32' };
+  return callWasm('BatchMatMul', { a: a2, b: b2 }, be, { transposeA: false, transposeB: false });
 }

@@ -38,8 +38,8 @@ import {
   type NamedTensorInfoMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
-import { pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
-import { winogradFilterGradient, type CallKernel } from './winograd.js';
+import { callWasm, free, matMul, pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
+import { winogradFilterGradient } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -144,17 +144,6 @@ function heap(be: WasmBackend, info: TensorInfo): Float32Array {
   return be.typedArrayFromHeap(info) as Float32Array;
 }
 
-function free(be: WasmBackend, info: TensorInfo): void {
-  be.disposeData(info.dataId);
-}
-
-function callWasm(name: string, inputs: NamedTensorInfoMap, be: WasmBackend, attrs: NamedAttrMap): TensorInfo {
-  const config = getKernel(name, 'wasm');
-  if (config == null) fail(name, `the wasm backend has no '${name}' kernel; import '@tensorflow/tfjs-backend-wasm'`);
-  const out = config.kernelFunc({ inputs, backend: be, attrs });
-  return Array.isArray(out) ? out[0] : out;
-}
-
 function explicitPad(top: number, bottom: number, left: number, right: number): backend_util.ExplicitPadding {
   return [
     [0, 0],
@@ -191,13 +180,6 @@ function depthwiseConv2d(
   } as NamedAttrMap);
 }
 
-/** `a [m, k] x b [k, n]` with the wasm (XNNPACK) matmul; `a` and `b` may be any shapes with those sizes. */
-function matMul(be: WasmBackend, a: TensorInfo, m: number, k: number, b: TensorInfo, n: number): TensorInfo {
-  const a2: TensorInfo = { dataId: a.dataId, shape: [m, k], dtype: 'float32' };
-  const b2: TensorInfo = { dataId: b.dataId, shape: [k, n], dtype: 'float32' };
-  return callWasm('BatchMatMul', { a: a2, b: b2 }, be, { transposeA: false, transposeB: false });
-}
-
 // ---------------------------------------------------------------------------------------------------------------------
 // Conv2DBackpropFilter
 
@@ -232,8 +214,7 @@ function inputGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<Ke
 function conv2DBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
   const { be, x, dy, g } = filterGradArgs('Conv2DBackpropFilter', args, false);
   const attrs = args.attrs as unknown as ConvAttrs;
-  const call: CallKernel = (name, inputs, a) => callWasm(name, inputs as NamedTensorInfoMap, be, a as NamedAttrMap);
-  return winogradFilterGradient(be, x, dy, attrs.filterShape!, attrs, call) ?? filterGradMatMul(be, x, dy, g);
+  return winogradFilterGradient(be, x, dy, attrs.filterShape!, attrs) ?? filterGradMatMul(be, x, dy, g);
 }
 
 /**

@@ -29,7 +29,6 @@ import {
   util,
   type DataType,
   type KernelFunc,
-  type NamedAttrMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import {
@@ -42,7 +41,7 @@ import {
 } from './gradients.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
-import { winogradConv2DKernel, winogradFusedConv2DKernel, type CallKernel } from './winograd.js';
+import { winogradConv2DKernel, winogradFusedConv2DKernel } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
 interface WasmBackend {
@@ -445,24 +444,14 @@ function clipByValueGrad(args: KernelArgs): TensorInfo {
 // ---------------------------------------------------------------------------------------------------------------------
 // Registration
 
-/** A kernel of the wasm backend, called from another (the registry's current one). */
-function callerOf(args: KernelArgs): CallKernel {
-  return (name, inputs, attrs) => {
-    const config = getKernel(name, 'wasm');
-    if (config == null) fail(name, `the wasm backend has no '${name}' kernel`);
-    const out = config.kernelFunc({ inputs, backend: args.backend, attrs: attrs as NamedAttrMap });
-    return Array.isArray(out) ? out[0] : out;
-  };
-}
-
 /** `Conv2D`: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (`winograd.ts`), else the builtin. */
 function conv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
-  return winogradConv2DKernel(args, callerOf(args)) ?? builtin('Conv2D', args);
+  return winogradConv2DKernel(args) ?? builtin('Conv2D', args);
 }
 
 /** `FusedConv2D`: Winograd F(4x4, 3x3) with bias and ReLU or none (`winograd.ts`), else the builtin. */
 function fusedConv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
-  return winogradFusedConv2DKernel(args, callerOf(args)) ?? builtin('FusedConv2D', args);
+  return winogradFusedConv2DKernel(args) ?? builtin('FusedConv2D', args);
 }
 
 /**

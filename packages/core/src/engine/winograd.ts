@@ -8,25 +8,26 @@
  * products `V_k [tiles, ci] x U_k [ci, co]` (the backend's XNNPACK matmul) between three cheap transforms (Tessera's
  * SIMD loops, `assembly/kernels.ts`): 4x fewer multiply-adds in the products, for transforms that cost a few reads and
  * writes per value. Training networks made of 3x3 convolutions (VGG-16 in FCN-8s, the DeepLabv3+ decoder) spend most
- * of a step in them: the forward pass, and the stride-1 input gradient, which is itself a 3x3 convolution.
+ * of a step in them: the forward pass, the stride-1 input gradient (itself a 3x3 convolution) and the filter gradient.
  *
  * Used for 3x3 stride-1 undilated NHWC float32 convolutions with channel counts that are multiples of 4, enough of
  * them ({@link MIN_CHANNELS_FORWARD}) and at least {@link MIN_TILES} output tiles; the filter gradient likewise, from
  * more channels; everything else, and `FusedConv2D` with an activation other than none
  * or ReLU or with PReLU weights, runs the builtin kernel. Results differ from the direct convolution by rounding only
- * (relative differences of about 1e-6 of the output's scale); the order of every sum is fixed, so they are
+ * (relative differences of about 1e-5 of the output's scale); the order of every sum is fixed, so they are
  * deterministic. `TESSERA_WINOGRAD=0` in the environment turns it off (every convolution runs the builtin kernel), for
  * comparisons.
  */
-import { backend_util, type DataType, type KernelFunc, type TensorInfo } from '@tensorflow/tfjs-core';
-import { pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
-
-/** The parts of tfjs-backend-wasm's `BackendWasm` used here. */
-interface WasmBackend {
-  makeOutput(shape: number[], dtype: DataType): TensorInfo;
-  typedArrayFromHeap(info: TensorInfo): backend_util.TypedArray;
-  disposeData(dataId: object, force?: boolean): boolean;
-}
+import { backend_util, type KernelFunc, type TensorInfo } from '@tensorflow/tfjs-core';
+import {
+  free,
+  matMul,
+  pointer,
+  simdKernels,
+  withWindow,
+  type SimdWindow,
+  type WasmHeapBackend as WasmBackend,
+} from './simd.js';
 
 /** A kernel of the SIMD module: heap pointers (byte offsets) and counts, in the order `assembly/kernels.ts` gives. */
 type SimdKernel = (...pointersAndCounts: number[]) => void;
@@ -67,24 +68,6 @@ interface ConvAttrs {
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
   activation?: string;
 }
-
-function matMul(be: WasmBackend, a: TensorInfo, m: number, k: number, b: TensorInfo, n: number, call: CallKernel) {
-  return call(
-    'BatchMatMul',
-    {
-      a: { dataId: a.dataId, shape: [m, k], dtype: 'float32' },
-      b: { dataId: b.dataId, shape: [k, n], dtype: 'float32' },
-    },
-    { transposeA: false, transposeB: false },
-  );
-}
-
-/** Runs a kernel of the wasm backend (the caller's registry lookup). */
-export type CallKernel = (
-  name: string,
-  inputs: Record<string, TensorInfo>,
-  attrs: Record<string, unknown>,
-) => TensorInfo;
 
 /** Heap pointers of `infos`, written on the heap as int32 values; returns the table (free it after use). */
 function table(be: WasmBackend, infos: TensorInfo[]): TensorInfo {
@@ -141,38 +124,38 @@ function plan(
   };
 }
 
-/** A chunk of tile rows, with the buffers its transforms share. */
-interface Chunk {
-  /** First tile row (`b * ceil(oh / 4) + ty`) and number of tile rows. */
-  r0: number;
-  rows: number;
-  /** Tiles of the chunk. */
-  tiles: number;
-  /** Heap pointers: the geometry, 1 KB of scratch, and a pixel of zeros (the transforms' padding). */
+/** Heap pointers shared by a convolution's transforms: its geometry, 1 KB of scratch, a pixel of zeros (padding). */
+interface Buffers {
   window: number;
   scratch: number;
   zeros: number;
 }
 
-/** Runs `work` over the chunks of tile rows of `g`, each small enough for {@link winogradLimits}. */
-function forEachChunk(be: WasmBackend, g: SimdWindow & { co: number }, work: (chunk: Chunk) => void): void {
-  const tw = Math.ceil(g.ow / 4);
-  const rowsTotal = g.n * Math.ceil(g.oh / 4);
-  const widest = Math.max(g.c, g.co);
-  const perChunk = Math.max(1, Math.min(rowsTotal, Math.floor(winogradLimits.chunkBytes / (36 * 4 * tw * widest))));
+/** Calls `use` with the {@link Buffers} of `g`, freed afterwards. */
+function withBuffers<T>(be: WasmBackend, g: SimdWindow & { co: number }, use: (buffers: Buffers) => T): T {
   const scratch = be.makeOutput([256], 'float32');
-  const zeros = be.makeOutput([widest], 'float32');
+  const zeros = be.makeOutput([Math.max(g.c, g.co)], 'float32');
   (be.typedArrayFromHeap(zeros) as Float32Array).fill(0);
   try {
-    withWindow(be, g, (window) => {
-      for (let r0 = 0; r0 < rowsTotal; r0 += perChunk) {
-        const rows = Math.min(perChunk, rowsTotal - r0);
-        work({ r0, rows, tiles: rows * tw, window, scratch: pointer(be, scratch), zeros: pointer(be, zeros) });
-      }
-    });
+    return withWindow(be, g, (window) => use({ window, scratch: pointer(be, scratch), zeros: pointer(be, zeros) }));
   } finally {
     free(be, zeros);
     free(be, scratch);
+  }
+}
+
+/**
+ * Calls `work(r0, rows, tiles)` for the chunks of tile rows of `g` (a tile row is `(b, ty)`), each small enough for
+ * {@link winogradLimits}.
+ */
+function forEachChunk(g: SimdWindow & { co: number }, work: (r0: number, rows: number, tiles: number) => void): void {
+  const tw = Math.ceil(g.ow / 4);
+  const rowsTotal = g.n * Math.ceil(g.oh / 4);
+  const bytesPerRow = 36 * 4 * tw * Math.max(g.c, g.co);
+  const perChunk = Math.max(1, Math.min(rowsTotal, Math.floor(winogradLimits.chunkBytes / bytesPerRow)));
+  for (let r0 = 0; r0 < rowsTotal; r0 += perChunk) {
+    const rows = Math.min(perChunk, rowsTotal - r0);
+    work(r0, rows, rows * tw);
   }
 }
 
@@ -199,7 +182,6 @@ export function winogradConv2D(
   bias: TensorInfo | undefined,
   relu: boolean,
   attrs: ConvAttrs,
-  call: CallKernel,
 ): TensorInfo | null {
   if (filter.dtype !== 'float32') return null;
   const g = plan(x, filter.shape, attrs, MIN_CHANNELS_FORWARD);
@@ -208,26 +190,26 @@ export function winogradConv2D(
   const simd = simdKernels(be) as unknown as WinogradKernels;
   const { c: ci, co } = g;
   const y = be.makeOutput([g.n, g.oh, g.ow, co], 'float32');
-  let u: TensorInfo[] | undefined;
-  forEachChunk(be, g, (chunk) => {
-    // U_k [ci, co] = (G g G^T)[k], once (the first chunk's scratch is as good as any).
-    u ??= matrices36(be, [ci, co], (t) => simd.winogradFilter(pointer(be, filter), t, chunk.scratch, ci, co));
-    const { r0, rows, tiles, window, scratch, zeros } = chunk;
-    const v = matrices36(be, [tiles, ci], (t) =>
-      simd.winogradInput(pointer(be, x), t, zeros, scratch, r0, rows, window, 0),
-    );
-    const m = v.map((vk, k) => {
-      const mk = matMul(be, vk, tiles, ci, u![k], co, call);
-      free(be, vk);
-      return mk;
+  withBuffers(be, g, ({ window, scratch, zeros }) => {
+    // U_k [ci, co] = (G g G^T)[k].
+    const u = matrices36(be, [ci, co], (t) => simd.winogradFilter(pointer(be, filter), t, scratch, ci, co));
+    forEachChunk(g, (r0, rows, tiles) => {
+      const v = matrices36(be, [tiles, ci], (t) =>
+        simd.winogradInput(pointer(be, x), t, zeros, scratch, r0, rows, window, 0),
+      );
+      const m = v.map((vk, k) => {
+        const mk = matMul(be, vk, tiles, ci, u[k], co);
+        free(be, vk);
+        return mk;
+      });
+      const mTable = table(be, m);
+      const b = bias != null ? pointer(be, bias) : 0;
+      simd.winogradOutput(pointer(be, mTable), pointer(be, y), b, relu ? 1 : 0, scratch, r0, rows, co, window);
+      free(be, mTable);
+      for (const mk of m) free(be, mk);
     });
-    const mTable = table(be, m);
-    const b = bias != null ? pointer(be, bias) : 0;
-    simd.winogradOutput(pointer(be, mTable), pointer(be, y), b, relu ? 1 : 0, scratch, r0, rows, co, window);
-    free(be, mTable);
-    for (const mk of m) free(be, mk);
+    for (const uk of u) free(be, uk);
   });
-  for (const uk of u ?? []) free(be, uk);
   return y;
 }
 
@@ -242,73 +224,60 @@ export function winogradFilterGradient(
   dy: TensorInfo,
   filterShape: readonly number[],
   attrs: ConvAttrs,
-  call: CallKernel,
 ): TensorInfo | null {
   if (dy.dtype !== 'float32') return null;
   const g = plan(x, filterShape, attrs, MIN_CHANNELS_FILTER_GRADIENT);
   if (g == null) return null;
   const simd = simdKernels(be) as unknown as WinogradKernels;
   const { c: ci, co } = g;
-  let du: TensorInfo[] | undefined;
   const dw = be.makeOutput([3, 3, ci, co], 'float32');
-  forEachChunk(be, g, (chunk) => {
-    const { r0, rows, tiles, window, scratch, zeros } = chunk;
-    const v = matrices36(be, [ci, tiles], (t) =>
-      simd.winogradInput(pointer(be, x), t, zeros, scratch, r0, rows, window, tiles),
-    );
-    const w = matrices36(be, [tiles, co], (t) =>
-      simd.winogradGradOutput(pointer(be, dy), t, zeros, scratch, r0, rows, co, window),
-    );
-    const products = v.map((vk, k) => {
-      const pk = matMul(be, vk, ci, tiles, w[k], co, call);
-      free(be, vk);
-      free(be, w[k]);
-      return pk;
-    });
-    if (du == null) {
-      du = products;
-    } else {
+  withBuffers(be, g, ({ window, scratch, zeros }) => {
+    let du: TensorInfo[] | undefined;
+    forEachChunk(g, (r0, rows, tiles) => {
+      const v = matrices36(be, [ci, tiles], (t) =>
+        simd.winogradInput(pointer(be, x), t, zeros, scratch, r0, rows, window, tiles),
+      );
+      const w = matrices36(be, [tiles, co], (t) =>
+        simd.winogradGradOutput(pointer(be, dy), t, zeros, scratch, r0, rows, co, window),
+      );
+      const products = v.map((vk, k) => {
+        const pk = matMul(be, vk, ci, tiles, w[k], co);
+        free(be, vk);
+        free(be, w[k]);
+        return pk;
+      });
+      if (du == null) {
+        du = products;
+        return;
+      }
+      // Later chunks add their products in chunk order.
       for (let k = 0; k < 36; k++) {
         const acc = be.typedArrayFromHeap(du[k]) as Float32Array;
         const add = be.typedArrayFromHeap(products[k]) as Float32Array;
         for (let i = 0; i < acc.length; i++) acc[i] += add[i];
         free(be, products[k]);
       }
-    }
-    if (r0 + rows === g.n * Math.ceil(g.oh / 4)) {
-      // The last chunk: dW = G^T dU G.
-      const duTable = table(be, du);
-      simd.winogradFilterGrad(pointer(be, duTable), pointer(be, dw), scratch, ci, co);
-      free(be, duTable);
-      for (const d of du) free(be, d);
-    }
+    });
+    // dW = G^T dU G.
+    const duTable = table(be, du!);
+    simd.winogradFilterGrad(pointer(be, duTable), pointer(be, dw), scratch, ci, co);
+    free(be, duTable);
+    for (const d of du!) free(be, d);
   });
   return dw;
 }
 
-function free(be: WasmBackend, info: TensorInfo): void {
-  be.disposeData(info.dataId);
-}
-
 /** `Conv2D` by Winograd where it applies, else null. */
-export function winogradConv2DKernel(args: KernelArgs, call: CallKernel): TensorInfo | null {
+export function winogradConv2DKernel(args: KernelArgs): TensorInfo | null {
   const { x, filter } = args.inputs as { x: TensorInfo; filter: TensorInfo };
-  return winogradConv2D(
-    args.backend as WasmBackend,
-    x,
-    filter,
-    undefined,
-    false,
-    args.attrs as unknown as ConvAttrs,
-    call,
-  );
+  return winogradConv2D(args.backend as WasmBackend, x, filter, undefined, false, args.attrs as unknown as ConvAttrs);
 }
 
 /** `FusedConv2D` (bias, no activation or ReLU, no PReLU weights) by Winograd where it applies, else null. */
-export function winogradFusedConv2DKernel(args: KernelArgs, call: CallKernel): TensorInfo | null {
+export function winogradFusedConv2DKernel(args: KernelArgs): TensorInfo | null {
   const { x, filter, bias, preluActivationWeights } = args.inputs as Record<string, TensorInfo | undefined>;
   const attrs = args.attrs as unknown as ConvAttrs;
   const activation = attrs.activation ?? 'linear';
   if (preluActivationWeights != null || (activation !== 'linear' && activation !== 'relu')) return null;
-  return winogradConv2D(args.backend as WasmBackend, x!, filter!, bias, activation === 'relu', attrs, call);
+  return winogradConv2D(args.backend as WasmBackend, x!, filter!, bias, activation === 'relu', attrs);
 }
