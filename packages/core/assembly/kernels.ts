@@ -766,3 +766,260 @@ export function adamUpdate(w: usize, g: usize, m: usize, v: usize, nw: usize, nm
     store<f32>(nw + o, (mi / d1 / denominator) * step + load<f32>(w + o));
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Softmax and the segmentation losses (cross-entropy, soft Dice)
+
+/** `e^x` per lane in float32 (Cephes `expf`: range reduction by ln 2 and a degree-6 polynomial; relative error < 2e-7). */
+function exp4(v: v128): v128 {
+  const x0 = f32x4.max(f32x4.min(v, f32x4.splat(88.3762626647949)), f32x4.splat(-87.3365478515625));
+  const fx = f32x4.floor(f32x4.add(f32x4.mul(x0, f32x4.splat(1.44269504088896341)), f32x4.splat(0.5)));
+  const x = f32x4.sub(f32x4.sub(x0, f32x4.mul(fx, f32x4.splat(0.693359375))), f32x4.mul(fx, f32x4.splat(-2.12194440e-4)));
+  const z = f32x4.mul(x, x);
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(y, z), x), f32x4.splat(1));
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(fx), i32x4.splat(127)), 23);
+  return f32x4.mul(y, pow2n);
+}
+
+/** Natural logarithm per lane of positive normal float32 values (Cephes `logf`; relative error < 2e-7). */
+function log4(v: v128): v128 {
+  const bits = v;
+  let e = f32x4.convert_i32x4_s(i32x4.sub(i32x4.shr_u(bits, 23), i32x4.splat(126)));
+  // The mantissa as a value in [0.5, 1).
+  let x = v128.or(v128.and(bits, i32x4.splat(0x807fffff)), i32x4.splat(0x3f000000));
+  const small = f32x4.lt(x, f32x4.splat(0.707106781186547524));
+  e = f32x4.sub(e, v128.and(small, f32x4.splat(1)));
+  // x < sqrt(1/2): 2x - 1, else x - 1
+  x = f32x4.sub(f32x4.add(x, v128.and(small, x)), f32x4.splat(1));
+  const z = f32x4.mul(x, x);
+  let y = f32x4.splat(7.0376836292e-2);
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(-1.1514610310e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.1676998740e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(-1.2420140846e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.4249322787e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(-1.6668057665e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(2.0000714765e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(-2.4999993993e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(3.3333331174e-1));
+  y = f32x4.mul(f32x4.mul(y, x), z);
+  y = f32x4.add(y, f32x4.mul(e, f32x4.splat(-2.12194440e-4)));
+  y = f32x4.sub(y, f32x4.mul(z, f32x4.splat(0.5)));
+  return f32x4.add(f32x4.add(x, y), f32x4.mul(e, f32x4.splat(0.693359375)));
+}
+
+/**
+ * Softmax over the last axis: `y[r, k] = e^(x[r, k] - m_r) / sum_j e^(x[r, j] - m_r)` with `m_r` the row's maximum,
+ * for `rows` rows of `c` float32 values. Two classes run four rows per SIMD step; other widths four values of a row.
+ */
+export function softmaxRows(x: usize, y: usize, rows: i32, c: i32): void {
+  let r = 0;
+  if (c == 2) {
+    for (; r + 4 <= rows; r += 4) {
+      const o = (<usize>r) << 3;
+      const lo = v128.load(x + o);
+      const hi = v128.load(x + o + 16);
+      const a = v128.shuffle<f32>(lo, hi, 0, 2, 4, 6);
+      const b = v128.shuffle<f32>(lo, hi, 1, 3, 5, 7);
+      const m = f32x4.max(a, b);
+      const ea = exp4(f32x4.sub(a, m));
+      const eb = exp4(f32x4.sub(b, m));
+      const s = f32x4.add(ea, eb);
+      const ya = f32x4.div(ea, s);
+      const yb = f32x4.div(eb, s);
+      v128.store(y + o, v128.shuffle<f32>(ya, yb, 0, 4, 1, 5));
+      v128.store(y + o + 16, v128.shuffle<f32>(ya, yb, 2, 6, 3, 7));
+    }
+  }
+  for (; r < rows; r++) {
+    const o = (<usize>r * <usize>c) << 2;
+    let m = load<f32>(x + o);
+    for (let k = 1; k < c; k++) m = max(m, load<f32>(x + o + ((<usize>k) << 2)));
+    const vm = f32x4.splat(m);
+    let s: f32 = 0;
+    let k = 0;
+    for (; k + 4 <= c; k += 4) {
+      const q = o + ((<usize>k) << 2);
+      const e = exp4(f32x4.sub(v128.load(x + q), vm));
+      v128.store(y + q, e);
+      s += f32x4.extract_lane(e, 0) + f32x4.extract_lane(e, 1) + f32x4.extract_lane(e, 2) + f32x4.extract_lane(e, 3);
+    }
+    for (; k < c; k++) {
+      const q = o + ((<usize>k) << 2);
+      const e = f32x4.extract_lane(exp4(f32x4.splat(load<f32>(x + q) - m)), 0);
+      store<f32>(y + q, e);
+      s += e;
+    }
+    for (k = 0; k < c; k++) {
+      const q = y + o + ((<usize>k) << 2);
+      store<f32>(q, load<f32>(q) / s);
+    }
+  }
+}
+
+/** The gradient of a softmax over the last axis, from its output `y`: `dx[r, k] = dy y - (sum_j dy[r, j] y[r, j]) y`. */
+export function softmaxGrad(y: usize, dy: usize, dx: usize, rows: i32, c: i32): void {
+  let r = 0;
+  if (c == 2) {
+    for (; r + 2 <= rows; r += 2) {
+      const o = (<usize>r) << 3;
+      const vy = v128.load(y + o);
+      const p = f32x4.mul(v128.load(dy + o), vy);
+      // the sum of each row's two products, in both of its lanes
+      const s = f32x4.add(p, v128.shuffle<f32>(p, p, 1, 0, 3, 2));
+      v128.store(dx + o, f32x4.sub(p, f32x4.mul(s, vy)));
+    }
+  }
+  for (; r < rows; r++) {
+    const o = (<usize>r * <usize>c) << 2;
+    let s: f32 = 0;
+    for (let k = 0; k < c; k++) {
+      const q = o + ((<usize>k) << 2);
+      s += load<f32>(dy + q) * load<f32>(y + q);
+    }
+    for (let k = 0; k < c; k++) {
+      const q = o + ((<usize>k) << 2);
+      const yk = load<f32>(y + q);
+      store<f32>(dx + q, load<f32>(dy + q) * yk - s * yk);
+    }
+  }
+}
+
+/**
+ * Adds pixel `i`'s probabilities to the class sums of {@link segLossSums}; returns `p_y` (0 for a pixel of no class, 1
+ * for an ignored pixel or `i >= n`, which weigh 0).
+ */
+@inline
+function pixelSums(p: usize, labels: usize, i: i32, n: i32, c: i32, sumP: usize, count: usize, inter: usize): f32 {
+  if (i >= n) return 1;
+  const y = load<i32>(labels + ((<usize>i) << 2));
+  if (y < 0) return 1;
+  const row = p + ((<usize>i * <usize>c) << 2);
+  for (let k = 0; k < c; k++) {
+    const q = sumP + ((<usize>k) << 3);
+    store<f64>(q, load<f64>(q) + <f64>load<f32>(row + ((<usize>k) << 2)));
+  }
+  if (y >= c) return 0;
+  const pt = load<f32>(row + ((<usize>y) << 2));
+  const qc = count + ((<usize>y) << 3);
+  store<f64>(qc, load<f64>(qc) + 1);
+  const qi = inter + ((<usize>y) << 3);
+  store<f64>(qi, load<f64>(qi) + <f64>pt);
+  return pt;
+}
+
+/** The cross-entropy weight of pixel `i` in {@link segLossSums}. */
+@inline
+function pixelWeight(labels: usize, i: i32, n: i32, c: i32, weights: usize): f32 {
+  if (i >= n) return 0;
+  const y = load<i32>(labels + ((<usize>i) << 2));
+  if (y < 0) return 0;
+  if (y >= c) return weights ? 0 : 1;
+  return weights ? load<f32>(weights + ((<usize>y) << 2)) : 1;
+}
+
+/**
+ * The sums behind the cross-entropy and soft Dice of `n` pixels: probabilities `p [n, c]` (float32), labels `[n]`
+ * (int32; negative = ignored; `>= c` = a valid pixel of no class), class weights `weights [c]` (float32, 0 = all 1).
+ * Writes `2 + 3c` float64 values to `sums`: the weighted cross-entropy `sum w_y * -log(clip(p_y, lo, hi))` (a pixel of
+ * no class has `p_y = 0` and weight 1 without class weights, 0 with them), the summed weight, then per class the sum
+ * of `p_k` over valid pixels, the count of pixels labelled `k` and the sum of `p_k` over those pixels.
+ */
+export function segLossSums(p: usize, labels: usize, n: i32, c: i32, weights: usize, lo: f32, hi: f32, sums: usize): void {
+  memory.fill(sums, 0, (<usize>(2 + 3 * c)) << 3);
+  const sumP = sums + 16;
+  const count = sumP + ((<usize>c) << 3);
+  const inter = count + ((<usize>c) << 3);
+  let ce = f64x2.splat(0);
+  let weight = f64x2.splat(0);
+  const vlo = f32x4.splat(lo);
+  const vhi = f32x4.splat(hi);
+  for (let i = 0; i < n; i += 4) {
+    let pt = f32x4.splat(pixelSums(p, labels, i, n, c, sumP, count, inter));
+    pt = f32x4.replace_lane(pt, 1, pixelSums(p, labels, i + 1, n, c, sumP, count, inter));
+    pt = f32x4.replace_lane(pt, 2, pixelSums(p, labels, i + 2, n, c, sumP, count, inter));
+    pt = f32x4.replace_lane(pt, 3, pixelSums(p, labels, i + 3, n, c, sumP, count, inter));
+    let w = f32x4.splat(pixelWeight(labels, i, n, c, weights));
+    w = f32x4.replace_lane(w, 1, pixelWeight(labels, i + 1, n, c, weights));
+    w = f32x4.replace_lane(w, 2, pixelWeight(labels, i + 2, n, c, weights));
+    w = f32x4.replace_lane(w, 3, pixelWeight(labels, i + 3, n, c, weights));
+    const term = f32x4.mul(w, f32x4.neg(log4(f32x4.min(f32x4.max(pt, vlo), vhi))));
+    ce = f64x2.add(ce, f64x2.add(f64x2.promote_low_f32x4(term), promoteHigh(term)));
+    weight = f64x2.add(weight, f64x2.add(f64x2.promote_low_f32x4(w), promoteHigh(w)));
+  }
+  store<f64>(sums, f64x2.extract_lane(ce, 0) + f64x2.extract_lane(ce, 1));
+  store<f64>(sums, f64x2.extract_lane(weight, 0) + f64x2.extract_lane(weight, 1), 8);
+}
+
+/**
+ * The gradient of `ceScale * cross-entropy sum + Dice term` (see {@link segLossSums}) with respect to `p`: for a valid
+ * pixel, `dp[i, k] = a_k + (k == y ? b_k : 0)`, plus `-w_y * ceScale / p_y` at `k == y` where `lo <= p_y <= hi` (the
+ * clip passes the gradient); 0 for an ignored pixel. `coef` points at the `2c` float32 values `a_0..a_c-1, b_0..b_c-1`.
+ */
+export function segLossGrad(
+  p: usize,
+  labels: usize,
+  n: i32,
+  c: i32,
+  weights: usize,
+  lo: f32,
+  hi: f32,
+  ceScale: f32,
+  coef: usize,
+  dp: usize,
+): void {
+  const b = coef + ((<usize>c) << 2);
+  for (let i = 0; i < n; i++) {
+    const y = load<i32>(labels + ((<usize>i) << 2));
+    const o = (<usize>i * <usize>c) << 2;
+    if (y < 0) {
+      memory.fill(dp + o, 0, (<usize>c) << 2);
+      continue;
+    }
+    memory.copy(dp + o, coef, (<usize>c) << 2);
+    if (y < c) {
+      const q = (<usize>y) << 2;
+      let g = load<f32>(dp + o + q) + load<f32>(b + q);
+      const pt = load<f32>(p + o + q);
+      if (pt >= lo && pt <= hi) g += (-(weights ? load<f32>(weights + q) : 1) * ceScale) / pt;
+      store<f32>(dp + o + q, g);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Rectangles of tensors (the tap-sliced dilated convolutions)
+
+/**
+ * Copies `planes x rows` segments of `len` float32 values, segment `(p, r)` starting at `src + p * planeStride + r *
+ * rowStride` (strides in values), to `dst` one after another; with `add`, adds them to `dst` instead
+ * (`dst` then holds the segments and `src` is the target: the segments are added into the strided layout).
+ */
+export function copyRect(src: usize, dst: usize, planes: i32, planeStride: i32, rows: i32, rowStride: i32, len: i32, add: i32): void {
+  let d = dst;
+  const bytes = (<usize>len) << 2;
+  for (let p = 0; p < planes; p++) {
+    for (let r = 0; r < rows; r++) {
+      const s = src + ((<usize>p * <usize>planeStride + <usize>r * <usize>rowStride) << 2);
+      if (add) {
+        let j = 0;
+        for (; j + 4 <= len; j += 4) {
+          const o = (<usize>j) << 2;
+          v128.store(s + o, f32x4.add(v128.load(s + o), v128.load(d + o)));
+        }
+        for (; j < len; j++) {
+          const o = (<usize>j) << 2;
+          store<f32>(s + o, load<f32>(s + o) + load<f32>(d + o));
+        }
+      } else {
+        memory.copy(d, s, bytes);
+      }
+      d += bytes;
+    }
+  }
+}

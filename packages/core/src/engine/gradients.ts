@@ -21,6 +21,29 @@ export const BATCH_NORM_TRAIN_GRAD = 'TesseraBatchNormTrainGrad';
 export const REDUCE_GRAD = 'TesseraReduceGrad';
 /** Gradient of `ClipByValue`: inputs `dy`, `x`; attributes `clipValueMin`, `clipValueMax`. */
 export const CLIP_BY_VALUE_GRAD = 'TesseraClipByValueGrad';
+/** Gradient of `Softmax` over the last axis: inputs `y` (the softmax), `dy`. */
+export const SOFTMAX_GRAD = 'TesseraSoftmaxGrad';
+/**
+ * The segmentation losses in one kernel ({@link fusedSegmentationLoss}): inputs `p` (probabilities `[..., C]`,
+ * float32), `labels` (int32, `-1` = ignored); attributes of {@link SegLossAttrs}; output the scalar loss.
+ */
+export const SEG_LOSS = 'TesseraSegLoss';
+/** Gradient of {@link SEG_LOSS} with respect to `p`: inputs `p`, `labels`, `dy` (scalar); its attributes. */
+export const SEG_LOSS_GRAD = 'TesseraSegLossGrad';
+
+/**
+ * `ceWeight * cross-entropy + diceWeight * (1 - mean soft Dice)` as `losses.ts` defines them (classWeights on the
+ * cross-entropy, probabilities clipped to `[epsilon, 1 - epsilon]` before its logarithm, Dice sums over the whole
+ * batch with `smooth`).
+ */
+export interface SegLossAttrs {
+  ceWeight: number;
+  diceWeight: number;
+  /** Empty for all 1. */
+  classWeights: number[];
+  epsilon: number;
+  smooth: number;
+}
 
 /** True when the active backend is wasm and has the Tessera kernel `kernelName`. */
 function onWasm(kernelName: string): boolean {
@@ -199,6 +222,29 @@ function trainingBatchNormGradient(
 
 let registered = false;
 
+/** `Softmax` over the last axis: one {@link SOFTMAX_GRAD} pass instead of tfjs-core's four full-size ops. */
+function softmaxGradient(dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedAttrMap): Gradients | null {
+  const [y] = saved;
+  const { dim } = attrs as { dim: number };
+  if (!onWasm(SOFTMAX_GRAD) || y.dtype !== 'float32' || dy.dtype !== 'float32') return null;
+  if (dim !== -1 && dim !== y.rank - 1) return null;
+  return { logits: () => tf.engine().runKernel(SOFTMAX_GRAD, { y, dy }) as tf.Tensor };
+}
+
+/**
+ * The segmentation loss of {@link SegLossAttrs} in one {@link SEG_LOSS} kernel (and its gradient in one
+ * {@link SEG_LOSS_GRAD} pass) on the wasm engine, where `losses.ts` would otherwise run some thirty full-size tensor
+ * operations forward and back; `null` elsewhere, or for inputs it does not take (not float32 probabilities).
+ * Values agree with the tensor-operation form to float32 rounding (its sums are float64).
+ */
+export function fusedSegmentationLoss(p: tf.Tensor, labels: tf.Tensor, attrs: SegLossAttrs): tf.Scalar | null {
+  if (!onWasm(SEG_LOSS) || p.dtype !== 'float32') return null;
+  return tf.tidy(() => {
+    const labelsInt = labels.dtype === 'int32' ? labels : tf.cast(labels, 'int32');
+    return tf.engine().runKernel(SEG_LOSS, { p, labels: labelsInt }, attrs as unknown as tf.NamedAttrMap) as tf.Scalar;
+  });
+}
+
 /**
  * Registers Tessera's faster gradient functions: batch normalisation (all engines), and on the wasm engine, when
  * `registerWasmKernels` has run, one-pass gradients of `FusedBatchNorm`, `Sum`, `Mean` and `ClipByValue` (tfjs-core's gradients elsewhere). Idempotent; call after tfjs-core's gradients are registered (importing
@@ -210,5 +256,17 @@ export function registerFastGradients(): void {
   overrideOnWasm('Sum', reduceGradient('Sum'));
   overrideOnWasm('Mean', reduceGradient('Mean'));
   overrideOnWasm('ClipByValue', clipByValueGradient);
+  overrideOnWasm('Softmax', softmaxGradient);
+  tf.registerGradient({
+    kernelName: SEG_LOSS,
+    inputsToSave: ['p', 'labels'],
+    gradFunc: (dy, saved, attrs) => {
+      const [p, labels] = saved;
+      return {
+        p: () => tf.engine().runKernel(SEG_LOSS_GRAD, { p, labels, dy: dy as tf.Tensor }, attrs) as tf.Tensor,
+        labels: () => tf.zerosLike(labels),
+      };
+    },
+  });
   registered = true;
 }

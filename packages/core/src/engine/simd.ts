@@ -32,6 +32,42 @@ export interface SimdKernels {
   im2colRows(xt: number, a: number, r0: number, rows: number, window: number): void;
   maxPoolGrad(x: number, dy: number, dx: number, window: number): void;
   depthwiseGrad(mode: 0 | 1, src: number, dy: number, out: number, window: number): void;
+  copyRect(
+    src: number,
+    dst: number,
+    planes: number,
+    planeStride: number,
+    rows: number,
+    rowStride: number,
+    len: number,
+    add: 0 | 1,
+  ): void;
+  softmaxRows(x: number, y: number, rows: number, c: number): void;
+  softmaxGrad(y: number, dy: number, dx: number, rows: number, c: number): void;
+  /** `weights` 0 for none; writes `2 + 3c` float64 values at `sums`. */
+  segLossSums(
+    p: number,
+    labels: number,
+    n: number,
+    c: number,
+    weights: number,
+    lo: number,
+    hi: number,
+    sums: number,
+  ): void;
+  /** `coef` points at `a_0..a_(c-1), b_0..b_(c-1)` (float32). */
+  segLossGrad(
+    p: number,
+    labels: number,
+    n: number,
+    c: number,
+    weights: number,
+    lo: number,
+    hi: number,
+    ceScale: number,
+    coef: number,
+    dp: number,
+  ): void;
   /** `k` points at `b1, b2, c1, c2, eps, step, d1, d2` (float32). */
   adamUpdate(
     w: number,
@@ -106,6 +142,55 @@ export interface SimdWindow {
   dw: number;
   pt: number;
   pl: number;
+}
+
+/** A convolution's geometry: its {@link SimdWindow} (`c` the input channels) and its output channels. */
+export interface ConvGeometry extends SimdWindow {
+  co: number;
+}
+
+/** The attributes of tfjs's convolution kernels that fix their geometry. */
+export interface ConvAttrs {
+  strides: [number, number] | number;
+  pad: 'valid' | 'same' | number | backend_util.ExplicitPadding;
+  dilations?: [number, number] | number;
+  dimRoundingMode?: 'floor' | 'round' | 'ceil';
+}
+
+/** The geometry of an NHWC convolution of `x [n, h, w, c]` by a `[kh, kw, c, co]` filter (tfjs's `computeConv2DInfo`). */
+export function convGeometry(
+  xShape: readonly number[],
+  filterShape: readonly number[],
+  attrs: ConvAttrs,
+  depthwise = false,
+): ConvGeometry {
+  const info = backend_util.computeConv2DInfo(
+    xShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    attrs.strides,
+    attrs.dilations ?? 1,
+    attrs.pad,
+    attrs.dimRoundingMode,
+    depthwise,
+    'channelsLast',
+  );
+  return {
+    n: info.batchSize,
+    h: info.inHeight,
+    w: info.inWidth,
+    c: info.inChannels,
+    oh: info.outHeight,
+    ow: info.outWidth,
+    co: info.outChannels,
+    kh: info.filterHeight,
+    kw: info.filterWidth,
+    sh: info.strideHeight,
+    sw: info.strideWidth,
+    dh: info.dilationHeight,
+    dw: info.dilationWidth,
+    pt: info.padInfo.top,
+    pl: info.padInfo.left,
+  };
 }
 
 const WINDOW_FIELDS = ['n', 'h', 'w', 'c', 'oh', 'ow', 'kh', 'kw', 'sh', 'sw', 'dh', 'dw', 'pt', 'pl'] as const;

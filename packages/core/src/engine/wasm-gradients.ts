@@ -38,7 +38,18 @@ import {
   type NamedTensorInfoMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
-import { callWasm, free, matMul, pointer, simdKernels, withWindow, type SimdWindow } from './simd.js';
+import {
+  callWasm,
+  convGeometry,
+  free,
+  matMul,
+  pointer,
+  simdKernels,
+  withWindow,
+  type ConvGeometry,
+  type SimdWindow,
+} from './simd.js';
+import { tapFilterGrad } from './dilated-taps.js';
 import { winogradFilterGradient } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
@@ -61,13 +72,8 @@ interface ConvAttrs {
   inputShape?: Shape4;
 }
 
-/**
- * Resolved geometry of a forward convolution `x [n,h,w,c] * filter -> y [n,oh,ow,co]` (NHWC): the SIMD loops' window
- * (`c` the input channels) plus the output channels.
- */
-interface Geometry extends SimdWindow {
-  co: number;
-}
+/** Resolved geometry of a forward convolution `x [n,h,w,c] * filter -> y [n,oh,ow,co]` (NHWC). */
+type Geometry = ConvGeometry;
 
 /** Upper bound (elements / pointers) for one temporary buffer; larger work is split into chunks. */
 const CHUNK_ELEMENTS = 1 << 23;
@@ -107,37 +113,11 @@ function geometry(
       `expected rank-4 input and filter shapes, got [${inShape.join(', ')}] and [${filterShape.join(', ')}]`,
     );
   }
-  const info = backend_util.computeConv2DInfo(
-    inShape,
-    filterShape,
-    attrs.strides,
-    attrs.dilations ?? 1,
-    attrs.pad,
-    attrs.dimRoundingMode,
-    depthwise,
-    'channelsLast',
-  );
-  const geo: Geometry = {
-    n: info.batchSize,
-    h: info.inHeight,
-    w: info.inWidth,
-    c: info.inChannels,
-    oh: info.outHeight,
-    ow: info.outWidth,
-    co: info.outChannels,
-    kh: info.filterHeight,
-    kw: info.filterWidth,
-    sh: info.strideHeight,
-    sw: info.strideWidth,
-    dh: info.dilationHeight,
-    dw: info.dilationWidth,
-    pt: info.padInfo.top,
-    pl: info.padInfo.left,
-  };
+  const geo = convGeometry(inShape, filterShape, attrs, depthwise);
   if (geo.oh <= 0 || geo.ow <= 0) {
     fail(kernel, `output size ${geo.oh}x${geo.ow} is empty for input [${inShape.join(', ')}]`);
   }
-  return { geo, outShape: info.outShape };
+  return { geo, outShape: [geo.n, geo.oh, geo.ow, geo.co] };
 }
 
 function heap(be: WasmBackend, info: TensorInfo): Float32Array {
@@ -214,7 +194,11 @@ function inputGradArgs(kernel: string, { inputs, backend, attrs }: Parameters<Ke
 function conv2DBackpropFilter(args: Parameters<KernelFunc>[0]): TensorInfo {
   const { be, x, dy, g } = filterGradArgs('Conv2DBackpropFilter', args, false);
   const attrs = args.attrs as unknown as ConvAttrs;
-  return winogradFilterGradient(be, x, dy, attrs.filterShape!, attrs) ?? filterGradMatMul(be, x, dy, g);
+  return (
+    winogradFilterGradient(be, x, dy, attrs.filterShape!, attrs) ??
+    tapFilterGrad(be, x, dy, g) ??
+    filterGradMatMul(be, x, dy, g)
+  );
 }
 
 /**

@@ -38,7 +38,12 @@ import {
   BATCH_NORM_TRAIN_GRAD,
   CLIP_BY_VALUE_GRAD,
   REDUCE_GRAD,
+  SEG_LOSS,
+  SEG_LOSS_GRAD,
+  SOFTMAX_GRAD,
+  type SegLossAttrs,
 } from './gradients.js';
+import { tapConv2DKernel } from './dilated-taps.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
 import { winogradConv2DKernel, winogradFusedConv2DKernel } from './winograd.js';
@@ -442,11 +447,154 @@ function clipByValueGrad(args: KernelArgs): TensorInfo {
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
+// Softmax and the segmentation losses
+
+/** `Softmax` of float32 data over the last axis: one SIMD pass (the builtin runs XNNPACK's softmax row by row). */
+function softmax(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const logits = args.inputs.logits as TensorInfo;
+  const { dim } = args.attrs as { dim: number };
+  const rank = logits.shape.length;
+  if (logits.dtype !== 'float32' || rank === 0 || (dim !== -1 && dim !== rank - 1)) return builtin('Softmax', args);
+  const be = args.backend as WasmBackend;
+  const c = logits.shape[rank - 1];
+  const out = be.makeOutput([...logits.shape], 'float32');
+  simdKernels(be).softmaxRows(pointer(be, logits), pointer(be, out), util.sizeFromShape(logits.shape) / c, c);
+  return out;
+}
+
+/** Gradient of `Softmax` over the last axis from its output: `dy y - sum(dy y) y` per row (tfjs-core's formula). */
+function softmaxGrad(args: KernelArgs): TensorInfo {
+  const y = args.inputs.y as TensorInfo;
+  const dy = args.inputs.dy as TensorInfo;
+  if (y.dtype !== 'float32' || dy.dtype !== 'float32' || !util.arraysEqual(dy.shape, y.shape)) {
+    fail(SOFTMAX_GRAD, `expected float32 y and dy of one shape, got [${y.shape}] and [${dy.shape}]`);
+  }
+  const be = args.backend as WasmBackend;
+  const c = y.shape[y.shape.length - 1];
+  const out = be.makeOutput([...y.shape], 'float32');
+  simdKernels(be).softmaxGrad(pointer(be, y), pointer(be, dy), pointer(be, out), util.sizeFromShape(y.shape) / c, c);
+  return out;
+}
+
+/** Checks the inputs of {@link SEG_LOSS} / {@link SEG_LOSS_GRAD}; returns pixels and classes. */
+function segLossShape(kernel: string, p: TensorInfo, labels: TensorInfo, attrs: SegLossAttrs): [number, number] {
+  const c = p.shape[p.shape.length - 1];
+  const n = util.sizeFromShape(p.shape) / c;
+  if (p.dtype !== 'float32' || labels.dtype !== 'int32' || !util.arraysEqual(labels.shape, p.shape.slice(0, -1))) {
+    fail(
+      kernel,
+      `expected float32 p [..., C] and int32 labels of its leading shape, got [${p.shape}] and [${labels.shape}]`,
+    );
+  }
+  if (attrs.classWeights.length !== 0 && attrs.classWeights.length !== c) {
+    fail(kernel, `classWeights has ${attrs.classWeights.length} entries for ${c} classes`);
+  }
+  return [n, c];
+}
+
+/**
+ * Runs `segLossSums` and returns its `2 + 3c` float64 sums (`assembly/kernels.ts`); `use` gets the class weights'
+ * pointer (0 for none) too, while they are on the heap.
+ */
+function segLossSums<T>(
+  be: WasmBackend,
+  p: TensorInfo,
+  labels: TensorInfo,
+  n: number,
+  c: number,
+  attrs: SegLossAttrs,
+  use: (sums: Float64Array, weights: number) => T,
+): T {
+  const scratch = be.makeOutput([2 * (2 + 3 * c)], 'float32');
+  const weights = attrs.classWeights.length ? be.makeOutput([c], 'float32') : null;
+  try {
+    if (weights) f32(be, weights).set(attrs.classWeights);
+    const w = weights ? pointer(be, weights) : 0;
+    const [lo, hi] = [Math.fround(attrs.epsilon), Math.fround(1 - attrs.epsilon)];
+    simdKernels(be).segLossSums(pointer(be, p), pointer(be, labels), n, c, w, lo, hi, pointer(be, scratch));
+    const view = f32(be, scratch);
+    return use(new Float64Array(view.buffer, view.byteOffset, 2 + 3 * c).slice(), w);
+  } finally {
+    be.disposeData(scratch.dataId);
+    if (weights) be.disposeData(weights.dataId);
+  }
+}
+
+/** `ceWeight * ce + diceWeight * (1 - mean Dice)` from the sums of `segLossSums`. */
+function segLossValue(sums: Float64Array, c: number, a: SegLossAttrs): number {
+  const ce = sums[0] / Math.max(sums[1], 1e-12);
+  if (a.diceWeight === 0) return a.ceWeight * ce;
+  let dice = 0;
+  for (let k = 0; k < c; k++) {
+    dice += (2 * sums[2 + 2 * c + k] + a.smooth) / (sums[2 + k] + sums[2 + c + k] + a.smooth);
+  }
+  return a.ceWeight * ce + a.diceWeight * (1 - dice / c);
+}
+
+/** The segmentation loss (see `SegLossAttrs` in `gradients.ts`): two passes, float64 sums. */
+function segLoss(args: KernelArgs): TensorInfo {
+  const { p, labels } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as unknown as SegLossAttrs;
+  const [n, c] = segLossShape(SEG_LOSS, p, labels, attrs);
+  const be = args.backend as WasmBackend;
+  const value = segLossSums(be, p, labels, n, c, attrs, (sums) => segLossValue(sums, c, attrs));
+  const out = be.makeOutput([], 'float32');
+  f32(be, out)[0] = value;
+  return out;
+}
+
+/** Gradient of {@link segLoss} with respect to `p`, times the scalar `dy`. */
+function segLossGrad(args: KernelArgs): TensorInfo {
+  const { p, labels, dy } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as unknown as SegLossAttrs;
+  const [n, c] = segLossShape(SEG_LOSS_GRAD, p, labels, attrs);
+  if (dy.dtype !== 'float32' || util.sizeFromShape(dy.shape) !== 1)
+    fail(SEG_LOSS_GRAD, `expected a scalar dy, got [${dy.shape}]`);
+  const be = args.backend as WasmBackend;
+  const g = f32(be, dy)[0];
+  const out = be.makeOutput([...p.shape], 'float32');
+  const coef = be.makeOutput([2 * c], 'float32');
+  f32(be, coef).fill(0);
+  try {
+    segLossSums(be, p, labels, n, c, attrs, (sums, weights) => {
+      // d(1 - mean_k dice_k)/dp_ik = a_k + b_k [y == k] over valid pixels, dice_k = (2 I_k + s) / D_k.
+      const k = f32(be, coef);
+      for (let j = 0; j < c && attrs.diceWeight !== 0; j++) {
+        const d = sums[2 + j] + sums[2 + c + j] + attrs.smooth;
+        const scale = (g * attrs.diceWeight) / c;
+        k[j] = (scale * (2 * sums[2 + 2 * c + j] + attrs.smooth)) / (d * d);
+        k[c + j] = (-scale * 2) / d;
+      }
+      const ceScale = (g * attrs.ceWeight) / Math.max(sums[1], 1e-12);
+      const [lo, hi] = [Math.fround(attrs.epsilon), Math.fround(1 - attrs.epsilon)];
+      simdKernels(be).segLossGrad(
+        pointer(be, p),
+        pointer(be, labels),
+        n,
+        c,
+        weights,
+        lo,
+        hi,
+        ceScale,
+        pointer(be, coef),
+        pointer(be, out),
+      );
+    });
+  } finally {
+    be.disposeData(coef.dataId);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
 // Registration
 
-/** `Conv2D`: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (`winograd.ts`), else the builtin. */
+/**
+ * `Conv2D`: Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (`winograd.ts`), tap by tap for dilated ones on small
+ * maps (`dilated-taps.ts`), else the builtin.
+ */
 function conv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
-  return winogradConv2DKernel(args) ?? builtin('Conv2D', args);
+  return winogradConv2DKernel(args) ?? tapConv2DKernel(args) ?? builtin('Conv2D', args);
 }
 
 /** `FusedConv2D`: Winograd F(4x4, 3x3) with bias and ReLU or none (`winograd.ts`), else the builtin. */
@@ -485,6 +633,7 @@ const REPLACEMENTS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = 
   { kernelName: 'Mean', kernelFunc: ((args: KernelArgs) => columnReduce('Mean', args)) as KernelFunc },
   { kernelName: 'FusedBatchNorm', kernelFunc: fusedBatchNorm as KernelFunc },
   { kernelName: 'SplitV', kernelFunc: splitV as KernelFunc },
+  { kernelName: 'Softmax', kernelFunc: softmax as KernelFunc },
 ];
 
 const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
@@ -494,6 +643,9 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: REDUCE_GRAD, kernelFunc: reduceGrad as KernelFunc },
   { kernelName: CLIP_BY_VALUE_GRAD, kernelFunc: clipByValueGrad as KernelFunc },
   { kernelName: ADAM_UPDATE, kernelFunc: adamUpdate as unknown as KernelFunc },
+  { kernelName: SOFTMAX_GRAD, kernelFunc: softmaxGrad as KernelFunc },
+  { kernelName: SEG_LOSS, kernelFunc: segLoss as KernelFunc },
+  { kernelName: SEG_LOSS_GRAD, kernelFunc: segLossGrad as KernelFunc },
 ];
 
 /**

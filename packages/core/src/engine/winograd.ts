@@ -18,14 +18,16 @@
  * deterministic. `TESSERA_WINOGRAD=0` in the environment turns it off (every convolution runs the builtin kernel), for
  * comparisons.
  */
-import { backend_util, type KernelFunc, type TensorInfo } from '@tensorflow/tfjs-core';
+import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
 import {
+  convGeometry,
   free,
   matMul,
   pointer,
   simdKernels,
   withWindow,
-  type SimdWindow,
+  type ConvAttrs as GeometryAttrs,
+  type ConvGeometry,
   type WasmHeapBackend as WasmBackend,
 } from './simd.js';
 
@@ -60,12 +62,8 @@ const MIN_CHANNELS_FILTER_GRADIENT = 4096;
  */
 export const winogradLimits = { chunkBytes: 48 << 20 };
 
-interface ConvAttrs {
-  strides: [number, number] | number;
-  pad: 'valid' | 'same' | number | backend_util.ExplicitPadding;
-  dilations?: [number, number] | number;
+interface ConvAttrs extends GeometryAttrs {
   dataFormat?: string;
-  dimRoundingMode?: 'floor' | 'round' | 'ceil';
   activation?: string;
 }
 
@@ -82,7 +80,7 @@ function plan(
   filterShape: readonly number[],
   attrs: ConvAttrs,
   minChannelProduct: number,
-): (SimdWindow & { co: number }) | null {
+): ConvGeometry | null {
   if (process.env.TESSERA_WINOGRAD === '0') return null;
   if (x.dtype !== 'float32' || x.shape.length !== 4 || filterShape.length !== 4) return null;
   if (attrs.dataFormat != null && attrs.dataFormat !== 'NHWC') return null;
@@ -90,38 +88,10 @@ function plan(
   if (kh !== 3 || kw !== 3 || ci % 4 !== 0 || co % 4 !== 0 || ci * co < minChannelProduct || x.shape[3] !== ci) {
     return null;
   }
-  const info = backend_util.computeConv2DInfo(
-    x.shape as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    attrs.strides,
-    attrs.dilations ?? 1,
-    attrs.pad,
-    attrs.dimRoundingMode,
-    false,
-    'channelsLast',
-  );
-  if (info.strideHeight !== 1 || info.strideWidth !== 1 || info.dilationHeight !== 1 || info.dilationWidth !== 1) {
-    return null;
-  }
-  const { outHeight: oh, outWidth: ow } = info;
-  if (oh <= 0 || ow <= 0 || info.batchSize * Math.ceil(oh / 4) * Math.ceil(ow / 4) < MIN_TILES) return null;
-  return {
-    n: info.batchSize,
-    h: info.inHeight,
-    w: info.inWidth,
-    c: ci,
-    oh,
-    ow,
-    kh: 3,
-    kw: 3,
-    sh: 1,
-    sw: 1,
-    dh: 1,
-    dw: 1,
-    pt: info.padInfo.top,
-    pl: info.padInfo.left,
-    co,
-  };
+  const g = convGeometry(x.shape, filterShape, attrs);
+  if (g.sh !== 1 || g.sw !== 1 || g.dh !== 1 || g.dw !== 1) return null;
+  if (g.oh <= 0 || g.ow <= 0 || g.n * Math.ceil(g.oh / 4) * Math.ceil(g.ow / 4) < MIN_TILES) return null;
+  return g;
 }
 
 /** Heap pointers shared by a convolution's transforms: its geometry, 1 KB of scratch, a pixel of zeros (padding). */
@@ -132,7 +102,7 @@ interface Buffers {
 }
 
 /** Calls `use` with the {@link Buffers} of `g`, freed afterwards. */
-function withBuffers<T>(be: WasmBackend, g: SimdWindow & { co: number }, use: (buffers: Buffers) => T): T {
+function withBuffers<T>(be: WasmBackend, g: ConvGeometry, use: (buffers: Buffers) => T): T {
   const scratch = be.makeOutput([256], 'float32');
   const zeros = be.makeOutput([Math.max(g.c, g.co)], 'float32');
   (be.typedArrayFromHeap(zeros) as Float32Array).fill(0);
@@ -148,7 +118,7 @@ function withBuffers<T>(be: WasmBackend, g: SimdWindow & { co: number }, use: (b
  * Calls `work(r0, rows, tiles)` for the chunks of tile rows of `g` (a tile row is `(b, ty)`), each small enough for
  * {@link winogradLimits}.
  */
-function forEachChunk(g: SimdWindow & { co: number }, work: (r0: number, rows: number, tiles: number) => void): void {
+function forEachChunk(g: ConvGeometry, work: (r0: number, rows: number, tiles: number) => void): void {
   const tw = Math.ceil(g.ow / 4);
   const rowsTotal = g.n * Math.ceil(g.oh / 4);
   const bytesPerRow = 36 * 4 * tw * Math.max(g.c, g.co);

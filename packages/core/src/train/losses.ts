@@ -15,6 +15,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 
+import { fusedSegmentationLoss } from '../engine/gradients.js';
 import { InvalidOptionError, describeValue, unknownName } from '../errors.js';
 
 /** Options shared by the losses. Each loss reads the fields it needs and ignores the others. */
@@ -164,6 +165,22 @@ function oneHotAndMask(labels: tf.Tensor3D, numClasses: number): { oneHot: tf.Te
 }
 
 /**
+ * `ceWeight * cross-entropy + diceWeight * Dice loss` in one kernel where the engine has it (wasm: the same values
+ * to float32 rounding, a fraction of the time), else `null`; shapes are checked by the caller.
+ */
+function fusedLoss(
+  probabilities: tf.Tensor4D,
+  labels: tf.Tensor3D,
+  options: ResolvedLossOptions,
+  ceWeight: number,
+  diceWeight: number,
+): tf.Scalar | null {
+  const { epsilon, smooth } = options;
+  const classWeights = ceWeight === 0 ? [] : (options.classWeights ?? []);
+  return fusedSegmentationLoss(probabilities, labels, { ceWeight, diceWeight, classWeights, epsilon, smooth });
+}
+
+/**
  * Per-pixel `weight * (1 - p_y)^gamma * -log(p_y)` summed over valid pixels, divided by the summed weight of the
  * valid pixels. `gamma = 0` gives cross-entropy.
  */
@@ -175,6 +192,10 @@ function weightedFocal(
   options: ResolvedLossOptions,
 ): tf.Scalar {
   const numClasses = checkShapes(context, probabilities, labels, options.classWeights);
+  if (gamma === 0) {
+    const fused = fusedLoss(probabilities, labels, options, 1, 0);
+    if (fused) return fused;
+  }
   return tf.tidy(() => {
     const { oneHot, mask } = oneHotAndMask(labels, numClasses);
     const pTrue = tf.sum(tf.mul(probabilities, oneHot), -1);
@@ -245,8 +266,11 @@ export function focalLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, optio
  * const loss = diceLoss(probabilities, labels, { smooth: 1 });
  */
 export function diceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, options: LossOptions = {}): tf.Scalar {
-  const { smooth } = resolveLossOptions(options);
+  const resolved = resolveLossOptions(options);
+  const { smooth } = resolved;
   const numClasses = checkShapes('diceLoss', probabilities, labels);
+  const fused = fusedLoss(probabilities, labels, resolved, 0, 1);
+  if (fused) return fused;
   return tf.tidy(() => {
     const { oneHot, mask } = oneHotAndMask(labels, numClasses);
     const mask4 = tf.expandDims(mask, -1);
@@ -274,6 +298,9 @@ export function diceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, option
  */
 export function ceDiceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, options: LossOptions = {}): tf.Scalar {
   const resolved = resolveLossOptions(options);
+  checkShapes('ceDiceLoss', probabilities, labels, resolved.classWeights);
+  const fused = fusedLoss(probabilities, labels, resolved, resolved.ceWeight, resolved.diceWeight);
+  if (fused) return fused;
   return tf.tidy(() => {
     const ce = weightedFocal('ceDiceLoss', probabilities, labels, 0, resolved);
     const dice = diceLoss(probabilities, labels, resolved);
