@@ -4,24 +4,14 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 // The tfjs-layers bundle registers tfjs-core's gradient functions (tf.grad needs them).
 import '@tensorflow/tfjs-layers';
-import { registerDilatedGradients } from './dilated-gradients.js';
 import { planTaps, tapConv2D } from './dilated-taps.js';
 import type { ConvGeometry } from './simd.js';
-import { registerWasmGradientKernels } from './wasm-gradients.js';
-import { registerWasmKernels } from './wasm-kernels.js';
-import { expectNoGrowth, random, relativeError, runOn } from './test-helpers.js';
+import { expectNoGrowth, randomTensor, relativeError, runOn, useTesseraWasm } from './test-helpers.js';
 
 type Shape4 = [number, number, number, number];
 type Pad = 'same' | 'valid' | tf.backend_util.ExplicitPadding;
 
-const tensor = (shape: number[], seed: number) =>
-  tf.tensor(
-    random(
-      shape.reduce((a, b) => a * b, 1),
-      seed,
-    ),
-    shape,
-  );
+const tensor = randomTensor;
 
 /** `conv(x, W)` and the gradients of `sum(conv * r)` with respect to x and W. */
 function convAndGrads(xs: Shape4, ws: Shape4, rate: number, pad: Pad): tf.Tensor[] {
@@ -60,12 +50,7 @@ function sameGeometry([n, h, w, c]: Shape4, [kh, kw, , co]: Shape4, rate: number
   };
 }
 
-beforeAll(async () => {
-  registerDilatedGradients();
-  registerWasmGradientKernels();
-  registerWasmKernels();
-  expect(await tf.setBackend('wasm')).toBe(true);
-});
+beforeAll(useTesseraWasm);
 
 describe('dilated convolutions tap by tap (wasm)', () => {
   it('plans only the taps that reach the image, and only where few multiply-adds are useful', () => {

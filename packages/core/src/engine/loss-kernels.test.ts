@@ -4,9 +4,8 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 // The tfjs-layers bundle registers tfjs-core's gradient functions (tf.grad needs them).
 import '@tensorflow/tfjs-layers';
-import { SEG_LOSS, SEG_LOSS_GRAD, SOFTMAX_GRAD, registerFastGradients } from './gradients.js';
-import { registerWasmKernels } from './wasm-kernels.js';
-import { expectParity, random } from './test-helpers.js';
+import { SEG_LOSS, SEG_LOSS_GRAD, SOFTMAX_GRAD } from './gradients.js';
+import { expectParity, random, useTesseraWasm } from './test-helpers.js';
 import { ceDiceLoss, crossEntropyLoss, diceLoss, focalLoss, type LossOptions } from '../train/losses.js';
 
 /** Deterministic logits `[b, h, w, c]` spread over about [-6, 6]. */
@@ -48,11 +47,7 @@ function lossAndGrad(
   return [value, grad];
 }
 
-beforeAll(async () => {
-  registerWasmKernels();
-  registerFastGradients();
-  expect(await tf.setBackend('wasm')).toBe(true);
-});
+beforeAll(useTesseraWasm);
 
 /** Names of the kernels that ran on wasm during `fn`. */
 async function kernelsOf(fn: () => tf.Tensor[]): Promise<string[]> {

@@ -4,6 +4,10 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { expect } from 'vitest';
+import { registerDilatedGradients } from './dilated-gradients.js';
+import { registerFastGradients } from './gradients.js';
+import { registerWasmGradientKernels } from './wasm-gradients.js';
+import { registerWasmKernels } from './wasm-kernels.js';
 
 /** Deterministic uniform values in [-1, 1). */
 export function random(size: number, seed: number): Float32Array {
@@ -71,4 +75,21 @@ export function expectNoGrowth(step: () => void): void {
   expect(tf.memory().numTensors).toBe(tensors);
   expect(backend.numDataIds()).toBe(dataIds);
   expect(backend.wasm.HEAPU8.length).toBe(heapBytes);
+}
+
+/**
+ * Registers all of Tessera's wasm kernels and gradients (as `setupEngine('wasm')` does) and makes wasm the active
+ * backend. Import `@tensorflow/tfjs-backend-wasm` and `@tensorflow/tfjs-layers` (tfjs-core's gradients) first.
+ */
+export async function useTesseraWasm(): Promise<void> {
+  registerDilatedGradients();
+  registerWasmGradientKernels();
+  registerWasmKernels();
+  registerFastGradients();
+  expect(await tf.setBackend('wasm')).toBe(true);
+}
+
+/** A tensor of `shape` holding {@link random} values (seeded). */
+export function randomTensor(shape: number[], seed: number): tf.Tensor {
+  return tf.tensor(random(tf.util.sizeFromShape(shape), seed), shape);
 }

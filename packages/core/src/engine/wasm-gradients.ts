@@ -50,6 +50,7 @@ import {
   type SimdWindow,
 } from './simd.js';
 import { tapFilterGrad } from './dilated-taps.js';
+import { inputGradientUnused } from './input-gradient.js';
 import { winogradFilterGradient } from './winograd.js';
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
@@ -237,6 +238,11 @@ function filterGradMatMul(be: WasmBackend, x: TensorInfo, dy: TensorInfo, g: Geo
 
 function conv2DBackpropInput(args: Parameters<KernelFunc>[0]): TensorInfo {
   const { be, dy, filter, g, inputShape } = inputGradArgs('Conv2DBackpropInput', args, false);
+  if (inputGradientUnused(filter, inputShape)) {
+    const zeros = be.makeOutput([...inputShape], 'float32');
+    heap(be, zeros).fill(0);
+    return zeros;
+  }
   if (g.sh === 1 && g.sw === 1) {
     const pads = stride1Pads(g);
     if (pads != null) return inputGradStride1(be, dy, filter, g, pads);

@@ -44,6 +44,7 @@ import {
   type SegLossAttrs,
 } from './gradients.js';
 import { tapConv2DKernel } from './dilated-taps.js';
+import { noteConvolution } from './input-gradient.js';
 import { pointer, simdKernels } from './simd.js';
 import { registerOnWasm } from './wasm-gradients.js';
 import { winogradConv2DKernel, winogradFusedConv2DKernel } from './winograd.js';
@@ -594,11 +595,13 @@ function segLossGrad(args: KernelArgs): TensorInfo {
  * maps (`dilated-taps.ts`), else the builtin.
  */
 function conv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
+  noteConvolution(args.inputs.x as TensorInfo, args.inputs.filter as TensorInfo);
   return winogradConv2DKernel(args) ?? tapConv2DKernel(args) ?? builtin('Conv2D', args);
 }
 
 /** `FusedConv2D`: Winograd F(4x4, 3x3) with bias and ReLU or none (`winograd.ts`), else the builtin. */
 function fusedConv2D(args: KernelArgs): TensorInfo | TensorInfo[] {
+  noteConvolution(args.inputs.x as TensorInfo, args.inputs.filter as TensorInfo);
   return winogradFusedConv2DKernel(args) ?? builtin('FusedConv2D', args);
 }
 

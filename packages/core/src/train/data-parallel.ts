@@ -19,6 +19,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { BATCH_NORM_CLASS_NAMES } from '../arch/batch-norm.js';
 import { EngineError } from '../errors.js';
+import { withoutInputGradient } from '../engine/input-gradient.js';
 import type { LossFn, LossOptions } from './losses.js';
 
 /** Loss and gradients (by variable name) of one micro-batch. */
@@ -53,7 +54,10 @@ export function microBatchGradients(
       channels,
     ]);
     const y = tf.tensor3d(labels.subarray(start * pixels, (start + n) * pixels), [n, tile, tile], 'int32');
-    return tf.variableGrads(() => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y), variables);
+    // Only the weights' gradients are wanted: the input's is skipped where the engine can (`input-gradient.ts`).
+    return withoutInputGradient(x, () =>
+      tf.variableGrads(() => lossFn(model.apply(x, { training: true }) as tf.Tensor4D, y), variables),
+    );
   });
   const loss = value.dataSync()[0];
   value.dispose();
