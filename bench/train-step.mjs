@@ -5,16 +5,19 @@
 // and direct2 configurations are wasm with Tessera's Winograd 3x3 convolutions turned off (TESSERA_WINOGRAD=0), the
 // baseline of that change.
 //
-//   node bench/train-step.mjs                                   # everything, a few minutes on 2 cores
+//   node bench/train-step.mjs                                   # everything, about 15 minutes on 2 cores
 //   node bench/train-step.mjs --models unet --configs wasm1,wasm2 --warmup 1 --steps 2
-//   options: --models a,b  --configs wasm1,wasm2,cpu,torch,direct1,direct2  --warmup 2  --steps 3  --batch 4  --tile 256
+//   options: --models a,b  --configs wasm1,wasm2,cpu,torch,direct1,direct2  --warmup 4  --steps 8  --batch 4  --tile 256
 //            --cpu-batch 1  --cpu-tile 64  --torch-threads 2  --python /usr/bin/python3
 //
 // Needs the packages built (npm run build, or npx tsc -b packages/core packages/arch-unet packages/arch-fcn8s
 // packages/arch-deeplab). Each configuration runs in its own child process through the real trainer
 // (defaultTrainer: one epoch of warmup + steps steps, no validation, no augmentation); a step's time is the time
 // between two consecutive step events, so it includes building the batch (cheap without augmentation) and, with
-// workers, moving gradients and weights between threads. The first `warmup` steps are not timed.
+// workers, moving gradients and weights between threads. The first `warmup` steps are not timed: on the wasm engine
+// the first steps run slower as V8 tiers up the JavaScript and WebAssembly code (DeepLabv3+ on 2 workers: 0.98, 0.47,
+// 0.42, 0.38 s, then 0.34-0.40 s), and one step varies by 10-20% on a shared 2-core machine, so the default times the
+// median of 8 steps after 4 (PyTorch gets the same counts; it is steady from its second step).
 // The tfjs cpu backend is very slow (minutes per 256 x 256 crop for U-Net): it runs 1 step (no warm-up) of batch
 // --cpu-batch at --cpu-tile, scaled linearly by crops and pixels to --batch at --tile.
 // PyTorch: Debian's python3-torch (apt-get update && apt-get install -y python3-torch) or pip install torch;
@@ -124,8 +127,8 @@ const median = (xs) => {
 async function main() {
   const models = arg('models', 'unet,fcn8s,deeplabv3plus').split(',');
   const configs = arg('configs', 'wasm1,wasm2,cpu,torch').split(',');
-  const warmup = Number(arg('warmup', 2));
-  const steps = Number(arg('steps', 3));
+  const warmup = Number(arg('warmup', 4));
+  const steps = Number(arg('steps', 8));
   const batch = Number(arg('batch', 4));
   const tile = Number(arg('tile', 256));
   const cpuBatch = Number(arg('cpu-batch', 1));

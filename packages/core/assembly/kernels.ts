@@ -1023,3 +1023,87 @@ export function copyRect(src: usize, dst: usize, planes: i32, planeStride: i32, 
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Matrix product for a fresh right operand
+
+/** Depth of one block of {@link gemm}'s sum: a block of 8 columns of `b` (64 KiB) stays in cache across rows. */
+const GEMM_DEPTH: i32 = 2048;
+
+/**
+ * `c [m, n] = a [m, k] x b [k, n]` (row-major float32, `n` a multiple of 4), with no packing of `b`: XNNPACK's matmul
+ * repacks its right operand on every call with a new one (5-17 ns per value, more than the products themselves when
+ * `k` is a convolution's pixel count). Blocks of 4 rows x 8 columns of `c` in registers, `k` in blocks of
+ * {@link GEMM_DEPTH}; every sum runs in one fixed order.
+ */
+export function gemm(a: usize, b: usize, c: usize, m: i32, k: i32, n: i32): void {
+  zero(c, m * n);
+  const rowA = (<usize>k) << 2;
+  const rowB = (<usize>n) << 2;
+  for (let k0 = 0; k0 < k; k0 += GEMM_DEPTH) {
+    const depth = min(GEMM_DEPTH, k - k0);
+    let j = 0;
+    for (; j + 8 <= n; j += 8) {
+      let i = 0;
+      for (; i + 4 <= m; i += 4) {
+        const pc = c + ((<usize>(i * n + j)) << 2);
+        let c00 = v128.load(pc);
+        let c01 = v128.load(pc, 16);
+        let c10 = v128.load(pc + rowB);
+        let c11 = v128.load(pc + rowB, 16);
+        let c20 = v128.load(pc + 2 * rowB);
+        let c21 = v128.load(pc + 2 * rowB, 16);
+        let c30 = v128.load(pc + 3 * rowB);
+        let c31 = v128.load(pc + 3 * rowB, 16);
+        let pa = a + <usize>i * rowA + ((<usize>k0) << 2);
+        let pb = b + <usize>k0 * rowB + ((<usize>j) << 2);
+        for (let t = 0; t < depth; t++) {
+          const b0 = v128.load(pb);
+          const b1 = v128.load(pb, 16);
+          const a0 = v128.load32_splat(pa);
+          const a1 = v128.load32_splat(pa + rowA);
+          const a2 = v128.load32_splat(pa + 2 * rowA);
+          const a3 = v128.load32_splat(pa + 3 * rowA);
+          c00 = f32x4.add(c00, f32x4.mul(a0, b0));
+          c01 = f32x4.add(c01, f32x4.mul(a0, b1));
+          c10 = f32x4.add(c10, f32x4.mul(a1, b0));
+          c11 = f32x4.add(c11, f32x4.mul(a1, b1));
+          c20 = f32x4.add(c20, f32x4.mul(a2, b0));
+          c21 = f32x4.add(c21, f32x4.mul(a2, b1));
+          c30 = f32x4.add(c30, f32x4.mul(a3, b0));
+          c31 = f32x4.add(c31, f32x4.mul(a3, b1));
+          pa += 4;
+          pb += rowB;
+        }
+        v128.store(pc, c00);
+        v128.store(pc, c01, 16);
+        v128.store(pc + rowB, c10);
+        v128.store(pc + rowB, c11, 16);
+        v128.store(pc + 2 * rowB, c20);
+        v128.store(pc + 2 * rowB, c21, 16);
+        v128.store(pc + 3 * rowB, c30);
+        v128.store(pc + 3 * rowB, c31, 16);
+      }
+      for (; i < m; i++) gemmRow(a, b, c, i, j, 8, k0, depth, rowA, rowB);
+    }
+    if (j < n) for (let i = 0; i < m; i++) gemmRow(a, b, c, i, j, 4, k0, depth, rowA, rowB);
+  }
+}
+
+/** One row of {@link gemm}'s block: `c[i, j .. j + width]` (width 4 or 8) over `depth` values of the sum from `k0`. */
+function gemmRow(a: usize, b: usize, c: usize, i: i32, j: i32, width: i32, k0: i32, depth: i32, rowA: usize, rowB: usize): void {
+  const pc = c + ((<usize>(i * <i32>(rowB >> 2) + j)) << 2);
+  let c0 = v128.load(pc);
+  let c1 = width == 8 ? v128.load(pc, 16) : f32x4.splat(0);
+  let pa = a + <usize>i * rowA + ((<usize>k0) << 2);
+  let pb = b + <usize>k0 * rowB + ((<usize>j) << 2);
+  for (let t = 0; t < depth; t++) {
+    const a0 = v128.load32_splat(pa);
+    c0 = f32x4.add(c0, f32x4.mul(a0, v128.load(pb)));
+    if (width == 8) c1 = f32x4.add(c1, f32x4.mul(a0, v128.load(pb, 16)));
+    pa += 4;
+    pb += rowB;
+  }
+  v128.store(pc, c0);
+  if (width == 8) v128.store(pc, c1, 16);
+}
