@@ -61,12 +61,12 @@ afterEach(() => {
 });
 
 describe('Winograd F(4x4, 3x3) convolutions on wasm', () => {
-  // The outputs that Winograd computes (0 the forward pass, 1 the input gradient, 2 the filter gradient: from 64 x 64
-  // channels); the others run the builtin kernels.
+  // The outputs that Winograd computes (0 the forward pass, 1 the input gradient, 2 the filter gradient); the others
+  // run the builtin kernels.
   const cases: [string, number[], number, Pad, boolean, number[]][] = [
     ['same padding, 64 -> 64 channels', [1, 32, 36, 64], 64, 'same', false, [0, 1, 2]],
     ['valid padding, sizes not multiples of 4', [1, 34, 38, 64], 64, 'valid', false, [0, 1, 2]],
-    ['bias and ReLU fused, 16 -> 32 channels', [1, 41, 38, 16], 32, 'valid', true, [0, 1]],
+    ['bias and ReLU fused, 16 -> 32 channels', [1, 41, 38, 16], 32, 'valid', true, [0, 1, 2]],
     [
       'explicit uneven padding',
       [3, 17, 26, 24],
@@ -78,8 +78,9 @@ describe('Winograd F(4x4, 3x3) convolutions on wasm', () => {
         [0, 0],
       ],
       false,
-      [0, 1],
+      [0, 1, 2],
     ],
+    ['16 -> 16 channels: the filter gradient is left to the builtin', [2, 20, 24, 16], 16, 'same', false, [0, 1]],
   ];
   it.each(cases)(
     '%s: forward, input and filter gradients match the cpu backend',
@@ -119,7 +120,13 @@ describe('Winograd F(4x4, 3x3) convolutions on wasm', () => {
     const cases: (() => tf.Tensor)[] = [
       () => tf.conv2d(x as tf.Tensor4D, rand([3, 3, 16, 32], 6) as tf.Tensor4D, 2, 'same'),
       () => tf.conv2d(x as tf.Tensor4D, rand([3, 3, 16, 32], 6) as tf.Tensor4D, 1, 'same', 'NHWC', 2),
-      () => tf.conv2d(x as tf.Tensor4D, rand([3, 3, 16, 16], 6) as tf.Tensor4D, 1, 'same'),
+      () =>
+        tf.conv2d(
+          tf.slice(x, [0, 0, 0, 0], [1, 32, 32, 8]) as tf.Tensor4D,
+          rand([3, 3, 8, 8], 6) as tf.Tensor4D,
+          1,
+          'same',
+        ),
       () => tf.conv2d(x as tf.Tensor4D, rand([5, 5, 16, 32], 6) as tf.Tensor4D, 1, 'same'),
       () =>
         tf.conv2d(

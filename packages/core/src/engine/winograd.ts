@@ -53,12 +53,14 @@ type KernelArgs = Parameters<KernelFunc>[0];
 export const MIN_TILES = 32;
 
 /**
- * Smallest `ci * co` run by Winograd: below, the 36 products are too thin to beat XNNPACK's direct convolution
- * (measured per layer on 2 x 256 x 256 crops: 16 -> 16 channels ran 0.9x, 16 -> 32 1.6x; the filter gradient, whose
- * transforms cost more, 0.6x at 16 -> 16, 0.8x at 32 -> 32, 1.0x at 32 -> 64 and 1.2-1.9x from 64 -> 64 up).
+ * Smallest `ci * co` run by Winograd: below, the 36 products are too thin to beat XNNPACK's direct convolution.
+ * Measured per layer (time of the direct convolution / Winograd's, with the engine's `gemm` products) on 2 x 256 x 256
+ * crops: forward 8 -> 8 channels 0.96, 8 -> 16 0.87, 16 -> 16 1.19; input gradient 1.05, 1.24, 1.50; and on
+ * 2 x 128 x 128: forward 16 -> 8 1.35, 16 -> 32 1.67, 32 -> 32 2.15. The filter gradient, whose transforms cost more:
+ * 8 -> 16 0.82, 16 -> 16 1.0-1.06, 16 -> 32 1.48, 32 -> 32 1.62, 64 -> 64 2.5.
  */
-const MIN_CHANNELS_FORWARD = 512;
-const MIN_CHANNELS_FILTER_GRADIENT = 4096;
+const MIN_CHANNELS_FORWARD = 256;
+const MIN_CHANNELS_FILTER_GRADIENT = 512;
 
 /**
  * Upper bound (bytes) of the transformed input or products of one chunk of tile rows; larger work runs in chunks
