@@ -1107,3 +1107,24 @@ function gemmRow(a: usize, b: usize, c: usize, i: i32, j: i32, width: i32, k0: i
   v128.store(pc, c0);
   if (width == 8) v128.store(pc, c1, 16);
 }
+
+/**
+ * `out[i] = dy[i] * step(x[i])` for `n` values, `step(x)` being 1 for `x > 0`, NaN for NaN, else 0: tfjs-core's
+ * gradient of `Relu` (`dy * step(x)`) in one pass.
+ */
+export function reluGrad(x: usize, dy: usize, out: usize, n: i32): void {
+  const zero4 = f32x4.splat(0);
+  const one4 = f32x4.splat(1);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o = (<usize>i) << 2;
+    const v = v128.load(x + o);
+    const step = v128.bitselect(v, v128.and(f32x4.gt(v, zero4), one4), f32x4.ne(v, v));
+    v128.store(out + o, f32x4.mul(v128.load(dy + o), step));
+  }
+  for (; i < n; i++) {
+    const o = (<usize>i) << 2;
+    const v = load<f32>(x + o);
+    store<f32>(out + o, load<f32>(dy + o) * (v != v ? v : v > 0 ? <f32>1 : <f32>0));
+  }
+}

@@ -21,6 +21,8 @@ export const BATCH_NORM_TRAIN_GRAD = 'TesseraBatchNormTrainGrad';
 export const REDUCE_GRAD = 'TesseraReduceGrad';
 /** Gradient of `ClipByValue`: inputs `dy`, `x`; attributes `clipValueMin`, `clipValueMax`. */
 export const CLIP_BY_VALUE_GRAD = 'TesseraClipByValueGrad';
+/** Gradient of `Relu`: inputs `dy`, `x`. */
+export const RELU_GRAD = 'TesseraReluGrad';
 /** Gradient of `Softmax` over the last axis: inputs `y` (the softmax), `dy`. */
 export const SOFTMAX_GRAD = 'TesseraSoftmaxGrad';
 /**
@@ -222,6 +224,13 @@ function trainingBatchNormGradient(
 
 let registered = false;
 
+/** `Relu`: one {@link RELU_GRAD} pass (`dy * step(x)`, tfjs-core's values) instead of `Step` and `Multiply`. */
+function reluGradient(dy: tf.Tensor, saved: tf.Tensor[]): Gradients | null {
+  const [x] = saved;
+  if (!onWasm(RELU_GRAD) || x.dtype !== 'float32' || dy.dtype !== 'float32') return null;
+  return { x: () => tf.engine().runKernel(RELU_GRAD, { dy, x }) as tf.Tensor };
+}
+
 /** `Softmax` over the last axis: one {@link SOFTMAX_GRAD} pass instead of tfjs-core's four full-size ops. */
 function softmaxGradient(dy: tf.Tensor, saved: tf.Tensor[], attrs: tf.NamedAttrMap): Gradients | null {
   const [y] = saved;
@@ -257,6 +266,7 @@ export function registerFastGradients(): void {
   overrideOnWasm('Mean', reduceGradient('Mean'));
   overrideOnWasm('ClipByValue', clipByValueGradient);
   overrideOnWasm('Softmax', softmaxGradient);
+  overrideOnWasm('Relu', reluGradient);
   tf.registerGradient({
     kernelName: SEG_LOSS,
     inputsToSave: ['p', 'labels'],

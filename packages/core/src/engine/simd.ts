@@ -25,6 +25,7 @@ export interface SimdKernels {
   columnReduce(src: number, rows: number, cols: number, mean: number, acc: number, dst: number, divisor: number): void;
   batchNormGradSums(x: number, dy: number, mean: number, rows: number, c: number, sumG: number, sumGX: number): void;
   clipByValueGrad(x: number, dy: number, out: number, n: number, lo: number, hi: number): void;
+  reluGrad(x: number, dy: number, out: number, n: number): void;
   batchNormTrainGrad(x: number, dy: number, dx: number, rows: number, c: number, coefficients: number): void;
   batchNormApply(x: number, y: number, rows: number, c: number, coefficients: number): void;
   toChannelMajor(src: number, dst: number, n: number, hw: number, c: number): void;

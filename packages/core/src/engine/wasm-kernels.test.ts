@@ -4,7 +4,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 // The tfjs-layers bundle registers tfjs-core's gradient functions (tf.grad needs them).
 import '@tensorflow/tfjs-layers';
-import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD, registerFastGradients } from './gradients.js';
+import { BATCH_NORM_GRAD, CLIP_BY_VALUE_GRAD, REDUCE_GRAD, RELU_GRAD, registerFastGradients } from './gradients.js';
 import { registerWasmKernels } from './wasm-kernels.js';
 import { expectNoGrowth, expectParity, random } from './test-helpers.js';
 
@@ -173,6 +173,21 @@ describe('ClipByValue gradient matches cpu', () => {
     // The SIMD loop's scalar tail (11 = 2 x 4 + 3 values).
     await parity(() => gradsOf((a) => tf.clipByValue(a, 0, 1), [tf.tensor([1, 0, 2, -1, 0.5, 1, 3, 0, 1.5, 1, -0.5])]));
     await parity(() => gradsOf((a) => tf.clipByValue(a, -0.3, 0.4), [rand([3, 8, 9, 4], 30)]));
+  });
+});
+
+describe('Relu gradient matches cpu', () => {
+  it('dy * step(x): 0 at 0 and below, NaN for NaN, in one kernel', async () => {
+    await parity(() =>
+      gradsOf((a) => tf.relu(a), [tf.tensor([-2, 0, 0.5, 1e-30, -1e-30, 3, -0.25, 7, 2, 0, -1], [11])]),
+    );
+    await parity(() => gradsOf((a) => tf.relu(a), [rand([3, 8, 9, 4], 31)]));
+    await tf.setBackend('wasm');
+    const info = await tf.profile(() => tf.grad((a: tf.Tensor) => tf.sum(tf.relu(a)))(tf.tensor([NaN, 1, -1, 0, 2])));
+    expect(Array.from((info.result as tf.Tensor).dataSync())).toEqual([NaN, 1, 0, 0, 1]);
+    expect(info.kernels.map((k) => k.name)).toContain(RELU_GRAD);
+    expect(info.kernels.map((k) => k.name)).not.toContain('Step');
+    (info.result as tf.Tensor).dispose();
   });
 });
 

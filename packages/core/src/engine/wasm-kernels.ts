@@ -38,6 +38,7 @@ import {
   BATCH_NORM_TRAIN_GRAD,
   CLIP_BY_VALUE_GRAD,
   REDUCE_GRAD,
+  RELU_GRAD,
   SEG_LOSS,
   SEG_LOSS_GRAD,
   SOFTMAX_GRAD,
@@ -447,6 +448,13 @@ function clipByValueGrad(args: KernelArgs): TensorInfo {
   return out;
 }
 
+/** Gradient of `Relu`: `dy * step(x)` (tfjs-core's two ops, one pass). */
+function reluGrad(args: KernelArgs): TensorInfo {
+  const [be, dy, x, out] = elementwiseArgs(RELU_GRAD, args);
+  simdKernels(be).reluGrad(pointer(be, x), pointer(be, dy), pointer(be, out), util.sizeFromShape(x.shape));
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Softmax and the segmentation losses
 
@@ -646,6 +654,7 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: REDUCE_GRAD, kernelFunc: reduceGrad as KernelFunc },
   { kernelName: CLIP_BY_VALUE_GRAD, kernelFunc: clipByValueGrad as KernelFunc },
   { kernelName: ADAM_UPDATE, kernelFunc: adamUpdate as unknown as KernelFunc },
+  { kernelName: RELU_GRAD, kernelFunc: reluGrad as KernelFunc },
   { kernelName: SOFTMAX_GRAD, kernelFunc: softmaxGrad as KernelFunc },
   { kernelName: SEG_LOSS, kernelFunc: segLoss as KernelFunc },
   { kernelName: SEG_LOSS_GRAD, kernelFunc: segLossGrad as KernelFunc },
