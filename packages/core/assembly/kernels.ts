@@ -978,7 +978,7 @@ export function segLossGrad(
     const y = load<i32>(labels + ((<usize>i) << 2));
     const o = (<usize>i * <usize>c) << 2;
     if (y < 0) {
-      memory.fill(dp + o, 0, (<usize>c) << 2);
+      zero(dp + o, c);
       continue;
     }
     memory.copy(dp + o, coef, (<usize>c) << 2);

@@ -27,10 +27,14 @@ export const RELU_GRAD = 'TesseraReluGrad';
 export const SOFTMAX_GRAD = 'TesseraSoftmaxGrad';
 /**
  * The segmentation losses in one kernel ({@link fusedSegmentationLoss}): inputs `p` (probabilities `[..., C]`,
- * float32), `labels` (int32, `-1` = ignored); attributes of {@link SegLossAttrs}; output the scalar loss.
+ * float32), `labels` (int32, `-1` = ignored); attributes of {@link SegLossAttrs}; outputs the scalar loss and the
+ * sums it came from (kept for the gradient).
  */
 export const SEG_LOSS = 'TesseraSegLoss';
-/** Gradient of {@link SEG_LOSS} with respect to `p`: inputs `p`, `labels`, `dy` (scalar); its attributes. */
+/**
+ * Gradient of {@link SEG_LOSS} with respect to `p`: inputs `p`, `labels`, `sums` ({@link SEG_LOSS}'s second output),
+ * `dy` (scalar); its attributes.
+ */
 export const SEG_LOSS_GRAD = 'TesseraSegLossGrad';
 
 /**
@@ -250,7 +254,8 @@ export function fusedSegmentationLoss(p: tf.Tensor, labels: tf.Tensor, attrs: Se
   if (!onWasm(SEG_LOSS) || p.dtype !== 'float32') return null;
   return tf.tidy(() => {
     const labelsInt = labels.dtype === 'int32' ? labels : tf.cast(labels, 'int32');
-    return tf.engine().runKernel(SEG_LOSS, { p, labels: labelsInt }, attrs as unknown as tf.NamedAttrMap) as tf.Scalar;
+    const outputs = tf.engine().runKernel(SEG_LOSS, { p, labels: labelsInt }, attrs as unknown as tf.NamedAttrMap);
+    return (outputs as tf.Tensor[])[0] as tf.Scalar;
   });
 }
 
@@ -270,10 +275,13 @@ export function registerFastGradients(): void {
   tf.registerGradient({
     kernelName: SEG_LOSS,
     inputsToSave: ['p', 'labels'],
-    gradFunc: (dy, saved, attrs) => {
-      const [p, labels] = saved;
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved, attrs) => {
+      const [p, labels, sums] = saved;
+      // Two outputs: the loss's gradient comes first (the sums have none).
+      const dy = Array.isArray(dys) ? dys[0] : dys;
       return {
-        p: () => tf.engine().runKernel(SEG_LOSS_GRAD, { p, labels, dy: dy as tf.Tensor }, attrs) as tf.Tensor,
+        p: () => tf.engine().runKernel(SEG_LOSS_GRAD, { p, labels, sums, dy }, attrs) as tf.Tensor,
         labels: () => tf.zerosLike(labels),
       };
     },

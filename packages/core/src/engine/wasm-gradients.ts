@@ -31,7 +31,6 @@ import {
   getKernel,
   registerKernel,
   unregisterKernel,
-  type DataType,
   type KernelConfig,
   type KernelFunc,
   type NamedAttrMap,
@@ -46,29 +45,20 @@ import {
   pointer,
   simdKernels,
   withWindow,
+  type ConvAttrs as GeometryAttrs,
   type ConvGeometry,
   type SimdWindow,
+  type WasmHeapBackend as WasmBackend,
 } from './simd.js';
 import { tapFilterGrad } from './dilated-taps.js';
 import { inputGradientUnused } from './input-gradient.js';
 import { winogradFilterGradient } from './winograd.js';
 
-/** The parts of tfjs-backend-wasm's `BackendWasm` that these kernels use. */
-interface WasmBackend {
-  makeOutput(shape: number[], dtype: DataType): TensorInfo;
-  typedArrayFromHeap(info: TensorInfo): backend_util.TypedArray;
-  disposeData(dataId: object, force?: boolean): boolean;
-}
-
-type Pad = 'valid' | 'same' | number | backend_util.ExplicitPadding;
+type Pad = GeometryAttrs['pad'];
 type Shape4 = [number, number, number, number];
 
-interface ConvAttrs {
-  strides: [number, number] | number;
-  dilations?: [number, number] | number;
-  pad: Pad;
+interface ConvAttrs extends GeometryAttrs {
   dataFormat?: 'NHWC' | 'NCHW';
-  dimRoundingMode?: 'floor' | 'round' | 'ceil';
   filterShape?: Shape4;
   inputShape?: Shape4;
 }

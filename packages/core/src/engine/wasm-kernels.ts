@@ -501,32 +501,27 @@ function segLossShape(kernel: string, p: TensorInfo, labels: TensorInfo, attrs: 
   return [n, c];
 }
 
-/**
- * Runs `segLossSums` and returns its `2 + 3c` float64 sums (`assembly/kernels.ts`); `use` gets the class weights'
- * pointer (0 for none) too, while they are on the heap.
- */
-function segLossSums<T>(
-  be: WasmBackend,
-  p: TensorInfo,
-  labels: TensorInfo,
-  n: number,
-  c: number,
-  attrs: SegLossAttrs,
-  use: (sums: Float64Array, weights: number) => T,
-): T {
-  const scratch = be.makeOutput([2 * (2 + 3 * c)], 'float32');
-  const weights = attrs.classWeights.length ? be.makeOutput([c], 'float32') : null;
+/** The probabilities' clip bounds `[epsilon, 1 - epsilon]` in float32, as tfjs's `clipByValue` takes them. */
+function clipBounds(attrs: SegLossAttrs): [number, number] {
+  return [Math.fround(attrs.epsilon), Math.fround(1 - attrs.epsilon)];
+}
+
+/** Calls `use` with a heap pointer to the class weights (0 for none), freed afterwards. */
+function withClassWeights<T>(be: WasmBackend, attrs: SegLossAttrs, use: (weights: number) => T): T {
+  if (attrs.classWeights.length === 0) return use(0);
+  const weights = be.makeOutput([attrs.classWeights.length], 'float32');
   try {
-    if (weights) f32(be, weights).set(attrs.classWeights);
-    const w = weights ? pointer(be, weights) : 0;
-    const [lo, hi] = [Math.fround(attrs.epsilon), Math.fround(1 - attrs.epsilon)];
-    simdKernels(be).segLossSums(pointer(be, p), pointer(be, labels), n, c, w, lo, hi, pointer(be, scratch));
-    const view = f32(be, scratch);
-    return use(new Float64Array(view.buffer, view.byteOffset, 2 + 3 * c).slice(), w);
+    f32(be, weights).set(attrs.classWeights);
+    return use(pointer(be, weights));
   } finally {
-    be.disposeData(scratch.dataId);
-    if (weights) be.disposeData(weights.dataId);
+    be.disposeData(weights.dataId);
   }
+}
+
+/** The `2 + 3c` float64 sums of `segLossSums` (`assembly/kernels.ts`), held in the bytes of a float32 tensor. */
+function sums64(be: WasmBackend, sums: TensorInfo, c: number): Float64Array {
+  const view = f32(be, sums);
+  return new Float64Array(view.buffer, view.byteOffset, 2 + 3 * c);
 }
 
 /** `ceWeight * ce + diceWeight * (1 - mean Dice)` from the sums of `segLossSums`. */
@@ -540,55 +535,66 @@ function segLossValue(sums: Float64Array, c: number, a: SegLossAttrs): number {
   return a.ceWeight * ce + a.diceWeight * (1 - dice / c);
 }
 
-/** The segmentation loss (see `SegLossAttrs` in `gradients.ts`): two passes, float64 sums. */
-function segLoss(args: KernelArgs): TensorInfo {
+/**
+ * The segmentation loss (see `SegLossAttrs` in `gradients.ts`) from one pass of float64 sums. Outputs the scalar loss
+ * and the sums (their float64 bytes in a float32 tensor), which the gradient reuses instead of summing again.
+ */
+function segLoss(args: KernelArgs): TensorInfo[] {
   const { p, labels } = args.inputs as Record<string, TensorInfo>;
   const attrs = args.attrs as unknown as SegLossAttrs;
   const [n, c] = segLossShape(SEG_LOSS, p, labels, attrs);
   const be = args.backend as WasmBackend;
-  const value = segLossSums(be, p, labels, n, c, attrs, (sums) => segLossValue(sums, c, attrs));
-  const out = be.makeOutput([], 'float32');
-  f32(be, out)[0] = value;
-  return out;
+  const sums = be.makeOutput([2 * (2 + 3 * c)], 'float32');
+  const [lo, hi] = clipBounds(attrs);
+  withClassWeights(be, attrs, (w) =>
+    simdKernels(be).segLossSums(pointer(be, p), pointer(be, labels), n, c, w, lo, hi, pointer(be, sums)),
+  );
+  const loss = be.makeOutput([], 'float32');
+  f32(be, loss)[0] = segLossValue(sums64(be, sums, c), c, attrs);
+  return [loss, sums];
 }
 
-/** Gradient of {@link segLoss} with respect to `p`, times the scalar `dy`. */
+/** Gradient of {@link segLoss} with respect to `p`, times the scalar `dy`, from the forward pass's `sums`. */
 function segLossGrad(args: KernelArgs): TensorInfo {
-  const { p, labels, dy } = args.inputs as Record<string, TensorInfo>;
+  const { p, labels, sums, dy } = args.inputs as Record<string, TensorInfo>;
   const attrs = args.attrs as unknown as SegLossAttrs;
   const [n, c] = segLossShape(SEG_LOSS_GRAD, p, labels, attrs);
-  if (dy.dtype !== 'float32' || util.sizeFromShape(dy.shape) !== 1)
+  if (dy.dtype !== 'float32' || util.sizeFromShape(dy.shape) !== 1) {
     fail(SEG_LOSS_GRAD, `expected a scalar dy, got [${dy.shape}]`);
+  }
+  if (util.sizeFromShape(sums.shape) !== 2 * (2 + 3 * c)) {
+    fail(SEG_LOSS_GRAD, `expected the ${SEG_LOSS} sums of ${c} classes, got [${sums.shape}]`);
+  }
   const be = args.backend as WasmBackend;
   const g = f32(be, dy)[0];
+  const s = sums64(be, sums, c);
   const out = be.makeOutput([...p.shape], 'float32');
   const coef = be.makeOutput([2 * c], 'float32');
-  f32(be, coef).fill(0);
   try {
-    segLossSums(be, p, labels, n, c, attrs, (sums, weights) => {
-      // d(1 - mean_k dice_k)/dp_ik = a_k + b_k [y == k] over valid pixels, dice_k = (2 I_k + s) / D_k.
-      const k = f32(be, coef);
-      for (let j = 0; j < c && attrs.diceWeight !== 0; j++) {
-        const d = sums[2 + j] + sums[2 + c + j] + attrs.smooth;
-        const scale = (g * attrs.diceWeight) / c;
-        k[j] = (scale * (2 * sums[2 + 2 * c + j] + attrs.smooth)) / (d * d);
-        k[c + j] = (-scale * 2) / d;
-      }
-      const ceScale = (g * attrs.ceWeight) / Math.max(sums[1], 1e-12);
-      const [lo, hi] = [Math.fround(attrs.epsilon), Math.fround(1 - attrs.epsilon)];
+    // d(1 - mean_k dice_k)/dp_ik = a_k + b_k [y == k] over valid pixels, dice_k = (2 I_k + s) / D_k.
+    const k = f32(be, coef).fill(0);
+    for (let j = 0; j < c && attrs.diceWeight !== 0; j++) {
+      const d = s[2 + j] + s[2 + c + j] + attrs.smooth;
+      const scale = (g * attrs.diceWeight) / c;
+      k[j] = (scale * (2 * s[2 + 2 * c + j] + attrs.smooth)) / (d * d);
+      k[c + j] = (-scale * 2) / d;
+    }
+    const ceScale = (g * attrs.ceWeight) / Math.max(s[1], 1e-12);
+    const [lo, hi] = clipBounds(attrs);
+    withClassWeights(be, attrs, (w) =>
       simdKernels(be).segLossGrad(
         pointer(be, p),
         pointer(be, labels),
         n,
         c,
-        weights,
+        w,
         lo,
         hi,
         ceScale,
         pointer(be, coef),
         pointer(be, out),
-      );
-    });
+      ),
+    );
   } finally {
     be.disposeData(coef.dataId);
   }
@@ -656,7 +662,7 @@ const ADDITIONS: readonly { kernelName: string; kernelFunc: KernelFunc }[] = [
   { kernelName: ADAM_UPDATE, kernelFunc: adamUpdate as unknown as KernelFunc },
   { kernelName: RELU_GRAD, kernelFunc: reluGrad as KernelFunc },
   { kernelName: SOFTMAX_GRAD, kernelFunc: softmaxGrad as KernelFunc },
-  { kernelName: SEG_LOSS, kernelFunc: segLoss as KernelFunc },
+  { kernelName: SEG_LOSS, kernelFunc: segLoss as unknown as KernelFunc },
   { kernelName: SEG_LOSS_GRAD, kernelFunc: segLossGrad as KernelFunc },
 ];
 

@@ -5,7 +5,7 @@
  * XNNPACK runs a 3x3 convolution as a direct GEMM of 9 * ci multiply-adds per output value, already at the speed limit
  * of 128-bit WebAssembly SIMD without fused multiply-add. Winograd's minimal filtering computes each 4x4 output tile
  * from a 6x6 input tile with 36 instead of 144 multiplications per channel pair, so the work becomes 36 matrix
- * products `V_k [tiles, ci] x U_k [ci, co]` (the backend's XNNPACK matmul) between three cheap transforms (Tessera's
+ * products `V_k [tiles, ci] x U_k [ci, co]` (the engine's `matMul`, `simd.ts`) between three cheap transforms (Tessera's
  * SIMD loops, `assembly/kernels.ts`): 4x fewer multiply-adds in the products, for transforms that cost a few reads and
  * writes per value. Training networks made of 3x3 convolutions (VGG-16 in FCN-8s, the DeepLabv3+ decoder) spend most
  * of a step in them: the forward pass, the stride-1 input gradient (itself a 3x3 convolution) and the filter gradient.

@@ -164,38 +164,59 @@ function oneHotAndMask(labels: tf.Tensor3D, numClasses: number): { oneHot: tf.Te
   return { oneHot, mask };
 }
 
+/** The terms of a segmentation loss and their weights; an absent term is not computed. */
+interface LossTerms {
+  /** Weight of the (focal) cross-entropy term. */
+  ce?: number;
+  /** Weight of the Dice term. */
+  dice?: number;
+  /** Focusing parameter of the cross-entropy term; 0 (default) is plain cross-entropy. */
+  gamma?: number;
+}
+
 /**
- * `ceWeight * cross-entropy + diceWeight * Dice loss` in one kernel where the engine has it (wasm: the same values
- * to float32 rounding, a fraction of the time), else `null`; shapes are checked by the caller.
+ * Every loss of this module: `ce * (focal) cross-entropy + dice * Dice loss` after one shape check. Without focusing
+ * it is one kernel where the engine has it (wasm: the same values to float32 rounding, a fraction of the time), else
+ * tensor operations (a term alone is returned unweighted).
  */
-function fusedLoss(
+function segmentationLoss(
+  context: string,
   probabilities: tf.Tensor4D,
   labels: tf.Tensor3D,
   options: ResolvedLossOptions,
-  ceWeight: number,
-  diceWeight: number,
-): tf.Scalar | null {
-  const { epsilon, smooth } = options;
-  const classWeights = ceWeight === 0 ? [] : (options.classWeights ?? []);
-  return fusedSegmentationLoss(probabilities, labels, { ceWeight, diceWeight, classWeights, epsilon, smooth });
+  { ce, dice, gamma = 0 }: LossTerms,
+): tf.Scalar {
+  const numClasses = checkShapes(context, probabilities, labels, ce === undefined ? undefined : options.classWeights);
+  if (gamma === 0) {
+    const fused = fusedSegmentationLoss(probabilities, labels, {
+      ceWeight: ce ?? 0,
+      diceWeight: dice ?? 0,
+      classWeights: ce === undefined ? [] : (options.classWeights ?? []),
+      epsilon: options.epsilon,
+      smooth: options.smooth,
+    });
+    if (fused) return fused;
+  }
+  return tf.tidy(() => {
+    const ceTerm = ce === undefined ? undefined : focalTerm(probabilities, labels, numClasses, gamma, options);
+    const diceTerm = dice === undefined ? undefined : softDiceTerm(probabilities, labels, numClasses, options.smooth);
+    if (ceTerm === undefined) return diceTerm!;
+    if (diceTerm === undefined) return ceTerm;
+    return tf.add(tf.mul(ceTerm, ce!), tf.mul(diceTerm, dice!)) as tf.Scalar;
+  });
 }
 
 /**
  * Per-pixel `weight * (1 - p_y)^gamma * -log(p_y)` summed over valid pixels, divided by the summed weight of the
  * valid pixels. `gamma = 0` gives cross-entropy.
  */
-function weightedFocal(
-  context: string,
+function focalTerm(
   probabilities: tf.Tensor4D,
   labels: tf.Tensor3D,
+  numClasses: number,
   gamma: number,
   options: ResolvedLossOptions,
 ): tf.Scalar {
-  const numClasses = checkShapes(context, probabilities, labels, options.classWeights);
-  if (gamma === 0) {
-    const fused = fusedLoss(probabilities, labels, options, 1, 0);
-    if (fused) return fused;
-  }
   return tf.tidy(() => {
     const { oneHot, mask } = oneHotAndMask(labels, numClasses);
     const pTrue = tf.sum(tf.mul(probabilities, oneHot), -1);
@@ -230,7 +251,7 @@ export function crossEntropyLoss(
   labels: tf.Tensor3D,
   options: LossOptions = {},
 ): tf.Scalar {
-  return weightedFocal('crossEntropyLoss', probabilities, labels, 0, resolveLossOptions(options));
+  return segmentationLoss('crossEntropyLoss', probabilities, labels, resolveLossOptions(options), { ce: 1 });
 }
 
 /**
@@ -248,7 +269,7 @@ export function crossEntropyLoss(
  */
 export function focalLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, options: LossOptions = {}): tf.Scalar {
   const resolved = resolveLossOptions(options);
-  return weightedFocal('focalLoss', probabilities, labels, resolved.gamma, resolved);
+  return segmentationLoss('focalLoss', probabilities, labels, resolved, { ce: 1, gamma: resolved.gamma });
 }
 
 /**
@@ -266,11 +287,11 @@ export function focalLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, optio
  * const loss = diceLoss(probabilities, labels, { smooth: 1 });
  */
 export function diceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, options: LossOptions = {}): tf.Scalar {
-  const resolved = resolveLossOptions(options);
-  const { smooth } = resolved;
-  const numClasses = checkShapes('diceLoss', probabilities, labels);
-  const fused = fusedLoss(probabilities, labels, resolved, 0, 1);
-  if (fused) return fused;
+  return segmentationLoss('diceLoss', probabilities, labels, resolveLossOptions(options), { dice: 1 });
+}
+
+/** `1 - mean over classes of the soft Dice` over the whole batch (see {@link diceLoss}), as tensor operations. */
+function softDiceTerm(probabilities: tf.Tensor4D, labels: tf.Tensor3D, numClasses: number, smooth: number): tf.Scalar {
   return tf.tidy(() => {
     const { oneHot, mask } = oneHotAndMask(labels, numClasses);
     const mask4 = tf.expandDims(mask, -1);
@@ -297,22 +318,15 @@ export function diceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, option
  * const loss = ceDiceLoss(probabilities, labels, { ceWeight: 0.5, diceWeight: 1 });
  */
 export function ceDiceLoss(probabilities: tf.Tensor4D, labels: tf.Tensor3D, options: LossOptions = {}): tf.Scalar {
-  const resolved = resolveLossOptions(options);
-  checkShapes('ceDiceLoss', probabilities, labels, resolved.classWeights);
-  const fused = fusedLoss(probabilities, labels, resolved, resolved.ceWeight, resolved.diceWeight);
-  if (fused) return fused;
-  return tf.tidy(() => {
-    const ce = weightedFocal('ceDiceLoss', probabilities, labels, 0, resolved);
-    const dice = diceLoss(probabilities, labels, resolved);
-    return tf.add(tf.mul(ce, resolved.ceWeight), tf.mul(dice, resolved.diceWeight)) as tf.Scalar;
-  });
+  const o = resolveLossOptions(options);
+  return segmentationLoss('ceDiceLoss', probabilities, labels, o, { ce: o.ceWeight, dice: o.diceWeight });
 }
 
 const LOSSES: Record<LossName, (p: tf.Tensor4D, l: tf.Tensor3D, o: ResolvedLossOptions) => tf.Scalar> = {
-  'cross-entropy': (p, l, o) => weightedFocal('cross-entropy loss', p, l, 0, o),
-  dice: (p, l, o) => diceLoss(p, l, o),
-  'ce-dice': (p, l, o) => ceDiceLoss(p, l, o),
-  focal: (p, l, o) => weightedFocal('focal loss', p, l, o.gamma, o),
+  'cross-entropy': (p, l, o) => segmentationLoss('cross-entropy loss', p, l, o, { ce: 1 }),
+  dice: (p, l, o) => segmentationLoss('diceLoss', p, l, o, { dice: 1 }),
+  'ce-dice': (p, l, o) => segmentationLoss('ceDiceLoss', p, l, o, { ce: o.ceWeight, dice: o.diceWeight }),
+  focal: (p, l, o) => segmentationLoss('focal loss', p, l, o, { ce: 1, gamma: o.gamma }),
 };
 
 /**
