@@ -6,10 +6,14 @@
  *   (b) `--init` a self-supervised model (`tessera pretrain`, masked-region inpainting) pretrained on the other shared
  *       H&E images and slides, without their masks,
  *   (c) `--init` a model trained with masks on the other labelled MoNuSeg tiles (a supervised starting point),
- * then predicts the held-out tiles, scored on the nucleus class by the metric code of quality-vs-pytorch.mjs.
+ *   (d) `--init` a model pretrained without labels on the same images and slides as (b), but on the nuclei that colour
+ *       deconvolution and Otsu's threshold find (`tessera pretrain --trainer he-nuclei`, init name `stain`),
+ * then predicts the held-out tiles, scored on the nucleus class by the metric code of quality-vs-pytorch.mjs. For (d)
+ * it also scores what needs no labelled tile at all: the stain pseudo-labels of the held-out tiles themselves, and the
+ * pretrained network before fine-tuning.
  *
  *   node bench/few-labels.mjs [--archs unet] [--sizes 1,2,4] [--seeds 1,2] [--budget 5] [--pretrain-budget 20]
- *     [--inits random,ssl,supervised] [--finetune="--freeze encoder" --variant freeze] [--work dir] [--json file]
+ *     [--inits random,ssl,supervised,stain] [--finetune="--freeze encoder" --variant freeze] [--work dir] [--json file]
  *
  * Split of the 20 shared MoNuSeg tiles in name order: tiles 0-3 are the labelled pool (the first 1, 2 or 4), tiles
  * 16-19 are held out for scoring (no run sees them, not even unlabelled), tiles 4-15 are the "other" data: their
@@ -22,6 +26,7 @@ import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfusionMatrix, readImage } from '../packages/core/dist/index.js';
+import { pseudoNuclei } from '../packages/trainer-he-nuclei/dist/index.js';
 
 const root = resolve(import.meta.dirname, '..');
 const { values } = parseArgs({
@@ -85,14 +90,28 @@ function tessera(args, log) {
   return (performance.now() - started) / 1000;
 }
 
-async function score(predictions, test) {
+/** Nucleus Dice over the held-out tiles of `predict(stem)`'s label maps. */
+async function scoreWith(test, predict) {
   const cm = new ConfusionMatrix(2);
   for (const stem of heldOut) {
     const target = await readImage(join(test, 'masks', `${stem}.png`), { channels: 1 });
-    const predicted = await readImage(join(predictions, `${stem}_labels.png`), { channels: 1 });
-    cm.add(Uint8Array.from(predicted.data), Uint8Array.from(target.data));
+    cm.add(await predict(stem), Uint8Array.from(target.data));
   }
   return cm.dice()[1];
+}
+
+const score = (predictions, test) =>
+  scoreWith(test, async (stem) =>
+    Uint8Array.from((await readImage(join(predictions, `${stem}_labels.png`), { channels: 1 })).data),
+  );
+
+/** Predicts the held-out tiles with `model` (once) and scores them. */
+async function predictAndScore(model, predictions, test) {
+  if (!existsSync(join(predictions, `${heldOut[0]}_labels.png`))) {
+    const predict = ['predict', join(test, 'images'), '--model', model, '--out', predictions];
+    tessera([...predict, '--runtime', 'tfjs'], `${predictions}.log`);
+  }
+  return score(predictions, test);
 }
 
 /** Runs `make` unless `done` exists; returns the seconds it took (recorded beside the output). */
@@ -132,6 +151,27 @@ for (const arch of values.archs.split(',')) {
     starts.ssl = { model: out, seconds };
     console.log(`${arch}: pretrained (self-supervised) in ${seconds.toFixed(0)} s`);
   }
+  if (values.inits.includes('stain')) {
+    const out = join(work, `${arch}-stain`);
+    const sources = [join(otherSet, 'images'), ...slides.filter((s) => existsSync(s))];
+    const args = ['pretrain', '--trainer', 'he-nuclei', '--arch', arch, ...sizeArgs, '--images', ...sources];
+    const seconds = once(out, () =>
+      tessera([...args, '--out', out, '--time-budget', values['pretrain-budget']], `${out}.log`),
+    );
+    starts.stain = { model: out, seconds };
+    // What needs no labelled tile: the pretrained network as it is, and the stain pseudo-labels themselves (at the
+    // MoNuSeg tiles' 0.25 µm/px).
+    const alone = await predictAndScore(out, `${out}-predictions`, test);
+    const pseudo = await scoreWith(test, async (stem) => {
+      const image = await readImage(join(test, 'images', `${stem}.tif`), { channels: 3 });
+      return pseudoNuclei([image], 0.25).masks[0];
+    });
+    results.push({ arch, init: 'stain', startSeconds: seconds, startDice: alone, pseudoLabelDice: pseudo });
+    console.log(
+      `${arch}: pretrained on stain pseudo-labels in ${seconds.toFixed(0)} s; held-out nucleus Dice of that network ` +
+        `${alone.toFixed(3)}, of the pseudo-labels themselves ${pseudo.toFixed(3)}`,
+    );
+  }
   if (values.inits.includes('supervised')) {
     const out = join(work, `${arch}-supervised`);
     const args = ['train', '--arch', arch, ...sizeArgs, '--images', join(otherSet, 'images')];
@@ -157,12 +197,7 @@ for (const arch of values.archs.split(',')) {
         args.push('--time-budget', values.budget, '--seed', seed, '--val-split', '0');
         if (init !== 'random') args.push('--init', starts[init].model, ...finetune);
         const seconds = once(out, () => tessera(args, `${out}.log`));
-        const predictions = join(work, `${tag}-predictions`);
-        if (!existsSync(join(predictions, `${heldOut[0]}_labels.png`))) {
-          const predict = ['predict', join(test, 'images'), '--model', out, '--out', predictions];
-          tessera([...predict, '--runtime', 'tfjs'], `${predictions}.log`);
-        }
-        const dice = await score(predictions, test);
+        const dice = await predictAndScore(out, join(work, `${tag}-predictions`), test);
         const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
         const row = {
           arch,
@@ -178,7 +213,9 @@ for (const arch of values.archs.split(',')) {
       }
     }
   }
-  for (const [init, start] of Object.entries(starts)) results.push({ arch, init, startSeconds: start.seconds });
+  for (const [init, start] of Object.entries(starts)) {
+    if (init !== 'stain') results.push({ arch, init, startSeconds: start.seconds });
+  }
 }
 
 const rows = results.filter((r) => r.dice !== undefined);

@@ -150,6 +150,11 @@ describe('tessera train / evaluate / predict', () => {
     expect(trainers.code).toBe(0);
     expect(JSON.parse(trainers.stdout).trainers).toEqual([
       expect.objectContaining({ name: 'default', learnsFrom: 'masks', source: 'core' }),
+      expect.objectContaining({
+        name: 'he-nuclei',
+        learnsFrom: 'images',
+        source: 'package @tessera/trainer-he-nuclei',
+      }),
       expect.objectContaining({ name: 'inpainting', learnsFrom: 'images', source: 'package @tessera/trainer-ssl' }),
     ]);
     const pretrained = join(root, 'pretrained');
@@ -162,13 +167,34 @@ describe('tessera train / evaluate / predict', () => {
     expect(tuned.stderr).toMatch(
       /\n {2}probabilities +initialised afresh: kernel \[1, 1, 4, 2\] here, \[1, 1, 4, 16\]/,
     );
+    // Pretrained on the H&E stain's nuclei, the model has a nucleus mask's classes: every layer loads, the head too.
+    const stain = join(root, 'pretrained-stain');
+    const pretrainStain = tessera([
+      'pretrain',
+      '--trainer',
+      'he-nuclei',
+      '--images',
+      images,
+      '--out',
+      stain,
+      '--epochs',
+      '1',
+      ...TINY,
+    ]);
+    expect(pretrainStain.code).toBe(0);
+    expect(pretrainStain.stderr).toMatch(/segmenting the nuclei that colour deconvolution .* find/);
+    expect(existsSync(join(stain, 'pseudo-labels.png'))).toBe(true);
+    const tunedStain = tessera([...trainArgs(join(root, 'tuned-stain'), 1), ...TINY.slice(4), '--init', stain]);
+    expect(tunedStain.code).toBe(0);
+    expect(tunedStain.stderr).toContain('none initialised afresh');
+    expect(tunedStain.stderr).toMatch(/\n {2}probabilities +loaded/);
     // A supervised trainer is not a pretraining one, and an unknown trainer is named with the choices.
     const wrong = tessera(['pretrain', '--images', images, '--out', join(root, 'x'), '--trainer', 'default']);
     expect(wrong.code).not.toBe(0);
     expect(wrong.stderr).toContain('Expected a trainer that learns from images alone for "tessera pretrain"');
     const unknown = tessera([...trainArgs(join(root, 'y'), 1), '--trainer', 'inpaint']);
     expect(unknown.code).not.toBe(0);
-    expect(unknown.stderr).toMatch(/Unknown trainer "inpaint"\..* Valid choices: default, inpainting\./);
+    expect(unknown.stderr).toMatch(/Unknown trainer "inpaint"\..* Valid choices: default, he-nuclei, inpainting\./);
   });
 
   it('lists architectures as JSON', () => {

@@ -87,6 +87,7 @@ export async function getTrainer(name: string): Promise<LoadedTrainer> {
     'trainer',
     name,
     [...trainers.keys()],
-    'Install a trainer plugin (npm install @tessera/trainer-ssl brings "inpainting"), or give its file or package name.',
+    'Install a trainer plugin (npm install @tessera/trainer-ssl brings "inpainting", @tessera/trainer-he-nuclei ' +
+      '"he-nuclei"), or give its file or package name.',
   );
 }

@@ -14,7 +14,7 @@ import {
 } from '@tessera/core';
 import unet from '@tessera/arch-unet';
 import { openSlide, readThumbnail, tissueMask } from '@tessera/tiler';
-import inpaintingTrainer, { fitPalette, maskRegions, quantize, sampleTiles, type PretrainingRecord } from './index.js';
+import inpaintingTrainer, { fitPalette, maskRegions, quantize, sampleTiles, type InpaintingRecord } from './index.js';
 
 const CMU = join(
   import.meta.dirname,
@@ -132,7 +132,7 @@ describe('inpaintingTrainer', () => {
       options: { tileSize: 32, batchSize: 2, epochs: 1, stepsPerEpoch: 3, seed: 5 },
       onEvent: (e) => events.push(e),
     });
-    const record = JSON.parse(await readFile(join(out, 'pretraining.json'), 'utf8')) as PretrainingRecord;
+    const record = JSON.parse(await readFile(join(out, 'pretraining.json'), 'utf8')) as InpaintingRecord;
     expect(record).toMatchObject({ tiles: 16, tileSize: 32 });
     expect(record.palette).toHaveLength(8);
     const manifest = JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'));

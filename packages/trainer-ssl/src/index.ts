@@ -5,29 +5,20 @@
  * palette colours, as image GPT does, so the architecture's own softmax head serves). The result is an ordinary model
  * folder; `tessera train --init` starts from it, re-initialising only the head for the real classes.
  */
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import {
-  createRandom,
-  defaultTrainer,
-  InvalidOptionError,
-  resolveTrainOptions,
-  TRAINER_API_VERSION,
-  writeFileAtomic,
-  writePng,
-  type ClassMap,
-  type TrainerPlugin,
-  type TrainRequest,
-  type TrainResult,
-} from '@tessera/core';
-import { openSlide } from '@tessera/tiler';
+import { InvalidOptionError, TRAINER_API_VERSION, type ClassMap, type TrainerPlugin } from '@tessera/core';
 import { MASKED_SHARE, maskRegions } from './mask.js';
 import { fitPalette, quantize } from './palette.js';
-import { listSources, sampleTiles, type SourceTiles } from './sample.js';
+import { pretrainOnTiles, type PretrainingRecord } from './pretrain.js';
 export { fitPalette, quantize } from './palette.js';
 export { maskRegions, MASKED_SHARE } from './mask.js';
 export { listSources, sampleTiles, SOURCE_EXTENSIONS, type SourceTiles } from './sample.js';
+export {
+  pretrainOnTiles,
+  type PretextTask,
+  type PretrainingRecord,
+  type PretrainingTiles,
+  type SamplingOptions,
+} from './pretrain.js';
 
 /** Options of {@link inpaintingTrainer}. */
 export interface InpaintingOptions {
@@ -39,15 +30,10 @@ export interface InpaintingOptions {
   minTissue?: number;
 }
 
-/** `pretraining.json` of a pretrained model folder: what it learnt from, and how. */
-export interface PretrainingRecord {
-  method: string;
+/** `pretraining.json` of an inpainting-pretrained model folder. */
+export interface InpaintingRecord extends PretrainingRecord {
   palette: number[][];
   maskedShare: readonly [number, number];
-  tileSize: number;
-  mpp: number | null;
-  tiles: number;
-  sources: SourceTiles[];
 }
 
 /**
@@ -70,83 +56,29 @@ export default function inpaintingTrainer(options: InpaintingOptions = {}): Trai
     description:
       'self-supervised: inpaints blanked regions of unlabelled images and slides (a starting point for --init)',
     learnsFrom: 'images',
-    async train(request: TrainRequest): Promise<TrainResult> {
-      const o = resolveTrainOptions(request.options);
-      const random = createRandom(o.seed).fork('pretraining');
-      const files = await listSources(request.sources ?? [request.images]);
-      const first = await openSlide(files[0]);
-      const channels = first.channels === 1 ? 1 : 3;
-      const { tiles, sources } = await sampleTiles(
-        files,
-        { tile: o.tileSize, channels, mpp: request.mpp, perSource, minTissue },
-        random.fork('tiles'),
-      );
-      if (tiles.length < 2) {
-        throw new InvalidOptionError(
-          `Expected at least 2 tiles of ${o.tileSize} px to pretrain on, but the inputs gave ${tiles.length}: ` +
-            sources.map((s) => `${s.path}: ${s.tiles}${s.note ? ` (${s.note})` : ''}`).join('; '),
-          'Give more or larger images, or a smaller --tile.',
-        );
-      }
-      const palette = fitPalette(tiles, k, random.fork('palette'));
-      const classes: ClassMap = {
-        classes: palette.map((colour, value) => ({
-          name: `colour-${value}`,
-          value,
-          color: `#${(colour.length === 1 ? [colour[0], colour[0], colour[0]] : colour).map((v) => v.toString(16).padStart(2, '0')).join('')}`,
-          background: false,
-        })),
-      };
-      const work = await mkdtemp(join(tmpdir(), 'tessera-pretrain-'));
-      try {
-        await mkdir(join(work, 'images'));
-        await mkdir(join(work, 'masks'));
-        for (const [i, tile] of tiles.entries()) {
-          const name = `tile-${String(i).padStart(5, '0')}.png`;
-          await writePng(join(work, 'images', name), tile);
-          await writePng(join(work, 'masks', name), {
-            data: quantize(tile, palette),
-            width: tile.width,
-            height: tile.height,
-            channels: 1,
-          });
-        }
-        request.onEvent?.({
-          type: 'notice',
-          level: 'info',
-          message:
-            `pretraining on ${tiles.length} tiles of ${o.tileSize} px from ${sources.length} source(s) ` +
-            `(${sources.filter((s) => s.kind === 'slide').length} slide(s), sampled on tissue): inpainting ` +
-            `${MASKED_SHARE.map((v) => `${v * 100}%`).join('-')} of each crop in a palette of ${k} colours`,
-        });
-        const result = await defaultTrainer().train({
-          ...request,
-          images: join(work, 'images'),
-          masks: join(work, 'masks'),
-          classes,
-          transformBatch: (image, labels, stepRandom) => maskRegions(image, labels, stepRandom, o.tileSize),
-          // No labelled validation exists: the kept weights are the lowest training loss's.
-          options: {
-            loss: 'cross-entropy',
-            valSplit: 0,
-            select: 'loss',
-            ...Object.fromEntries(Object.entries(request.options ?? {}).filter(([, v]) => v !== undefined)),
-          },
-        });
-        const record: PretrainingRecord = {
-          method: 'masked-region inpainting, cross-entropy over a colour palette of the tiles',
-          palette,
-          maskedShare: MASKED_SHARE,
-          tileSize: o.tileSize,
-          mpp: request.mpp ?? null,
-          tiles: tiles.length,
-          sources: sources.map((s) => ({ ...s, path: resolve(s.path) })),
+    train: (request) =>
+      pretrainOnTiles(request, { perSource, minTissue }, ({ tiles, tileSize, random }) => {
+        const palette = fitPalette(tiles, k, random.fork('palette'));
+        const classes: ClassMap = {
+          classes: palette.map((colour, value) => ({
+            name: `colour-${value}`,
+            value,
+            color: `#${(colour.length === 1 ? [colour[0], colour[0], colour[0]] : colour).map((v) => v.toString(16).padStart(2, '0')).join('')}`,
+            background: false,
+          })),
         };
-        await writeFileAtomic(join(result.out, 'pretraining.json'), JSON.stringify(record, null, 2) + '\n');
-        return result;
-      } finally {
-        await rm(work, { recursive: true, force: true });
-      }
-    },
+        return {
+          classes,
+          targets: tiles.map((tile) => quantize(tile, palette)),
+          notice: `inpainting ${MASKED_SHARE.map((v) => `${v * 100}%`).join('-')} of each crop in a palette of ${k} colours`,
+          transformBatch: (image, labels, stepRandom) => maskRegions(image, labels, stepRandom, tileSize),
+          options: { loss: 'cross-entropy' },
+          record: {
+            method: 'masked-region inpainting, cross-entropy over a colour palette of the tiles',
+            palette,
+            maskedShare: MASKED_SHARE,
+          },
+        };
+      }),
   };
 }
