@@ -13,7 +13,8 @@
  * pretrained network before fine-tuning.
  *
  *   node bench/few-labels.mjs [--archs unet] [--sizes 1,2,4] [--seeds 1,2] [--budget 5] [--pretrain-budget 20]
- *     [--inits random,ssl,supervised,stain] [--finetune="--freeze encoder" --variant freeze] [--work dir] [--json file]
+ *     [--inits random,ssl,supervised,stain] [--finetune="--freeze encoder" --variant freeze]
+ *     [--recipe="--config stain-jitter.json" --recipe-name jitter] [--work dir] [--json file]
  *
  * Split of the 20 shared MoNuSeg tiles in name order: tiles 0-3 are the labelled pool (the first 1, 2 or 4), tiles
  * 16-19 are held out for scoring (no run sees them, not even unlabelled), tiles 4-15 are the "other" data: their
@@ -41,6 +42,10 @@ const { values } = parseArgs({
     // run folders and the table; runs from random weights are the same whatever these say.
     finetune: { type: 'string', default: '' },
     variant: { type: 'string', default: '' },
+    // Training flags for every run, from random weights too (e.g. "--config stain-jitter.json"), and a name for them
+    // added to every run's name.
+    recipe: { type: 'string', default: '' },
+    'recipe-name': { type: 'string', default: '' },
     work: { type: 'string' },
     json: { type: 'string' },
   },
@@ -187,7 +192,10 @@ for (const arch of values.archs.split(',')) {
       for (const init of values.inits.split(',')) {
         const finetune = init !== 'random' && values.finetune ? values.finetune.split(/\s+/) : [];
         if (finetune.length && !values.variant) throw new Error('--finetune needs --variant <name> for its runs');
-        const name = finetune.length ? `${init}-${values.variant}` : init;
+        const recipe = values.recipe ? values.recipe.split(/\s+/) : [];
+        if (recipe.length && !values['recipe-name'])
+          throw new Error('--recipe needs --recipe-name <name> for its runs');
+        const name = `${finetune.length ? `${init}-${values.variant}` : init}${recipe.length ? `+${values['recipe-name']}` : ''}`;
         const tag = `${arch}-${size}-${name}-seed${seed}`;
         const out = join(work, tag);
         const args = ['train', '--arch', arch, ...sizeArgs, '--images', join(labelled, 'images'), '--masks'];
@@ -196,6 +204,7 @@ for (const arch of values.archs.split(',')) {
         // weights are those of the lowest training loss.
         args.push('--time-budget', values.budget, '--seed', seed, '--val-split', '0');
         if (init !== 'random') args.push('--init', starts[init].model, ...finetune);
+        args.push(...recipe);
         const seconds = once(out, () => tessera(args, `${out}.log`));
         const dice = await predictAndScore(out, join(work, `${tag}-predictions`), test);
         const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
@@ -222,7 +231,8 @@ const rows = results.filter((r) => r.dice !== undefined);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const columns = values.inits
   .split(',')
-  .map((init) => (init !== 'random' && values.finetune ? `${init}-${values.variant}` : init));
+  .map((init) => (init !== 'random' && values.finetune ? `${init}-${values.variant}` : init))
+  .map((name) => (values.recipe ? `${name}+${values['recipe-name']}` : name));
 console.log(`\n| network | labelled tiles | ${columns.join(' | ')} |`);
 console.log(`| --- | --- |${columns.map(() => ' --- |').join('')}`);
 for (const arch of values.archs.split(',')) {

@@ -116,7 +116,11 @@ export function buildProgram(): Command {
       .option('--seed <n>', `random seed (default ${D.seed})`, int)
       .option('--workers <n>', 'threads sharing each step (default: CPU cores on wasm, else 1)', int)
       .addOption(backend())
-      .option('--trainer <name>', 'a trainer that learns from images alone (see "tessera trainers")', 'inpainting'),
+      .option(
+        '--trainer <name>',
+        'a trainer that learns from images alone (see "tessera trainers"): inpainting (any images), he-nuclei (H&E nuclei)',
+        'inpainting',
+      ),
   ).action(async (opts, cmd: Command) =>
     trainCommand({ ...opts, images: opts.images[0], sources: opts.images, pretrain: true }, cmd),
   );
