@@ -5,6 +5,7 @@
  * filled and specks smaller than a nucleus dropped. These are the pseudo-labels the network is pretrained on.
  */
 import { HED_FROM_RGB, type RasterImage } from '@tessera/core';
+import { otsuThreshold as binThreshold } from '@tessera/tiler';
 
 /**
  * The haematoxylin amount of each pixel of an RGB(A) image, as core's `rgbToHed` gives it (optical density
@@ -57,8 +58,11 @@ export function gaussianBlur(values: Float32Array, width: number, height: number
   return out;
 }
 
-/** Otsu's threshold of the values of all `maps` (256 bins between their minimum and maximum). */
-export function otsuThreshold(maps: readonly Float32Array[], bins = 256): number {
+/**
+ * Otsu's threshold of the values of all `maps`: tiler's 8-bit `otsuThreshold` over 256 bins between their minimum
+ * and maximum; values above the returned level are foreground.
+ */
+export function otsuThreshold(maps: readonly Float32Array[]): number {
   let [lo, hi] = [Infinity, -Infinity];
   for (const map of maps) {
     for (const v of map) {
@@ -67,22 +71,12 @@ export function otsuThreshold(maps: readonly Float32Array[], bins = 256): number
     }
   }
   if (!(hi > lo)) return hi;
-  const histogram = new Float64Array(bins);
-  const width = (hi - lo) / bins;
-  for (const map of maps) for (const v of map) histogram[Math.min(bins - 1, Math.floor((v - lo) / width))]++;
-  let [count, sum] = [0, 0];
-  for (let i = 0; i < bins; i++) [count, sum] = [count + histogram[i], sum + histogram[i] * i];
-  let [below, belowSum, best, split] = [0, 0, -1, 0];
-  for (let i = 0; i < bins - 1; i++) {
-    below += histogram[i];
-    belowSum += histogram[i] * i;
-    const above = count - below;
-    if (below === 0 || above === 0) continue;
-    const between = below * above * (belowSum / below - (sum - belowSum) / above) ** 2;
-    if (between > best) [best, split] = [between, i];
-  }
-  // Values above the upper edge of bin `split` are foreground.
-  return lo + (split + 1) * width;
+  const width = (hi - lo) / 256;
+  const bins = new Uint8Array(maps.reduce((s, m) => s + m.length, 0));
+  let at = 0;
+  for (const map of maps) for (const v of map) bins[at++] = Math.min(255, Math.floor((v - lo) / width));
+  // Bins up to the 8-bit level are background: the threshold is that bin's upper edge.
+  return lo + (binThreshold(bins) + 1) * width;
 }
 
 /**
